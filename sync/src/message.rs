@@ -1,0 +1,215 @@
+//! What the two nodes say to each other inside an authenticated session.
+//!
+//! Heartbeats travel on every heartbeat link (UDP, serial, LAN) and carry the
+//! whole role state of the sender, so that any single link is enough to keep
+//! the pair agreed. [`PeerMessage`]s travel on the replication link (TCP) and
+//! carry the switchover conversation; later the database and file streams.
+//!
+//! Bodies are encoded with postcard. A body that does not decode is refused
+//! with [`DecodeError`], never a panic.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Grows by one at every promotion and is persisted (with fsync) before a node
+/// acts in it. At most one node acts as primary in any epoch.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a node is doing right now.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Its sources are the truth; it may be written. Only while it holds a lease.
+    Primary,
+    /// Applies what the primary sends; read-only.
+    Standby,
+    /// Neither: waiting for the peer or an operator.
+    Fenced,
+    /// Has persisted a new epoch and waits for the last condition (an
+    /// acknowledgement from the peer, or the tie-breaker) before acting.
+    Promoting,
+    /// A primary handing over in a switchover: no longer acting, not yet standby.
+    Demoting,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+            Role::Fenced => "fenced",
+            Role::Promoting => "promoting",
+            Role::Demoting => "demoting",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The durable part of the role state: the newest epoch this node knows and
+/// which node holds (was promoted in) it. `holder` is `None` only on a pair
+/// that has never had a primary.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochRecord {
+    pub epoch: Epoch,
+    pub holder: Option<String>,
+}
+
+/// Identifies one switchover operation from request to outcome.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpId(pub u64);
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "so-{:08x}", self.0)
+    }
+}
+
+/// Round-trip measurement: the peer's `sent_ms` from its latest heartbeat on
+/// this link, and how long we held it before answering.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Echo {
+    pub sent_ms: u64,
+    pub held_ms: u64,
+}
+
+/// Sent on every heartbeat link every `heartbeat_interval_ms` by both nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub node: String,
+    pub epoch: Epoch,
+    pub holder: Option<String>,
+    pub role: Role,
+    /// The sender's monotonic clock. Only ever compared with the sender's own
+    /// clock (when it comes back in `ack_of`), so clocks need not agree.
+    pub sent_ms: u64,
+    /// A standby's lease grant: the `sent_ms` of the newest heartbeat it
+    /// received from the holder of its epoch. Sending it promises not to
+    /// promote until `dead_after_ms` after it last heard the holder.
+    pub ack_of: Option<u64>,
+    /// From the holder: it counts the peer as a joined standby and so keeps
+    /// its lease. Only a standby that has seen this may fail over on its own.
+    pub peer_joined: bool,
+    /// The sender is shutting down on purpose (a standby that leaves stops
+    /// being a failover candidate, so the primary no longer needs its lease).
+    pub leaving: bool,
+    /// Per-link counter, for loss accounting.
+    pub link_seq: u64,
+    /// Per-link round-trip measurement.
+    pub echo: Option<Echo>,
+}
+
+/// A resource's replication position, compared in a switchover before the
+/// standby promotes (database: txid and checksum; file set: seq and root).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub resource: String,
+    pub seq: u64,
+    pub digest: [u8; 32],
+}
+
+/// Messages on the replication link.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// The operator asked the standby for a switchover; the primary runs it.
+    SwitchoverRequest { op: OpId },
+    /// The primary's progress report, relayed to an operator on the standby.
+    SwitchoverStep {
+        op: OpId,
+        step: String,
+        elapsed_ms: u64,
+        outcome: Option<Result<(), String>>,
+    },
+    /// The old primary has stopped acting and drained: promote to `epoch + 1`
+    /// if every position matches.
+    Promote {
+        op: OpId,
+        epoch: Epoch,
+        positions: Vec<Position>,
+    },
+    /// The standby persisted `epoch` and acts as primary in it.
+    Promoted { op: OpId, epoch: Epoch },
+    /// The standby will never promote for `op`.
+    Declined { op: OpId, reasons: Vec<String> },
+    /// The old primary lost track of `op` (timeout, lost link) and asks for
+    /// its outcome; the answer is `Promoted` or `Declined`, and a standby that
+    /// answers `Declined` refuses any later `Promote` for that op.
+    Abandon { op: OpId },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed {what} body: {reason}")]
+pub struct DecodeError {
+    pub what: &'static str,
+    pub reason: String,
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Encoding our own plain structs into a Vec cannot fail.
+    postcard::to_allocvec(msg).expect("postcard encoding of an in-memory message")
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, DecodeError> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, rest)) if rest.is_empty() => Ok(value),
+        Ok((_, rest)) => Err(DecodeError {
+            what,
+            reason: format!("{} trailing bytes", rest.len()),
+        }),
+        Err(e) => Err(DecodeError {
+            what,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_round_trips_and_garbage_is_refused() {
+        let hb = Heartbeat {
+            node: "a".into(),
+            epoch: Epoch(7),
+            holder: Some("a".into()),
+            role: Role::Primary,
+            sent_ms: 123,
+            ack_of: None,
+            peer_joined: true,
+            leaving: false,
+            link_seq: 9,
+            echo: Some(Echo {
+                sent_ms: 100,
+                held_ms: 3,
+            }),
+        };
+        let bytes = encode(&hb);
+        assert_eq!(decode::<Heartbeat>("heartbeat", &bytes).unwrap(), hb);
+        for cut in 0..bytes.len() {
+            assert!(decode::<Heartbeat>("heartbeat", &bytes[..cut]).is_err());
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(decode::<Heartbeat>("heartbeat", &long).is_err());
+    }
+}
