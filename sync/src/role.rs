@@ -382,7 +382,12 @@ impl RoleMachine {
         });
         if self.peer_silent_alarm {
             self.peer_silent_alarm = false;
-            self.alarm(AlarmKind::PeerSilent, None, "peer heard again".into(), false);
+            self.alarm(
+                AlarmKind::PeerSilent,
+                None,
+                "peer heard again".into(),
+                false,
+            );
         }
         if self.broken || self.leaving {
             return;
@@ -408,7 +413,9 @@ impl RoleMachine {
         l.last_seen_ms = Some(now);
         l.echo_source = Some((hb.sent_ms, now));
         if let Some(echo) = hb.echo {
-            let rtt = now.saturating_sub(echo.sent_ms).saturating_sub(echo.held_ms);
+            let rtt = now
+                .saturating_sub(echo.sent_ms)
+                .saturating_sub(echo.held_ms);
             l.rtt_ms = Some(rtt);
         }
         if !l.up {
@@ -427,7 +434,11 @@ impl RoleMachine {
         if hb.holder.as_deref() == Some(self.s.peer.as_str())
             && matches!(hb.role, Role::Primary | Role::Promoting | Role::Demoting)
         {
-            self.set_role(now, Role::Standby, &format!("following {} in epoch {}", self.s.peer, hb.epoch));
+            self.set_role(
+                now,
+                Role::Standby,
+                &format!("following {} in epoch {}", self.s.peer, hb.epoch),
+            );
             self.follow(now, hb);
         } else if self.role != Role::Fenced {
             self.set_role(now, Role::Fenced, &reason);
@@ -462,8 +473,14 @@ impl RoleMachine {
         if peer_holds {
             match self.role {
                 Role::Standby => self.follow(now, hb),
-                Role::Fenced if matches!(hb.role, Role::Primary | Role::Promoting | Role::Demoting) => {
-                    self.set_role(now, Role::Standby, &format!("following {} in epoch {}", self.s.peer, hb.epoch));
+                Role::Fenced
+                    if matches!(hb.role, Role::Primary | Role::Promoting | Role::Demoting) =>
+                {
+                    self.set_role(
+                        now,
+                        Role::Standby,
+                        &format!("following {} in epoch {}", self.s.peer, hb.epoch),
+                    );
                     self.follow(now, hb);
                 }
                 // A fenced holder peer is the candidate: it promotes when it hears us.
@@ -514,7 +531,8 @@ impl RoleMachine {
             }
             (Role::Primary | Role::Demoting, _) => false,
             (_, Role::Primary | Role::Demoting) => true,
-            (Role::Promoting, Role::Promoting) | (Role::Fenced | Role::Standby, Role::Fenced | Role::Standby) => {
+            (Role::Promoting, Role::Promoting)
+            | (Role::Fenced | Role::Standby, Role::Fenced | Role::Standby) => {
                 self.s.me != self.s.first
             }
             (Role::Promoting, _) => false,
@@ -530,7 +548,11 @@ impl RoleMachine {
         if matches!(hb.role, Role::Primary | Role::Promoting | Role::Demoting)
             && hb.holder.as_deref() == Some(self.s.peer.as_str())
         {
-            self.set_role(now, Role::Standby, &format!("following {} in epoch {}", self.s.peer, hb.epoch));
+            self.set_role(
+                now,
+                Role::Standby,
+                &format!("following {} in epoch {}", self.s.peer, hb.epoch),
+            );
             self.follow(now, hb);
         }
     }
@@ -545,7 +567,11 @@ impl RoleMachine {
         }
         if self.role == Role::Promoting {
             // The holder is back while the tie-breaker was being asked.
-            self.set_role(now, Role::Standby, "primary heard again; failover cancelled");
+            self.set_role(
+                now,
+                Role::Standby,
+                "primary heard again; failover cancelled",
+            );
         }
     }
 
@@ -561,9 +587,19 @@ impl RoleMachine {
         self.peer_joined = true;
         let awaiting = self.handover.as_ref().is_some_and(|h| h.promote_sent);
         match self.role {
-            Role::Promoting => self.set_role(now, Role::Primary, &format!("peer acknowledged epoch {}", self.record.epoch)),
-            Role::Fenced if self.primary_this_run && !awaiting && !self.hold && now < self.lease_until => {
-                self.set_role(now, Role::Primary, "lease regained: the standby acknowledges again")
+            Role::Promoting => self.set_role(
+                now,
+                Role::Primary,
+                &format!("peer acknowledged epoch {}", self.record.epoch),
+            ),
+            Role::Fenced
+                if self.primary_this_run && !awaiting && !self.hold && now < self.lease_until =>
+            {
+                self.set_role(
+                    now,
+                    Role::Primary,
+                    "lease regained: the standby acknowledges again",
+                )
             }
             _ => {}
         }
@@ -585,7 +621,12 @@ impl RoleMachine {
                 let msg = if never {
                     format!("heartbeat link {} ({}) has not come up", i, l.name)
                 } else {
-                    format!("heartbeat link {} ({}) is down: silent for {} ms", i, l.name, now - seen)
+                    format!(
+                        "heartbeat link {} ({}) is down: silent for {} ms",
+                        i,
+                        l.name,
+                        now - seen
+                    )
                 };
                 let l = &mut self.links[i];
                 l.up = false;
@@ -609,7 +650,11 @@ impl RoleMachine {
         if self.tiebreaker_retry_ms.is_none() && self.failover_due_ms().is_some_and(|t| now >= t) {
             if self.s.tiebreaker {
                 self.tiebreaker_pending = true;
-                self.set_role(now, Role::Promoting, "primary silent; asking the tie-breaker");
+                self.set_role(
+                    now,
+                    Role::Promoting,
+                    "primary silent; asking the tie-breaker",
+                );
                 self.actions.push(Action::CheckTiebreaker);
             } else {
                 self.failover(now);
@@ -633,7 +678,10 @@ impl RoleMachine {
 
     fn failover(&mut self, now: Millis) {
         let silent = now - self.holder_heard_ms.unwrap_or(self.started_ms);
-        let reason = format!("failover: {} silent on every link for {} ms", self.s.peer, silent);
+        let reason = format!(
+            "failover: {} silent on every link for {} ms",
+            self.s.peer, silent
+        );
         self.promote(now, &reason);
     }
 
@@ -714,22 +762,29 @@ impl RoleMachine {
         self.expire(now);
         let mut why = Vec::new();
         if self.role != Role::Primary {
-            why.push(format!("this node ({}) is {}, not primary", self.s.me, self.role));
+            why.push(format!(
+                "this node ({}) is {}, not primary",
+                self.s.me, self.role
+            ));
         }
         if let Some(h) = &self.handover {
             why.push(format!("switchover {} is already in progress", h.op));
         }
         match &self.peer {
             None => why.push(format!("peer {} unreachable: never heard", self.s.peer)),
-            Some(p) if now.saturating_sub(p.heard_ms) >= self.s.link_dead_after_ms => why.push(format!(
-                "peer {} unreachable: silent for {} ms",
-                self.s.peer,
-                now - p.heard_ms
-            )),
-            Some(p) if p.role != Role::Standby || p.epoch != self.record.epoch => why.push(format!(
-                "peer {} is {} in epoch {}, not standby in epoch {}",
-                self.s.peer, p.role, p.epoch, self.record.epoch
-            )),
+            Some(p) if now.saturating_sub(p.heard_ms) >= self.s.link_dead_after_ms => {
+                why.push(format!(
+                    "peer {} unreachable: silent for {} ms",
+                    self.s.peer,
+                    now - p.heard_ms
+                ))
+            }
+            Some(p) if p.role != Role::Standby || p.epoch != self.record.epoch => {
+                why.push(format!(
+                    "peer {} is {} in epoch {}, not standby in epoch {}",
+                    self.s.peer, p.role, p.epoch, self.record.epoch
+                ))
+            }
             Some(_) => {}
         }
         for (i, l) in self.links.iter().enumerate() {
@@ -765,13 +820,20 @@ impl RoleMachine {
 
     /// Whether this node waits to learn the outcome of `Promote` for an op.
     pub fn awaiting_outcome(&self) -> Option<OpId> {
-        self.handover.as_ref().filter(|h| h.promote_sent).map(|h| h.op)
+        self.handover
+            .as_ref()
+            .filter(|h| h.promote_sent)
+            .map(|h| h.op)
     }
 
     /// Roll back a switchover that failed before the promotion point.
     pub fn abort_handover(&mut self, now: Millis, op: OpId, why: &str) -> bool {
         self.expire(now);
-        if !self.handover.as_ref().is_some_and(|h| h.op == op && !h.promote_sent) {
+        if !self
+            .handover
+            .as_ref()
+            .is_some_and(|h| h.op == op && !h.promote_sent)
+        {
             return false;
         }
         self.handover = None;
@@ -784,9 +846,17 @@ impl RoleMachine {
             return;
         }
         if self.lease_ok(now) && !self.hold {
-            self.set_role(now, Role::Primary, &format!("switchover rolled back: {why}"));
+            self.set_role(
+                now,
+                Role::Primary,
+                &format!("switchover rolled back: {why}"),
+            );
         } else {
-            self.set_role(now, Role::Fenced, &format!("switchover rolled back ({why}) but the lease lapsed"));
+            self.set_role(
+                now,
+                Role::Fenced,
+                &format!("switchover rolled back ({why}) but the lease lapsed"),
+            );
         }
     }
 
@@ -794,13 +864,22 @@ impl RoleMachine {
     /// primary role until it learns the outcome.
     pub fn handover_timed_out(&mut self, now: Millis, op: OpId) {
         if self.awaiting_outcome() == Some(op) && self.role == Role::Demoting {
-            self.set_role(now, Role::Fenced, &format!("switchover {op}: no answer from the peer; outcome pending"));
+            self.set_role(
+                now,
+                Role::Fenced,
+                &format!("switchover {op}: no answer from the peer; outcome pending"),
+            );
         }
     }
 
     /// The standby's side: promote for `op` if this node is the standby of
     /// `epoch`. A refusal is final for that op.
-    pub fn on_promote_request(&mut self, now: Millis, op: OpId, epoch: Epoch) -> Result<Epoch, String> {
+    pub fn on_promote_request(
+        &mut self,
+        now: Millis,
+        op: OpId,
+        epoch: Epoch,
+    ) -> Result<Epoch, String> {
         self.expire(now);
         if let Some((done, e)) = self.promoted_for {
             if done == op {
@@ -873,11 +952,9 @@ impl RoleMachine {
             return;
         }
         self.handover = None;
-        match self.role {
-            Role::Demoting => self.resume_after_handover(now, why),
-            // Timed out earlier: it may regain its lease from acknowledgements now.
-            _ => {}
-        }
+        // A node that timed out earlier is fenced: it may now regain its
+        // lease from acknowledgements; a demoting one resumes at once.
+        self.resume_after_handover(now, why);
     }
 
     // ----- failures and shutdown ----------------------------------------
@@ -889,7 +966,10 @@ impl RoleMachine {
         if self.role != Role::Fenced {
             self.set_role(now, Role::Fenced, "cannot persist the epoch");
         }
-        let msg = format!("cannot persist epoch {}: {error}; fenced until restart", self.record.epoch);
+        let msg = format!(
+            "cannot persist epoch {}: {error}; fenced until restart",
+            self.record.epoch
+        );
         self.alarm(AlarmKind::PersistFailed, None, msg, true);
     }
 

@@ -152,12 +152,21 @@ impl Sim {
             match action {
                 Action::Persist(record) => self.nodes[i].disk = record,
                 Action::RoleChanged(c) => {
-                    self.note(format!("{}: {} -> {} in {} ({})", NAMES[i], c.from, c.to, c.epoch, c.reason));
+                    self.note(format!(
+                        "{}: {} -> {} in {} ({})",
+                        NAMES[i], c.from, c.to, c.epoch, c.reason
+                    ));
                     let reason = c.reason.as_str();
                     match (c.from, c.to) {
-                        (Role::Standby, Role::Primary) if reason.starts_with("switchover") => self.stats.switchovers += 1,
-                        (Role::Standby, Role::Primary) if reason.starts_with("failover") => self.stats.failovers += 1,
-                        (Role::Primary, Role::Fenced) if reason == "lease lapsed" => self.stats.lease_lapses += 1,
+                        (Role::Standby, Role::Primary) if reason.starts_with("switchover") => {
+                            self.stats.switchovers += 1
+                        }
+                        (Role::Standby, Role::Primary) if reason.starts_with("failover") => {
+                            self.stats.failovers += 1
+                        }
+                        (Role::Primary, Role::Fenced) if reason == "lease lapsed" => {
+                            self.stats.lease_lapses += 1
+                        }
                         (Role::Demoting, Role::Primary) => self.stats.rollbacks += 1,
                         _ => {}
                     }
@@ -248,7 +257,9 @@ impl Sim {
             }
             Some((op, deadline, false)) if now >= deadline => {
                 if self.rng.gen_bool(0.1) {
-                    self.nodes[i].machine.abort_handover(now, op, "drain failed");
+                    self.nodes[i]
+                        .machine
+                        .abort_handover(now, op, "drain failed");
                     self.nodes[i].handover = None;
                 } else {
                     let epoch = self.nodes[i].machine.epoch();
@@ -301,12 +312,15 @@ impl Sim {
 
     fn wake(&mut self, heal: bool) {
         let now = self.now;
-        for i in 0..2 {
+        for (i, name) in NAMES.iter().enumerate() {
             if self.nodes[i].paused_until.is_some_and(|t| heal || now >= t) {
                 self.nodes[i].paused_until = None;
-                self.note(format!("{} resumed", NAMES[i]));
+                self.note(format!("{} resumed", name));
             }
-            if self.nodes[i].crashed_until.is_some_and(|t| heal || now >= t) {
+            if self.nodes[i]
+                .crashed_until
+                .is_some_and(|t| heal || now >= t)
+            {
                 let disk = self.nodes[i].disk.clone();
                 self.nodes[i] = Node {
                     machine: RoleMachine::new(settings(i, Failover::Auto), disk.clone(), now),
@@ -318,7 +332,7 @@ impl Sim {
                     handover: None,
                     next_abandon: 0,
                 };
-                self.note(format!("{} restarted", NAMES[i]));
+                self.note(format!("{} restarted", name));
             }
         }
     }
@@ -352,19 +366,22 @@ impl Sim {
 
     fn check_safety(&self) {
         let mut acting = 0;
-        for i in 0..2 {
+        for (i, name) in NAMES.iter().enumerate() {
             if !self.running(i) {
                 continue;
             }
             let m = &self.nodes[i].machine;
             if m.role() == Role::Primary && !m.acting_as_primary(self.now) {
-                self.fail(&format!("{} is primary without a valid lease", NAMES[i]));
+                self.fail(&format!("{} is primary without a valid lease", name));
             }
             if m.acting_as_primary(self.now) {
                 acting += 1;
             }
             if m.record() != &self.nodes[i].disk {
-                self.fail(&format!("{} acts on an epoch record it has not persisted", NAMES[i]));
+                self.fail(&format!(
+                    "{} acts on an epoch record it has not persisted",
+                    name
+                ));
             }
         }
         if acting > 1 {
@@ -380,7 +397,9 @@ impl Sim {
             (Role::Primary, Role::Standby) | (Role::Standby, Role::Primary)
         ) && epochs[0] == epochs[1];
         if !ok {
-            self.fail(&format!("after healing: roles {roles:?}, epochs {epochs:?}"));
+            self.fail(&format!(
+                "after healing: roles {roles:?}, epochs {epochs:?}"
+            ));
         }
     }
 }

@@ -1,0 +1,229 @@
+//! The operator's surface: the control HTTP API (JSON) and the status that
+//! `tandem status` shows.
+//!
+//! ops/ knows the node only through the narrow [`NodeHandle`] trait, so the
+//! API can be tested and grown (web panel, metrics) without reaching into
+//! the node's internals.
+
+mod render;
+
+pub use render::render_status;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Everything `tandem status` shows about one node and what it knows of its peer.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Status {
+    pub pair: String,
+    pub node: String,
+    pub role: String,
+    pub epoch: u64,
+    pub holder: Option<String>,
+    pub failover: String,
+    /// Milliseconds of lease left while primary, when a lease is required.
+    pub lease_left_ms: Option<u64>,
+    pub lease_required: bool,
+    /// Primary: the peer is its joined standby. Standby: it may fail over.
+    pub peer_joined: bool,
+    pub armed: bool,
+    /// Waiting for an operator after two claims on one epoch.
+    pub on_hold: bool,
+    pub peer: PeerStatus,
+    pub links: Vec<LinkStatus>,
+    pub replication_connected: bool,
+    pub alarms: Vec<AlarmStatus>,
+    pub history: Vec<RoleChangeStatus>,
+    pub switchover: Option<SwitchoverProgress>,
+    pub uptime_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PeerStatus {
+    pub name: String,
+    pub role: Option<String>,
+    pub epoch: Option<u64>,
+    pub last_heard_ms_ago: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct LinkStatus {
+    pub index: usize,
+    pub name: String,
+    pub up: bool,
+    pub last_seen_ms_ago: Option<u64>,
+    pub rtt_ms: Option<u64>,
+    pub received: u64,
+    pub lost: u64,
+    /// The last authentication or decoding refusal on this link, if any.
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct AlarmStatus {
+    pub kind: String,
+    pub message: String,
+    /// Unix time in milliseconds.
+    pub since_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RoleChangeStatus {
+    pub at_unix_ms: u64,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    pub reason: String,
+}
+
+/// One switchover as it goes: each step as it happens, then the outcome.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct SwitchoverProgress {
+    pub op: String,
+    pub steps: Vec<SwitchoverStep>,
+    /// `None` while running; a slow switchover is never reported as failed
+    /// while it is still running.
+    pub outcome: Option<Result<(), String>>,
+    pub total_ms: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SwitchoverStep {
+    pub step: String,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct PromoteRequest {
+    pub force: bool,
+    pub who: String,
+}
+
+/// Error body of every refused request.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Refusal {
+    pub reasons: Vec<String>,
+}
+
+/// What the control API needs from the node.
+#[async_trait::async_trait]
+pub trait NodeHandle: Send + Sync + 'static {
+    fn status(&self) -> Status;
+    /// Start a switchover; its progress is then read with
+    /// [`NodeHandle::switchover_progress`]. Refused with named reasons.
+    async fn switchover(&self) -> Result<String, Vec<String>>;
+    fn switchover_progress(&self, op: &str) -> Option<SwitchoverProgress>;
+    async fn promote(&self, req: PromoteRequest) -> Result<Status, Vec<String>>;
+}
+
+#[derive(Clone)]
+struct Api {
+    node: Arc<dyn NodeHandle>,
+    token: Option<Arc<str>>,
+}
+
+pub fn router(node: Arc<dyn NodeHandle>, token: Option<String>) -> Router {
+    let api = Api {
+        node,
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route("/status", get(status))
+        .route("/switchover", post(switchover))
+        .route("/switchover/{op}", get(switchover_progress))
+        .route("/promote", post(promote))
+        .with_state(api)
+}
+
+/// Serve the control API until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<dyn NodeHandle>,
+    token: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn refuse(code: StatusCode, reasons: Vec<String>) -> Response {
+    (code, Json(Refusal { reasons })).into_response()
+}
+
+impl Api {
+    /// The refusal to send when the request lacks the control token.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let token = self.token.as_ref()?;
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compare in constant time so the token cannot be guessed byte by byte.
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        (!ok).then(|| {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                vec!["a valid control token is required (Authorization: Bearer ...)".into()],
+            )
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Some(r) = api.refusal(&headers) {
+        return r;
+    }
+    Json(api.node.status()).into_response()
+}
+
+async fn switchover(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Some(r) = api.refusal(&headers) {
+        return r;
+    }
+    match api.node.switchover().await {
+        Ok(op) => (StatusCode::ACCEPTED, Json(serde_json::json!({ "op": op }))).into_response(),
+        Err(reasons) => refuse(StatusCode::CONFLICT, reasons),
+    }
+}
+
+async fn switchover_progress(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(op): Path<String>,
+) -> Response {
+    if let Some(r) = api.refusal(&headers) {
+        return r;
+    }
+    match api.node.switchover_progress(&op) {
+        Some(p) => Json(p).into_response(),
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            vec![format!("no switchover {op} on this node")],
+        ),
+    }
+}
+
+async fn promote(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(req): Json<PromoteRequest>,
+) -> Response {
+    if let Some(r) = api.refusal(&headers) {
+        return r;
+    }
+    match api.node.promote(req).await {
+        Ok(s) => Json(s).into_response(),
+        Err(reasons) => refuse(StatusCode::CONFLICT, reasons),
+    }
+}

@@ -1,0 +1,129 @@
+//! The human form of [`Status`], as `tandem status` prints it: the answer to
+//! "who is primary, is the peer there, is anything wrong" in the first lines.
+
+use crate::Status;
+use std::fmt::Write;
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(ms) if ms < 10_000 => format!("{ms} ms ago"),
+        Some(ms) => format!("{} s ago", ms / 1000),
+    }
+}
+
+fn unix_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03} UTC", ms % 1000)
+}
+
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pair {}: node {} is {} in epoch {}",
+        s.pair,
+        s.node,
+        s.role.to_uppercase(),
+        s.epoch
+    );
+    let holder = s.holder.as_deref().unwrap_or("nobody yet");
+    let _ = writeln!(out, "  epoch holder: {holder}; failover: {}", s.failover);
+    match (s.role.as_str(), s.lease_left_ms) {
+        ("primary", Some(ms)) => {
+            let _ = writeln!(
+                out,
+                "  lease: {ms} ms left (renewed by the standby's acknowledgements)"
+            );
+        }
+        ("primary", None) if !s.peer_joined => {
+            let _ = writeln!(out, "  lease: not needed: no standby has joined this epoch");
+        }
+        ("primary", None) => {
+            let _ = writeln!(out, "  lease: not needed in manual failover mode");
+        }
+        ("standby", _) => {
+            let armed = if s.armed {
+                "armed: will fail over if the primary goes silent"
+            } else {
+                "not armed: will not fail over on its own"
+            };
+            let _ = writeln!(out, "  {armed}");
+        }
+        _ => {}
+    }
+    if s.on_hold {
+        let _ = writeln!(out, "  ON HOLD: both nodes claimed one epoch; an operator must run `tandem promote --force`");
+    }
+    let peer_role = s.peer.role.as_deref().unwrap_or("unknown");
+    let peer_epoch = s.peer.epoch.map_or("?".into(), |e| e.to_string());
+    let _ = writeln!(
+        out,
+        "peer {}: {} in epoch {}, last heard {}; replication link {}",
+        s.peer.name,
+        peer_role,
+        peer_epoch,
+        ago(s.peer.last_heard_ms_ago),
+        if s.replication_connected {
+            "connected"
+        } else {
+            "DOWN"
+        }
+    );
+    let _ = writeln!(out, "heartbeat links:");
+    for l in &s.links {
+        let rtt = l.rtt_ms.map_or("-".into(), |r| format!("{r} ms"));
+        let _ = writeln!(
+            out,
+            "  [{}] {:<32} {:<4} rtt {:<7} last {:<12} received {} lost {}",
+            l.index,
+            l.name,
+            if l.up { "up" } else { "DOWN" },
+            rtt,
+            ago(l.last_seen_ms_ago),
+            l.received,
+            l.lost
+        );
+        if let Some(e) = &l.last_error {
+            let _ = writeln!(out, "      last refusal: {e}");
+        }
+    }
+    if s.alarms.is_empty() {
+        let _ = writeln!(out, "alarms: none");
+    } else {
+        let _ = writeln!(out, "alarms:");
+        for a in &s.alarms {
+            let _ = writeln!(
+                out,
+                "  {} since {}: {}",
+                a.kind,
+                unix_time(a.since_unix_ms),
+                a.message
+            );
+        }
+    }
+    if let Some(p) = &s.switchover {
+        let state = match &p.outcome {
+            None => "running".to_string(),
+            Some(Ok(())) => "done".to_string(),
+            Some(Err(e)) => format!("failed: {e}"),
+        };
+        let _ = writeln!(out, "switchover {}: {state}", p.op);
+    }
+    if !s.history.is_empty() {
+        let _ = writeln!(out, "last role changes:");
+        for c in s.history.iter().rev().take(8) {
+            let _ = writeln!(
+                out,
+                "  {}  {} -> {} in epoch {}: {}",
+                unix_time(c.at_unix_ms),
+                c.from,
+                c.to,
+                c.epoch,
+                c.reason
+            );
+        }
+    }
+    out
+}
