@@ -1,1 +1,371 @@
-fn main() {}
+//! `tandem`: one binary on two servers that keeps the standby a live twin of
+//! the primary. main parses the command line and wires the parts; the node
+//! supervisor is in `node.rs`, the brain in the `tandem-sync` crate.
+
+mod control;
+mod demo;
+mod endpoint;
+mod hooks;
+mod links;
+mod node;
+mod peer;
+mod store;
+mod switchover;
+mod tiebreaker;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_config::Config;
+use tandem_sync::auth::PairKey;
+
+const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Hot-standby pair: two servers, one primary"
+)]
+struct Cli {
+    /// Log format: human-readable (journald-friendly) or one JSON object a line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The pair's config file.
+    #[arg(long, short, env = "TANDEM_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// This node's name (default: the one named like this host).
+    #[arg(long, env = "TANDEM_NODE")]
+    node: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run this node (the daemon).
+    Run(Target),
+    /// Show this node, its peer, the links and the last role changes.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the control API's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand the primary role to the other node gracefully (zero loss).
+    Switchover {
+        #[command(flatten)]
+        target: Target,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Make this node primary without its peer's agreement.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        /// Required: you have made sure the other node is not acting as primary.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a new 256-bit pair key (copy the same file to both servers).
+    Keygen {
+        /// Where to write it (mode 0600); standard output if omitted.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Config file commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run two nodes on this machine from a built-in config and show a switchover.
+    Demo {
+        /// Keep the demo's directory instead of deleting it.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file: every problem with its file, line and column.
+    Check { file: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tandem: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tandem: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<i32> {
+    match command {
+        Command::Run(target) => run(target).await.map(|()| 0),
+        Command::Status { target, json } => {
+            let status = client(&target)?.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", tandem_ops::render_status(&status));
+            }
+            Ok(0)
+        }
+        Command::Switchover { target, yes } => switchover(&target, yes).await,
+        Command::Promote { target, force } => {
+            let who = std::env::var("SUDO_USER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "an operator".into());
+            let status = client(&target)?.promote(force, &who).await?;
+            print!("{}", tandem_ops::render_status(&status));
+            Ok(0)
+        }
+        Command::Keygen { out, force } => keygen(out.as_deref(), force).map(|()| 0),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => Ok(config_check(&file)),
+        Command::Demo { keep } => demo::run(keep).await.map(|()| 0),
+    }
+}
+
+fn load(target: &Target) -> Result<(Config, String)> {
+    let cfg = Config::load(&target.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let me = cfg
+        .pick_node(target.node.as_deref(), &host)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .name
+        .clone();
+    Ok((cfg, me))
+}
+
+fn client(target: &Target) -> Result<control::Client> {
+    let (cfg, me) = load(target)?;
+    let node = cfg.node(&me).context("own node")?;
+    let token = match &cfg.control.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the control token {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(control::Client::new(node.control, token))
+}
+
+async fn run(target: Target) -> Result<()> {
+    let (cfg, me) = load(&target)?;
+    let cfg = Arc::new(cfg);
+    let key_text = std::fs::read_to_string(&cfg.pair.key_file)
+        .with_context(|| format!("cannot read the pair key {}", cfg.pair.key_file.display()))?;
+    let key = PairKey::parse(&key_text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.pair.key_file.display()))?;
+    let node_cfg = cfg.node(&me).context("own node")?.clone();
+    let peer_cfg = cfg.peer_of(&me).context("peer node")?.clone();
+    let token = match &cfg.control.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the control token {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(node_cfg.control)
+        .await
+        .with_context(|| format!("cannot listen on the control address {}", node_cfg.control))?;
+
+    let node = node::Node::start(cfg.clone(), &me, key)?;
+    links::start(&node);
+    tokio::spawn(peer::run(
+        node.clone(),
+        node_cfg.replication,
+        peer_cfg.replication,
+    ));
+    let mut stop = node.shutdown_signal();
+    let api = tokio::spawn(tandem_ops::serve(
+        listener,
+        Arc::new(control::Handle(node.clone())),
+        token,
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
+    tracing::info!(control = %node_cfg.control, "control API listening");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    node.shut_down().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn switchover(target: &Target, yes: bool) -> Result<i32> {
+    let client = client(target)?;
+    let status = client.status().await?;
+    if !yes {
+        let (from, to) = if status.role == "primary" {
+            (status.node.clone(), status.peer.name.clone())
+        } else {
+            (status.peer.name.clone(), status.node.clone())
+        };
+        print!("Hand the primary role from {from} to {to}? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("not switched over");
+            return Ok(1);
+        }
+    }
+    let started = Instant::now();
+    let op = match client.switchover().await {
+        Ok(op) => op,
+        Err(e) => {
+            eprintln!("switchover {e}");
+            return Ok(2);
+        }
+    };
+    println!("switchover {op} started");
+    let mut shown = 0;
+    // Report each step as it happens; never call a slow switchover failed
+    // while it is still running.
+    loop {
+        let p = client.switchover_progress(&op).await?;
+        for s in &p.steps[shown..] {
+            println!("  {:>6} ms  {}", s.elapsed_ms, s.step);
+        }
+        shown = p.steps.len();
+        match p.outcome {
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+            Some(Ok(())) => {
+                println!(
+                    "switchover {op} done in {} ms",
+                    started.elapsed().as_millis()
+                );
+                return Ok(0);
+            }
+            Some(Err(why)) => {
+                println!(
+                    "switchover {op} FAILED after {} ms: {why}",
+                    started.elapsed().as_millis()
+                );
+                return Ok(1);
+            }
+        }
+    }
+}
+
+fn keygen(out: Option<&Path>, force: bool) -> Result<()> {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::rngs::OsRng, &mut bytes);
+    let key = PairKey::from_bytes(bytes);
+    let Some(path) = out else {
+        print!("{}", key.to_file_text());
+        return Ok(());
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(0o600);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(path).with_context(|| {
+        format!(
+            "cannot create {} (use --force to replace an existing key)",
+            path.display()
+        )
+    })?;
+    f.write_all(key.to_file_text().as_bytes())?;
+    f.sync_all()?;
+    eprintln!(
+        "wrote {} (fingerprint {}); copy it to the other server, e.g. with scp",
+        path.display(),
+        key.fingerprint()
+    );
+    Ok(())
+}
+
+fn config_check(file: &Path) -> i32 {
+    match Config::load(file) {
+        Ok(cfg) => {
+            println!("{}: OK", file.display());
+            println!(
+                "  pair {}: failover {}",
+                cfg.pair.name,
+                cfg.pair.failover.as_str()
+            );
+            for n in &cfg.nodes {
+                let links: Vec<String> = n.heartbeat.iter().map(|l| l.to_string()).collect();
+                println!(
+                    "  node {}: control {}, replication {}, heartbeat {}",
+                    n.name,
+                    n.control,
+                    n.replication,
+                    links.join(", ")
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}

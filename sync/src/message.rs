@@ -154,6 +154,8 @@ pub enum PeerMessage {
     /// its outcome; the answer is `Promoted` or `Declined`, and a standby that
     /// answers `Declined` refuses any later `Promote` for that op.
     Abandon { op: OpId },
+    /// Keeps an idle connection proven alive (a cut cable sends no FIN).
+    Keepalive,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

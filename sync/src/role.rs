@@ -72,7 +72,7 @@ pub struct RoleChange {
     pub reason: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlarmKind {
     /// One heartbeat link went silent (the others still carry the pair).
@@ -426,10 +426,9 @@ impl RoleMachine {
     }
 
     fn meet_higher_epoch(&mut self, now: Millis, hb: &Heartbeat) {
+        // All in one call, so whatever this node was doing stops before any
+        // other event is seen.
         let reason = format!("peer {} is at higher epoch {}", self.s.peer, hb.epoch);
-        if matches!(self.role, Role::Primary | Role::Demoting | Role::Promoting) {
-            self.set_role(now, Role::Fenced, &reason);
-        }
         self.adopt(hb);
         if hb.holder.as_deref() == Some(self.s.peer.as_str())
             && matches!(hb.role, Role::Primary | Role::Promoting | Role::Demoting)

@@ -1,0 +1,147 @@
+//! The node's side of the control API ([`tandem_ops::NodeHandle`]) and the
+//! client the CLI uses to talk to a running node.
+
+use crate::node::Node;
+use anyhow::{anyhow, bail, Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tandem_ops::{NodeHandle, PromoteRequest, Refusal, Status, SwitchoverProgress};
+use tandem_sync::message::Role;
+
+pub struct Handle(pub Arc<Node>);
+
+#[async_trait::async_trait]
+impl NodeHandle for Handle {
+    fn status(&self) -> Status {
+        self.0.status()
+    }
+
+    async fn switchover(&self) -> Result<String, Vec<String>> {
+        crate::switchover::request(&self.0).await
+    }
+
+    fn switchover_progress(&self, op: &str) -> Option<SwitchoverProgress> {
+        self.0.switchovers.get(op)
+    }
+
+    async fn promote(&self, req: PromoteRequest) -> Result<Status, Vec<String>> {
+        if !req.force {
+            return Err(vec![
+                "a manual promotion needs --force: make sure the other node is not acting as primary \
+                 (powered off, or its tandem stopped) before you force one"
+                    .into(),
+            ]);
+        }
+        let node = &self.0;
+        let role = node.with_machine(|m, now| {
+            if m.role() != Role::Primary {
+                m.force_promote(now, &req.who);
+            }
+            m.role()
+        });
+        if role != Role::Primary {
+            return Err(vec![format!(
+                "promotion did not take: this node is {role} (see the log)"
+            )]);
+        }
+        tracing::warn!(who = %req.who, "FORCED PROMOTION by {}", req.who);
+        Ok(node.status())
+    }
+}
+
+/// A client of one node's control API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, token: Option<String>) -> Client {
+        Client {
+            base: format!("http://{addr}"),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .no_proxy()
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T> {
+        let resp = r.send().await.with_context(|| {
+            format!(
+                "cannot reach tandem's control API at {} (is `tandem run` up?)",
+                self.base
+            )
+        })?;
+        let code = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .context("reading the control API's answer")?;
+        if code.is_success() {
+            return serde_json::from_slice(&body).context("malformed answer from the control API");
+        }
+        match serde_json::from_slice::<Refusal>(&body) {
+            Ok(refusal) => Err(Refused(refusal.reasons).into()),
+            Err(_) => bail!(
+                "control API answered {code}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        self.call(self.req(reqwest::Method::GET, "/status")).await
+    }
+
+    pub async fn switchover(&self) -> Result<String> {
+        let v: serde_json::Value = self
+            .call(self.req(reqwest::Method::POST, "/switchover"))
+            .await?;
+        v["op"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("the control API gave no operation id"))
+    }
+
+    pub async fn switchover_progress(&self, op: &str) -> Result<SwitchoverProgress> {
+        self.call(self.req(reqwest::Method::GET, &format!("/switchover/{op}")))
+            .await
+    }
+
+    pub async fn promote(&self, force: bool, who: &str) -> Result<Status> {
+        let body = PromoteRequest {
+            force,
+            who: who.to_string(),
+        };
+        self.call(self.req(reqwest::Method::POST, "/promote").json(&body))
+            .await
+    }
+}
+
+/// A request the node refused, with its named reasons.
+#[derive(Debug)]
+pub struct Refused(pub Vec<String>);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused:")?;
+        for r in &self.0 {
+            write!(f, "\n  - {r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Refused {}

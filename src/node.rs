@@ -1,0 +1,411 @@
+//! The node supervisor: owns the role machine, carries out its actions and
+//! feeds it events from the links, the clock and the operator.
+//!
+//! Every entry into the role machine goes through [`Node::with_machine`],
+//! which holds the machine's lock for the call, makes any new epoch durable
+//! before releasing it (so no heartbeat or reply built afterwards can claim
+//! an epoch that is not on disk), and hands the other actions to one
+//! executor task that logs them, keeps the event log and queues hooks.
+
+use crate::hooks::{HookEvent, HookKind, HookRunner};
+use crate::peer::PeerLink;
+use crate::store::EpochStore;
+use crate::switchover::Switchovers;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tandem_config::{Config, FailoverMode, HeartbeatLink};
+use tandem_ops::{AlarmStatus, LinkStatus, PeerStatus, RoleChangeStatus, Status};
+use tandem_sync::auth::PairKey;
+use tandem_sync::message::{Heartbeat, Role};
+use tandem_sync::resource::Resource;
+use tandem_sync::role::{Action, AlarmKind, Failover, Millis, RoleMachine, Settings};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// How many events the in-memory log keeps for status.
+const EVENTS_KEPT: usize = 200;
+
+/// Work for the executor task, in the order it happened.
+pub enum Work {
+    Action(Action),
+    /// Answered when everything queued before it (hooks included) is done.
+    Settled(tokio::sync::oneshot::Sender<()>),
+}
+
+pub struct Node {
+    pub cfg: Arc<Config>,
+    pub me: String,
+    pub peer: String,
+    pub key: PairKey,
+    started: Instant,
+    started_unix_ms: u64,
+    machine: Mutex<RoleMachine>,
+    store: EpochStore,
+    work: mpsc::UnboundedSender<Work>,
+    deadline_moved: Notify,
+    pub peer_link: PeerLink,
+    pub switchovers: Switchovers,
+    pub resources: Vec<Arc<dyn Resource>>,
+    link_errors: Mutex<Vec<Option<String>>>,
+    alarms: Mutex<BTreeMap<(AlarmKind, Option<usize>), AlarmStatus>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Node {
+    /// Build the node and start its executor. The node starts fenced.
+    pub fn start(cfg: Arc<Config>, me: &str, key: PairKey) -> anyhow::Result<Arc<Node>> {
+        let node_cfg = cfg
+            .node(me)
+            .ok_or_else(|| anyhow::anyhow!("no node {me} in the config"))?;
+        let peer = cfg
+            .peer_of(me)
+            .ok_or_else(|| anyhow::anyhow!("no peer of {me} in the config"))?
+            .name
+            .clone();
+        let store = EpochStore::open(&cfg.data_dir(node_cfg))?;
+        let record = store.load()?;
+        let t = &cfg.timing;
+        let settings = Settings {
+            me: me.to_string(),
+            peer: peer.clone(),
+            first: cfg.nodes[0].name.clone(),
+            failover: match cfg.pair.failover {
+                FailoverMode::Auto => Failover::Auto,
+                FailoverMode::Manual => Failover::Manual,
+            },
+            lease_ms: t.lease_ms,
+            dead_after_ms: t.dead_after_ms,
+            link_dead_after_ms: t.link_dead_after_ms,
+            links: node_cfg
+                .heartbeat
+                .iter()
+                .map(HeartbeatLink::to_string)
+                .collect(),
+            tiebreaker: cfg
+                .tiebreaker
+                .as_ref()
+                .is_some_and(|tb| !tb.reach.is_empty()),
+        };
+        let links = settings.links.len();
+        let machine = RoleMachine::new(settings, record.clone(), 0);
+        let (work, work_rx) = mpsc::unbounded_channel();
+        let hooks = HookRunner::start(cfg.hooks.clone(), me.to_string());
+        let (shutdown, _) = watch::channel(false);
+        let node = Arc::new(Node {
+            cfg: cfg.clone(),
+            me: me.to_string(),
+            peer,
+            key,
+            started: Instant::now(),
+            started_unix_ms: unix_ms(),
+            machine: Mutex::new(machine),
+            store,
+            work,
+            deadline_moved: Notify::new(),
+            peer_link: PeerLink::default(),
+            switchovers: Switchovers::default(),
+            resources: Vec::new(),
+            link_errors: Mutex::new(vec![None; links]),
+            alarms: Mutex::new(BTreeMap::new()),
+            shutdown,
+        });
+        tracing::info!(
+            node = me,
+            epoch = record.epoch.0,
+            holder = record.holder.as_deref().unwrap_or("-"),
+            key = %node.key.fingerprint(),
+            "starting fenced: waiting to see the peer (or `tandem promote --force`)"
+        );
+        tokio::spawn(execute(node.clone(), work_rx, hooks));
+        tokio::spawn(ticker(node.clone()));
+        Ok(node)
+    }
+
+    pub fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
+    fn unix_ms_at(&self, at: Millis) -> u64 {
+        self.started_unix_ms + at
+    }
+
+    /// Run `f` on the role machine, then persist and dispatch what it asked for.
+    pub fn with_machine<R>(&self, f: impl FnOnce(&mut RoleMachine, Millis) -> R) -> R {
+        let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.now();
+        let result = f(&mut m, now);
+        let mut actions = m.take_actions();
+        while !actions.is_empty() {
+            let mut rest = actions.into_iter();
+            for action in rest.by_ref() {
+                if let Action::Persist(record) = &action {
+                    if let Err(e) = self.store.save(record) {
+                        // What followed the persist was conditional on it: drop
+                        // it and let the machine fence instead.
+                        tracing::error!("cannot persist epoch {}: {e}", record.epoch);
+                        m.persist_failed(now, &e.to_string());
+                        break;
+                    }
+                } else {
+                    let _ = self.work.send(Work::Action(action));
+                }
+            }
+            actions = m.take_actions();
+        }
+        drop(m);
+        self.deadline_moved.notify_one();
+        result
+    }
+
+    pub fn role(&self) -> Role {
+        self.with_machine(|m, _| m.role())
+    }
+
+    pub fn heartbeat(&self, link: usize) -> Heartbeat {
+        self.with_machine(|m, now| m.heartbeat(now, link))
+    }
+
+    pub fn on_heartbeat(&self, link: usize, hb: &Heartbeat) {
+        self.with_machine(|m, now| m.on_heartbeat(now, link, hb));
+        self.set_link_error(link, None);
+    }
+
+    /// Record why a link refused a frame; log it only when the reason changes,
+    /// so a misconfigured peer gives one clear line, not one per heartbeat.
+    pub fn set_link_error(&self, link: usize, error: Option<String>) {
+        let mut errors = self.link_errors.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = errors.get_mut(link) else {
+            return;
+        };
+        if *slot != error {
+            if let Some(e) = &error {
+                tracing::error!(link, "heartbeat link {link}: {e}");
+            }
+            *slot = error;
+        }
+    }
+
+    /// Wait until every action and hook queued so far has been carried out.
+    pub async fn settled(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.work.send(Work::Settled(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Graceful stop: stop acting, let the links tell the peer, run hooks.
+    pub async fn shut_down(&self) {
+        self.with_machine(|m, now| m.shutdown(now));
+        let _ = self.shutdown.send(true);
+        // Let each link send one last heartbeat that says `leaving`.
+        tokio::time::sleep(Duration::from_millis(
+            self.cfg.timing.heartbeat_interval_ms.min(200),
+        ))
+        .await;
+        let bound = Duration::from_millis(self.cfg.hooks.timeout_ms.saturating_mul(4).max(1000));
+        let _ = tokio::time::timeout(bound, self.settled()).await;
+    }
+
+    pub fn status(&self) -> Status {
+        let mut s = self.with_machine(|m, now| {
+            let peer = m.peer();
+            Status {
+                pair: self.cfg.pair.name.clone(),
+                node: self.me.clone(),
+                role: m.role().to_string(),
+                epoch: m.epoch().0,
+                holder: m.record().holder.clone(),
+                failover: self.cfg.pair.failover.as_str().to_string(),
+                lease_left_ms: m.lease_left_ms(now),
+                lease_required: m.lease_required(),
+                peer_joined: m.peer_joined(),
+                armed: m.armed(),
+                on_hold: m.on_hold(),
+                peer: PeerStatus {
+                    name: self.peer.clone(),
+                    role: peer.map(|p| p.role.to_string()),
+                    epoch: peer.map(|p| p.epoch.0),
+                    last_heard_ms_ago: peer.map(|p| now.saturating_sub(p.heard_ms)),
+                },
+                links: m
+                    .links()
+                    .iter()
+                    .enumerate()
+                    .map(|(index, l)| LinkStatus {
+                        index,
+                        name: l.name.clone(),
+                        up: l.up,
+                        last_seen_ms_ago: l.last_seen_ms.map(|t| now.saturating_sub(t)),
+                        rtt_ms: l.rtt_ms,
+                        received: l.received,
+                        lost: l.lost,
+                        last_error: None,
+                    })
+                    .collect(),
+                replication_connected: false,
+                alarms: Vec::new(),
+                history: m
+                    .history()
+                    .map(|c| RoleChangeStatus {
+                        at_unix_ms: self.unix_ms_at(c.at_ms),
+                        from: c.from.to_string(),
+                        to: c.to.to_string(),
+                        epoch: c.epoch.0,
+                        reason: c.reason.clone(),
+                    })
+                    .collect(),
+                switchover: None,
+                uptime_ms: now,
+            }
+        });
+        let errors = self.link_errors.lock().unwrap_or_else(|p| p.into_inner());
+        for (l, e) in s.links.iter_mut().zip(errors.iter()) {
+            l.last_error = e.clone();
+        }
+        drop(errors);
+        s.replication_connected = self.peer_link.is_connected();
+        s.alarms = self
+            .alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        s.switchover = self.switchovers.latest();
+        s
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Wake the role machine at its next deadline (lease expiry, failover,
+/// link timeout), and at least every heartbeat interval.
+async fn ticker(node: Arc<Node>) {
+    let mut shutdown = node.shutdown_signal();
+    let interval = node.cfg.timing.heartbeat_interval_ms;
+    loop {
+        let (now, deadline) = node.with_machine(|m, now| {
+            m.tick(now);
+            (now, m.next_deadline())
+        });
+        let wait = deadline.map_or(interval, |d| d.saturating_sub(now).clamp(1, interval));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = node.deadline_moved.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The one task that carries out role changes and alarms, in order.
+async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>, hooks: HookRunner) {
+    let events_path = node
+        .cfg
+        .node(&node.me)
+        .map(|n| node.cfg.data_dir(n).join("events.jsonl"));
+    let mut recent: VecDeque<serde_json::Value> = VecDeque::new();
+    while let Some(item) = work.recv().await {
+        let action = match item {
+            Work::Action(a) => a,
+            Work::Settled(done) => {
+                hooks.settled().await;
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let event = match action {
+            Action::RoleChanged(c) => {
+                tracing::info!(
+                    from = %c.from, to = %c.to, epoch = c.epoch.0,
+                    "role {} -> {} in epoch {}: {}", c.from, c.to, c.epoch, c.reason
+                );
+                let kind = match (c.from, c.to) {
+                    (_, Role::Primary) => Some(HookKind::Promote),
+                    (Role::Primary, Role::Fenced) => Some(HookKind::Fence),
+                    (Role::Primary, _) => Some(HookKind::Demote),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    hooks.queue(HookEvent {
+                        kind,
+                        role: c.to.to_string(),
+                        epoch: c.epoch.0,
+                        reason: c.reason.clone(),
+                    });
+                }
+                serde_json::json!({
+                    "at_unix_ms": node.unix_ms_at(c.at_ms), "event": "role_change",
+                    "from": c.from, "to": c.to, "epoch": c.epoch.0, "reason": c.reason,
+                })
+            }
+            Action::Alarm(a) => {
+                let key = (a.kind, a.link);
+                let kind = serde_json::to_value(a.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let mut alarms = node.alarms.lock().unwrap_or_else(|p| p.into_inner());
+                if a.raised {
+                    tracing::warn!(alarm = %kind, "ALARM: {}", a.message);
+                    alarms.insert(
+                        key,
+                        AlarmStatus {
+                            kind: kind.clone(),
+                            message: a.message.clone(),
+                            since_unix_ms: unix_ms(),
+                        },
+                    );
+                    let (role, epoch) = node.with_machine(|m, _| (m.role(), m.epoch()));
+                    hooks.queue(HookEvent {
+                        kind: HookKind::Alarm,
+                        role: role.to_string(),
+                        epoch: epoch.0,
+                        reason: a.message.clone(),
+                    });
+                } else if alarms.remove(&key).is_some() {
+                    tracing::info!(alarm = %kind, "cleared: {}", a.message);
+                }
+                serde_json::json!({
+                    "at_unix_ms": unix_ms(), "event": if a.raised { "alarm" } else { "alarm_cleared" },
+                    "kind": kind, "link": a.link, "message": a.message,
+                })
+            }
+            Action::CheckTiebreaker => {
+                tokio::spawn(crate::tiebreaker::check(node.clone()));
+                continue;
+            }
+            // Persist is carried out inside `with_machine`.
+            Action::Persist(_) => continue,
+        };
+        if recent.len() == EVENTS_KEPT {
+            recent.pop_front();
+        }
+        if let Some(path) = &events_path {
+            append_event(path, &event);
+        }
+        recent.push_back(event);
+    }
+}
+
+/// The event log on disk: one JSON object a line, for operators and reports.
+/// Losing a line on a full disk is logged, never fatal.
+fn append_event(path: &std::path::Path, event: &serde_json::Value) {
+    use std::io::Write;
+    let line = format!("{event}\n");
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = result {
+        tracing::warn!("cannot append to the event log {}: {e}", path.display());
+    }
+}

@@ -1,0 +1,253 @@
+//! The replication link: one authenticated TCP connection between the nodes,
+//! carrying [`PeerMessage`]s (the switchover conversation now; database and
+//! file streams later).
+//!
+//! The node listed first in the config dials the other's replication
+//! address; the other accepts. Only one connection is live at a time: a new
+//! one replaces the old, whose reader is stopped first, so messages of one
+//! switchover are never handled out of order across two connections.
+
+use crate::endpoint::Endpoint;
+use crate::node::Node;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_sync::message::{self, PeerMessage};
+use tandem_sync::wire::{FrameReader, FRAME_BYTES_MAX_DEFAULT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// A keepalive goes out this often; a connection silent for `SILENT` is dropped.
+const KEEPALIVE: Duration = Duration::from_millis(500);
+const SILENT: Duration = Duration::from_secs(3);
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(3);
+/// Messages waiting to be written; a full queue means the peer is stuck.
+const OUTBOX: usize = 1024;
+
+/// The sending half of the live connection, if any.
+#[derive(Default)]
+pub struct PeerLink {
+    tx: Mutex<Option<(u64, mpsc::Sender<PeerMessage>)>>,
+}
+
+impl PeerLink {
+    pub fn is_connected(&self) -> bool {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(_, tx)| !tx.is_closed())
+    }
+
+    /// Queue a message on the live connection. Fails at once, without
+    /// waiting, when there is none or its queue is full.
+    pub fn send(&self, msg: PeerMessage) -> Result<(), String> {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some((_, tx)) => tx
+                .try_send(msg)
+                .map_err(|e| format!("replication link: {e}")),
+            None => Err("the replication link to the peer is down".into()),
+        }
+    }
+
+    fn install(&self, id: u64, tx: mpsc::Sender<PeerMessage>) {
+        *self.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, tx));
+    }
+
+    fn remove(&self, id: u64) {
+        let mut guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_some_and(|(i, _)| *i == id) {
+            *guard = None;
+        }
+    }
+}
+
+/// Run the replication link for the life of the node.
+pub async fn run(node: Arc<Node>, listen: SocketAddr, peer_addr: SocketAddr) {
+    let initiator = node.me == node.cfg.nodes[0].name;
+    let mut shutdown = node.shutdown_signal();
+    let mut next_id = 0u64;
+    if initiator {
+        loop {
+            next_id += 1;
+            let attempt = async {
+                let stream = TcpStream::connect(peer_addr).await?;
+                serve_connection(node.clone(), stream, peer_addr, true, next_id).await;
+                Ok::<(), std::io::Error>(())
+            };
+            tokio::select! {
+                r = attempt => if let Err(e) = r {
+                    tracing::debug!("replication link to {peer_addr}: {e}");
+                },
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+    let listener = loop {
+        match TcpListener::bind(listen).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::error!("cannot listen on the replication address {listen}: {e}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    let mut current: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, from)) => {
+                // Stop the old connection's reader before the new one speaks.
+                if let Some(old) = current.take() {
+                    old.abort();
+                    let _ = old.await;
+                }
+                next_id += 1;
+                current = Some(tokio::spawn(serve_connection(
+                    node.clone(),
+                    stream,
+                    from,
+                    false,
+                    next_id,
+                )));
+            }
+            Err(e) => tracing::warn!("replication link: accept failed: {e}"),
+        }
+    }
+}
+
+async fn serve_connection(
+    node: Arc<Node>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    initiator: bool,
+    id: u64,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut endpoint = Endpoint::new(
+        node.key.clone(),
+        &node.cfg.pair.name,
+        &node.me,
+        initiator,
+        FRAME_BYTES_MAX_DEFAULT,
+    );
+    let mut reader = FrameReader::new(FRAME_BYTES_MAX_DEFAULT);
+    let mut buf = vec![0u8; 64 * 1024];
+    // Handshake: the initiator speaks first; both sides give up after a bound.
+    let handshake = async {
+        if let Some(hello) = endpoint.on_tick(Instant::now(), HANDSHAKE_WITHIN) {
+            stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+        }
+        while !endpoint.is_established() {
+            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed by the peer during the handshake".to_string());
+            }
+            reader.push(&buf[..n]);
+            while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
+                let got = endpoint
+                    .on_frame(Instant::now(), &frame)
+                    .map_err(|e| e.to_string())?;
+                if let Some(reply) = got.reply {
+                    stream.write_all(&reply).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(HANDSHAKE_WITHIN, handshake).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!("replication link with {addr} refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "replication link with {addr}: no handshake within {HANDSHAKE_WITHIN:?}"
+            );
+            return;
+        }
+    }
+    tracing::info!("replication link to {} ({addr}) established", node.peer);
+    let (tx, mut rx) = mpsc::channel::<PeerMessage>(OUTBOX);
+    node.peer_link.install(id, tx);
+    let (mut rd, mut wr) = stream.into_split();
+    let endpoint = Arc::new(Mutex::new(endpoint));
+    let sealer = endpoint.clone();
+    let writer = tokio::spawn(async move {
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return },
+                _ = keepalive.tick() => PeerMessage::Keepalive,
+            };
+            let bytes = sealer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .seal(&message::encode(&msg));
+            let Some(bytes) = bytes else { return };
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let why = loop {
+        let n = match tokio::time::timeout(SILENT, rd.read(&mut buf)).await {
+            Err(_) => break format!("silent for {SILENT:?}"),
+            Ok(Err(e)) => break e.to_string(),
+            Ok(Ok(0)) => break "closed by the peer".to_string(),
+            Ok(Ok(n)) => n,
+        };
+        reader.push(&buf[..n]);
+        let mut failed = None;
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            };
+            let opened = endpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .on_frame(Instant::now(), &frame);
+            match opened {
+                Ok(got) => {
+                    if let Some(payload) = got.payload {
+                        match message::decode::<PeerMessage>("peer message", &payload) {
+                            Ok(msg) => crate::switchover::on_peer_message(&node, msg).await,
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(why) = failed {
+            break why;
+        }
+    };
+    writer.abort();
+    node.peer_link.remove(id);
+    tracing::warn!("replication link to {} ({addr}) lost: {why}", node.peer);
+}
