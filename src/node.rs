@@ -131,6 +131,16 @@ impl Node {
 
     /// Run `f` on the role machine, then persist and dispatch what it asked for.
     pub fn with_machine<R>(&self, f: impl FnOnce(&mut RoleMachine, Millis) -> R) -> R {
+        self.drive_machine(true, f)
+    }
+
+    /// `wake_ticker` is false only for the ticker itself, which computes its
+    /// next deadline right after (waking itself would make it spin).
+    fn drive_machine<R>(
+        &self,
+        wake_ticker: bool,
+        f: impl FnOnce(&mut RoleMachine, Millis) -> R,
+    ) -> R {
         let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.now();
         let result = f(&mut m, now);
@@ -153,7 +163,9 @@ impl Node {
             actions = m.take_actions();
         }
         drop(m);
-        self.deadline_moved.notify_one();
+        if wake_ticker {
+            self.deadline_moved.notify_one();
+        }
         result
     }
 
@@ -212,6 +224,9 @@ impl Node {
 
     pub fn status(&self) -> Status {
         let mut s = self.with_machine(|m, now| {
+            // Bring the machine up to date first, so status never shows a
+            // lease that has lapsed (after a pause, say) as still held.
+            m.tick(now);
             let peer = m.peer();
             Status {
                 pair: self.cfg.pair.name.clone(),
@@ -292,7 +307,7 @@ async fn ticker(node: Arc<Node>) {
     let mut shutdown = node.shutdown_signal();
     let interval = node.cfg.timing.heartbeat_interval_ms;
     loop {
-        let (now, deadline) = node.with_machine(|m, now| {
+        let (now, deadline) = node.drive_machine(false, |m, now| {
             m.tick(now);
             (now, m.next_deadline())
         });

@@ -1,0 +1,351 @@
+//! Whole-binary tests of the pair: two real `tandem run` processes on
+//! loopback, real signals, real ptys.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+#[test]
+fn switchover_both_ways() {
+    let mut pair = Pair::new(Options::default());
+    pair.start(0);
+    pair.start(1);
+    let e1 = pair.wait_roles(0, SETTLE);
+
+    // From the primary's CLI.
+    let out = pair.cli(0, &["switchover", "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "switchover failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("pre-checks passed"), "{text}");
+    assert!(text.contains("b promoted in epoch"), "{text}");
+    let e2 = pair.wait_roles(1, SETTLE);
+    assert_eq!(e2, e1 + 1, "a switchover is exactly one promotion");
+
+    // Back again, asked on the standby: the request is relayed to the primary.
+    let out = pair.cli(0, &["switchover", "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "switchover from the standby failed:\n{text}"
+    );
+    assert!(
+        text.contains("asked the primary, b, to hand over"),
+        "{text}"
+    );
+    assert!(text.contains("a promoted in epoch"), "{text}");
+    let e3 = pair.wait_roles(0, SETTLE);
+    assert_eq!(e3, e2 + 1);
+
+    // Never two primaries: each epoch had exactly one node promoted in it.
+    let mut promoted = std::collections::BTreeMap::new();
+    for i in 0..2 {
+        for ev in pair.events(i) {
+            if ev["event"] == "role_change" && ev["to"] == "primary" {
+                let prev = promoted.insert(ev["epoch"].as_u64().unwrap(), i);
+                assert!(
+                    prev.is_none() || prev == Some(i),
+                    "two primaries in epoch {}",
+                    ev["epoch"]
+                );
+            }
+        }
+    }
+    assert_eq!(promoted.len(), 3, "{promoted:?}");
+}
+
+#[test]
+fn switchover_is_refused_with_reasons_when_the_standby_is_gone() {
+    let mut pair = Pair::new(Options::default());
+    pair.start(0);
+    pair.start(1);
+    pair.wait_roles(0, SETTLE);
+    pair.stop(1);
+    // Graceful stop of the standby: the primary keeps serving (the standby
+    // said it was leaving, so no lease is needed).
+    wait_for(SETTLE, "peer unreachable", || {
+        let s = pair.status(0)?;
+        (s["peer"]["last_heard_ms_ago"].as_u64()? > 500).then_some(())
+    });
+    assert_eq!(pair.role(0).as_deref(), Some("primary"));
+    let out = pair.cli(0, &["switchover", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("peer b unreachable"), "{err}");
+    assert!(err.contains("replication link to b is down"), "{err}");
+    assert_eq!(
+        pair.role(0).as_deref(),
+        Some("primary"),
+        "a refused switchover changes nothing"
+    );
+}
+
+#[test]
+fn kill_9_of_the_primary_fails_over_within_the_bound() {
+    let mut pair = Pair::new(Options::default());
+    pair.start(0);
+    pair.start(1);
+    let e1 = pair.wait_roles(0, SETTLE);
+    let killed = Instant::now();
+    pair.kill(0);
+    wait_for(SETTLE, "b primary", || {
+        (pair.role(1)? == "primary").then_some(())
+    });
+    let took = killed.elapsed();
+    // dead_after is 800 ms; allow for a busy two-core machine.
+    assert!(
+        took >= Duration::from_millis(FAST.dead_after_ms - 100),
+        "promoted too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(FAST.dead_after_ms + 1500),
+        "promoted too late: {took:?}"
+    );
+    let s = pair.status(1).unwrap();
+    assert_eq!(s["epoch"].as_u64(), Some(e1 + 1));
+
+    // The old primary comes back: it rejoins as standby, no failback.
+    pair.start(0);
+    pair.wait_roles(1, SETTLE);
+}
+
+#[test]
+fn manual_mode_never_fails_over() {
+    let mut pair = Pair::new(Options {
+        failover: "manual",
+        ..Options::default()
+    });
+    pair.start(0);
+    pair.start(1);
+    pair.wait_roles(0, SETTLE);
+    pair.kill(0);
+    wait_for(SETTLE, "peer silent alarm on b", || {
+        let s = pair.status(1)?;
+        s["alarms"]
+            .as_array()?
+            .iter()
+            .any(|a| a["kind"] == "peer_silent")
+            .then_some(())
+    });
+    assert_eq!(pair.role(1).as_deref(), Some("standby"));
+    // The operator decides: a forced promotion works and is logged.
+    let out = pair.cli(1, &["promote", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(pair.role(1).as_deref(), Some("primary"));
+    assert!(pair.log(1).contains("FORCED PROMOTION"));
+}
+
+#[test]
+fn a_paused_primary_finds_itself_fenced_and_steps_down() {
+    let mut pair = Pair::new(Options::default());
+    pair.start(0);
+    pair.start(1);
+    let e1 = pair.wait_roles(0, SETTLE);
+    pair.signal(0, Signal::SIGSTOP);
+    let stopped = Instant::now();
+    wait_for(SETTLE, "b promoted", || {
+        (pair.role(1)? == "primary").then_some(())
+    });
+    // Stopped for longer than its lease, and b has taken over.
+    assert!(stopped.elapsed() > Duration::from_millis(FAST.lease_ms));
+    pair.signal(0, Signal::SIGCONT);
+    // From the moment it resumes, a never answers that it is primary.
+    let resumed = Instant::now();
+    while resumed.elapsed() < Duration::from_secs(2) {
+        if let Some(s) = pair.status(0) {
+            assert_ne!(
+                s["role"], "primary",
+                "resumed node still claims primary: {s}"
+            );
+        }
+    }
+    pair.wait_roles(1, SETTLE);
+    let events = pair.events(0);
+    let fenced = events.iter().any(|e| {
+        e["event"] == "role_change" && e["from"] == "primary" && e["epoch"].as_u64() == Some(e1)
+    });
+    assert!(
+        fenced,
+        "a never left the primary role of epoch {e1}: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !(e["to"] == "primary" && e["epoch"].as_u64() > Some(e1))),
+        "a became primary again: {events:?}"
+    );
+}
+
+#[test]
+fn a_wrong_key_never_pairs_and_says_why() {
+    let mut pair = Pair::new(Options {
+        wrong_key: true,
+        ..Options::default()
+    });
+    pair.start(0);
+    pair.start(1);
+    wait_for(SETTLE, "a key-check error in a's log", || {
+        pair.log(0).contains("failed the key check").then_some(())
+    });
+    wait_for(SETTLE, "the link error in status", || {
+        let s = pair.status(0)?;
+        let e = s["links"][0]["last_error"].as_str()?.to_string();
+        e.contains("key check").then_some(())
+    });
+    for i in 0..2 {
+        let s = pair.status(i).unwrap();
+        assert_eq!(
+            s["role"], "fenced",
+            "node {i} must not act without its peer: {s}"
+        );
+        assert_eq!(s["links"][0]["up"], false);
+    }
+    // One clear line, not one per heartbeat.
+    let lines = pair.log(0).matches("failed the key check").count();
+    assert!(lines <= 3, "{lines} key-check lines in a's log");
+}
+
+#[test]
+fn a_cold_node_alone_does_not_promote() {
+    let mut pair = Pair::new(Options::default());
+    pair.start(0);
+    wait_for(SETTLE, "peer silent alarm", || {
+        let s = pair.status(0)?;
+        s["alarms"]
+            .as_array()?
+            .iter()
+            .any(|a| a["kind"] == "peer_silent")
+            .then_some(())
+    });
+    let s = pair.status(0).unwrap();
+    assert_eq!(s["role"], "fenced", "{s}");
+    assert!(pair.log(0).contains("waiting to see the peer"));
+    // When the peer arrives, the pair forms.
+    pair.start(1);
+    pair.wait_roles(0, SETTLE);
+}
+
+#[test]
+fn one_heartbeat_link_cut_raises_an_alarm_and_changes_no_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socat, a, b) = null_modem(dir.path(), "cable");
+    let mut pair = Pair::new(Options {
+        serial: Some((a.clone(), b.clone())),
+        ..Options::default()
+    });
+    pair.start(0);
+    pair.start(1);
+    let epoch = pair.wait_roles(0, SETTLE);
+    // Both links up, the serial one carrying heartbeats too.
+    wait_for(SETTLE, "serial link received frames", || {
+        (pair.status(1)?["links"][1]["received"].as_u64()? > 3).then_some(())
+    });
+
+    // Pull the null-modem cable.
+    let mut socat = socat;
+    socat.kill().unwrap();
+    socat.wait().unwrap();
+    wait_for(SETTLE, "link-down alarm on both nodes", || {
+        let alarmed = |i: usize| -> Option<bool> {
+            let s = pair.status(i)?;
+            Some(
+                s["alarms"]
+                    .as_array()?
+                    .iter()
+                    .any(|a| a["kind"] == "link_down")
+                    && s["links"][1]["up"] == false,
+            )
+        };
+        (alarmed(0)? && alarmed(1)?).then_some(())
+    });
+    // Hold it cut for several dead_after periods: no role change.
+    let until = Instant::now() + Duration::from_millis(FAST.dead_after_ms * 3);
+    while Instant::now() < until {
+        assert_eq!(pair.role(0).as_deref(), Some("primary"));
+        assert_eq!(pair.role(1).as_deref(), Some("standby"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(pair.status(0).unwrap()["epoch"].as_u64(), Some(epoch));
+    assert!(pair.log(0).contains("ALARM: heartbeat link 1"));
+
+    // Plug it back in: the link comes up and the alarm clears.
+    let (socat, _, _) = null_modem(dir.path(), "cable");
+    pair.adopt(socat);
+    wait_for(SETTLE, "link back up, alarm cleared", || {
+        let s = pair.status(0)?;
+        let clear = !s["alarms"]
+            .as_array()?
+            .iter()
+            .any(|a| a["kind"] == "link_down");
+        (s["links"][1]["up"] == true && clear).then_some(())
+    });
+    assert_eq!(pair.status(1).unwrap()["epoch"].as_u64(), Some(epoch));
+}
+
+#[test]
+fn hooks_run_with_role_and_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hooks.out");
+    let o = out.display();
+    let mut pair = Pair::new(Options {
+        extra: format!(
+            r#"
+[hooks]
+on_promote = ["echo promote $TANDEM_NODE $TANDEM_ROLE $TANDEM_EPOCH >> {o}"]
+on_demote = ["echo demote $TANDEM_NODE $TANDEM_ROLE $TANDEM_EPOCH >> {o}"]
+timeout_ms = 5000
+"#
+        ),
+        ..Options::default()
+    });
+    pair.start(0);
+    pair.start(1);
+    let e = pair.wait_roles(0, SETTLE);
+    let out2 = pair.cli(0, &["switchover", "--yes"]);
+    assert!(out2.status.success(), "{out2:?}");
+    pair.wait_roles(1, SETTLE);
+    let lines = wait_for(SETTLE, "three hook lines", || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() >= 3).then_some(lines)
+    });
+    assert_eq!(
+        lines,
+        vec![
+            format!("promote a primary {e}"),
+            format!("demote a demoting {e}"),
+            format!("promote b primary {}", e + 1),
+        ]
+    );
+}
+
+#[test]
+fn config_errors_are_located_and_the_daemon_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[pair]\nname = \"x\"\nkey_flie = \"/k\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:1:", bad.display())), "{err}");
+    assert!(err.contains("key_file"), "a suggestion is expected: {err}");
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .args(["--node", "a"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":3:1:"));
+}
