@@ -11,7 +11,7 @@ use crate::hooks::{HookEvent, HookKind, HookRunner};
 use crate::peer::PeerLink;
 use crate::store::EpochStore;
 use crate::switchover::Switchovers;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_config::{Config, FailoverMode, HeartbeatLink};
@@ -21,9 +21,6 @@ use tandem_sync::message::{Heartbeat, Role};
 use tandem_sync::resource::Resource;
 use tandem_sync::role::{Action, AlarmKind, Failover, Millis, RoleMachine, Settings};
 use tokio::sync::{mpsc, watch, Notify};
-
-/// How many events the in-memory log keeps for status.
-const EVENTS_KEPT: usize = 200;
 
 /// Work for the executor task, in the order it happened.
 pub enum Work {
@@ -306,11 +303,26 @@ pub fn unix_ms() -> u64 {
 async fn ticker(node: Arc<Node>) {
     let mut shutdown = node.shutdown_signal();
     let interval = node.cfg.timing.heartbeat_interval_ms;
+    let remind_every = node.cfg.timing.cold_start_wait_ms.max(1000);
+    let mut reminded = 0;
     loop {
-        let (now, deadline) = node.drive_machine(false, |m, now| {
+        let (now, deadline, role, heard) = node.drive_machine(false, |m, now| {
             m.tick(now);
-            (now, m.next_deadline())
+            let heard = m.peer().map(|p| now.saturating_sub(p.heard_ms));
+            (now, m.next_deadline(), m.role(), heard)
         });
+        // A fenced node says now and then what it waits for, so that an
+        // operator reading the journal knows what to do.
+        if role == Role::Fenced && now >= reminded + remind_every {
+            reminded = now;
+            let heard = heard.map_or("never heard".to_string(), |ms| {
+                format!("last heard {ms} ms ago")
+            });
+            tracing::info!(
+                "fenced: waiting for peer {} ({heard}); to act without it, make sure it is down and run `tandem promote --force`",
+                node.peer
+            );
+        }
         let wait = deadline.map_or(interval, |d| d.saturating_sub(now).clamp(1, interval));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
@@ -326,7 +338,6 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>, hooks
         .cfg
         .node(&node.me)
         .map(|n| node.cfg.data_dir(n).join("events.jsonl"));
-    let mut recent: VecDeque<serde_json::Value> = VecDeque::new();
     while let Some(item) = work.recv().await {
         let action = match item {
             Work::Action(a) => a,
@@ -400,13 +411,9 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>, hooks
             // Persist is carried out inside `with_machine`.
             Action::Persist(_) => continue,
         };
-        if recent.len() == EVENTS_KEPT {
-            recent.pop_front();
-        }
         if let Some(path) = &events_path {
             append_event(path, &event);
         }
-        recent.push_back(event);
     }
 }
 
