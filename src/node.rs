@@ -379,7 +379,11 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>, hooks
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default();
                 let mut alarms = node.alarms.lock().unwrap_or_else(|p| p.into_inner());
-                if a.raised {
+                // A condition raised again while still active (a tie-breaker
+                // refusing at every retry) is logged, not alarmed anew.
+                if a.raised && alarms.contains_key(&key) {
+                    tracing::info!(alarm = %kind, "still: {}", a.message);
+                } else if a.raised {
                     tracing::warn!(alarm = %kind, "ALARM: {}", a.message);
                     alarms.insert(
                         key,

@@ -349,3 +349,133 @@ fn config_errors_are_located_and_the_daemon_refuses_to_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(":3:1:"));
 }
+
+#[test]
+fn the_peer_is_dead_only_when_every_link_is_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socat, a, b) = null_modem(dir.path(), "cable");
+    let mut pair = Pair::new(Options {
+        serial: Some((a, b)),
+        ..Options::default()
+    });
+    pair.adopt(socat);
+    pair.start(0);
+    pair.start(1);
+    let epoch = pair.wait_roles(0, SETTLE);
+
+    // Cut the UDP link (the crossover cable): the serial cable still carries
+    // the pair, so nobody fails over however long it lasts.
+    pair.cut_udp();
+    wait_for(SETTLE, "UDP link down on b", || {
+        (pair.status(1)?["links"][0]["up"] == false).then_some(())
+    });
+    let until = Instant::now() + Duration::from_millis(FAST.dead_after_ms * 3);
+    while Instant::now() < until {
+        assert_eq!(pair.role(0).as_deref(), Some("primary"));
+        assert_eq!(pair.role(1).as_deref(), Some("standby"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = pair.status(0).unwrap();
+    assert_eq!(s["epoch"].as_u64(), Some(epoch));
+    assert!(
+        s["lease_left_ms"].as_u64().unwrap() > 0,
+        "the lease is renewed over serial: {s}"
+    );
+    pair.heal_udp();
+    wait_for(SETTLE, "UDP link up again", || {
+        (pair.status(1)?["links"][0]["up"] == true).then_some(())
+    });
+}
+
+/// A TCP target that never answers: a listener with a full accept queue
+/// drops new SYNs, so connecting to it times out. On loopback, no other host.
+fn silent_target() -> (std::os::fd::OwnedFd, std::net::TcpStream, u16) {
+    use nix::sys::socket::*;
+    // CLOEXEC, or the nodes started later would inherit and keep it open.
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, 0),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    let addr: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
+    // Fill the queue (backlog 0 holds one connection).
+    let filler = std::net::TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
+    (fd, filler, addr.port())
+}
+
+#[test]
+fn the_tiebreaker_blocks_a_failover_until_it_is_reachable() {
+    let (blackhole, filler, port) = silent_target();
+    let mut pair = Pair::new(Options {
+        extra: format!("[tiebreaker]\nreach = [\"127.0.0.1:{port}\"]\ntimeout_ms = 300\n"),
+        ..Options::default()
+    });
+    pair.start(0);
+    pair.start(1);
+    let epoch = pair.wait_roles(0, SETTLE);
+    pair.kill(0);
+    wait_for(SETTLE, "tie-breaker alarm on b", || {
+        let s = pair.status(1)?;
+        s["alarms"]
+            .as_array()?
+            .iter()
+            .any(|a| a["kind"] == "tiebreaker_refused")
+            .then_some(())
+    });
+    assert_eq!(pair.role(1).as_deref(), Some("standby"));
+    assert!(
+        pair.log(1).contains("tie-breaker refused the failover"),
+        "{}",
+        pair.log(1)
+    );
+
+    // The target answers again (a closed port answers with a refusal): b
+    // asks again after dead_after and promotes.
+    drop(filler);
+    drop(blackhole);
+    wait_for(SETTLE, "b promoted", || {
+        (pair.role(1)? == "primary").then_some(())
+    });
+    let s = pair.status(1).unwrap();
+    assert_eq!(s["epoch"].as_u64(), Some(epoch + 1));
+    let alarms = s["alarms"].as_array().unwrap();
+    assert!(
+        alarms.iter().all(|a| a["kind"] != "tiebreaker_refused"),
+        "{alarms:?}"
+    );
+    // Raised once, however many retries it refused.
+    assert_eq!(pair.log(1).matches("ALARM: tie-breaker").count(), 1);
+}
+
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let pair = Pair::new(Options::default());
+    let log = pair.dir.path().join("json.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&pair.config)
+        .args(["--node", "a"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let lines = wait_for(SETTLE, "two log lines", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() >= 2).then_some(lines)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+}

@@ -131,6 +131,9 @@ pub struct LinkHealth {
     echo_source: Option<(Millis, Millis)>, // (peer sent_ms, our receive time)
     #[serde(skip)]
     next_link_seq: u64,
+    /// A link-down alarm is raised for it.
+    #[serde(skip)]
+    alarmed: bool,
 }
 
 /// The latest the peer said about itself.
@@ -179,6 +182,8 @@ pub struct RoleMachine {
     hold: bool,
     /// The disk refused an epoch: stay fenced until restart.
     broken: bool,
+    /// The tie-breaker refused a failover and that alarm is still raised.
+    tiebreaker_alarm: bool,
     leaving: bool,
     /// Standby: the switchover ops it promoted for (at most one matters) and
     /// the ones it declined, so a late `Promote` cannot undo an answer.
@@ -220,6 +225,7 @@ impl RoleMachine {
             tiebreaker_retry_ms: None,
             hold: false,
             broken: false,
+            tiebreaker_alarm: false,
             leaving: false,
             promoted_for: None,
             declined: HashSet::new(),
@@ -418,8 +424,8 @@ impl RoleMachine {
                 .saturating_sub(echo.held_ms);
             l.rtt_ms = Some(rtt);
         }
-        if !l.up {
-            l.up = true;
+        l.up = true;
+        if std::mem::take(&mut l.alarmed) {
             let msg = format!("heartbeat link {} ({}) is up", link, l.name);
             self.alarm(AlarmKind::LinkDown, Some(link), msg, false);
         }
@@ -561,9 +567,9 @@ impl RoleMachine {
         self.holder_heard_ms = Some(now);
         self.ack_of = Some(hb.sent_ms);
         self.armed = hb.peer_joined;
-        if self.tiebreaker_pending {
-            self.tiebreaker_pending = false;
-        }
+        self.tiebreaker_pending = false;
+        self.tiebreaker_retry_ms = None;
+        self.clear_tiebreaker_alarm("primary heard again");
         if self.role == Role::Promoting {
             // The holder is back while the tie-breaker was being asked.
             self.set_role(
@@ -629,6 +635,7 @@ impl RoleMachine {
                 };
                 let l = &mut self.links[i];
                 l.up = false;
+                l.alarmed = true;
                 // Mark as seen so that "never came up" is raised once.
                 l.last_seen_ms.get_or_insert(seen);
                 self.alarm(AlarmKind::LinkDown, Some(i), msg, true);
@@ -691,12 +698,21 @@ impl RoleMachine {
         }
         self.tiebreaker_pending = false;
         if reachable {
+            self.clear_tiebreaker_alarm(detail);
             self.failover(now);
         } else {
+            self.tiebreaker_alarm = true;
             let msg = format!("tie-breaker refused the failover: {detail}");
             self.set_role(now, Role::Standby, "tie-breaker refused the failover");
             self.alarm(AlarmKind::TiebreakerRefused, None, msg, true);
             self.tiebreaker_retry_ms = Some(now + self.s.dead_after_ms);
+        }
+    }
+
+    fn clear_tiebreaker_alarm(&mut self, why: &str) {
+        if std::mem::take(&mut self.tiebreaker_alarm) {
+            let msg = format!("tie-breaker alarm cleared: {why}");
+            self.alarm(AlarmKind::TiebreakerRefused, None, msg, false);
         }
     }
 

@@ -60,8 +60,12 @@ pub struct Pair {
     pub config: PathBuf,
     pub names: [&'static str; 2],
     pub control: [SocketAddr; 2],
+    /// Each node's UDP heartbeat port (link 0).
+    pub udp_ports: [u16; 2],
     children: [Option<Child>; 2],
     helpers: Vec<Child>,
+    /// An nftables table this test created to drop heartbeats.
+    nft_table: Option<String>,
 }
 
 /// `count` free ports on 127.0.0.1 (TCP and UDP both free).
@@ -179,8 +183,49 @@ switchover_timeout_ms = 5000
                 format!("127.0.0.1:{}", p[0]).parse().unwrap(),
                 format!("127.0.0.1:{}", p[1]).parse().unwrap(),
             ],
+            udp_ports: [p[4], p[5]],
             children: [None, None],
             helpers: Vec::new(),
+            nft_table: None,
+        }
+    }
+
+    /// Cut the UDP heartbeat link: an nftables rule drops both nodes'
+    /// heartbeat datagrams (only those ports, only on this machine).
+    pub fn cut_udp(&mut self) {
+        let nft = which("nft");
+        let table = format!("tandem_test_{}_{}", std::process::id(), self.udp_ports[0]);
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority -10; policy accept; }}\n\
+             add rule inet {table} input udp dport {{ {}, {} }} drop\n",
+            self.udp_ports[0], self.udp_ports[1]
+        );
+        let mut child = Command::new(nft)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "nft refused the rule (root needed)"
+        );
+        self.nft_table = Some(table);
+    }
+
+    pub fn heal_udp(&mut self) {
+        if let Some(table) = self.nft_table.take() {
+            let status = Command::new(which("nft"))
+                .args(["delete", "table", "inet", &table])
+                .status()
+                .unwrap();
+            assert!(status.success());
         }
     }
 
@@ -321,6 +366,11 @@ switchover_timeout_ms = 5000
 
 impl Drop for Pair {
     fn drop(&mut self) {
+        if let Some(table) = self.nft_table.take() {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &table])
+                .status();
+        }
         for i in 0..2 {
             self.kill(i);
         }
