@@ -31,6 +31,9 @@ pub struct Received {
     pub payload: Option<Vec<u8>>,
     /// A session was just established.
     pub established: bool,
+    /// The handshake went on but the peer is likely misconfigured (its Hello
+    /// failed the key check): worth a log line on this side too.
+    pub suspect: Option<AuthError>,
 }
 
 impl Endpoint {
@@ -139,6 +142,7 @@ impl Endpoint {
         match hs.receive(frame)? {
             HandshakeStep::Send(bytes) => Ok(Received {
                 reply: Some(bytes),
+                suspect: hs.suspected_failure().cloned(),
                 ..Received::default()
             }),
             HandshakeStep::Done { session, send } => {

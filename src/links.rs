@@ -67,6 +67,9 @@ fn receive(node: &Node, link: usize, ep: &mut Endpoint, frame: &Frame) -> Option
                     node.peer
                 );
             }
+            if let Some(suspect) = got.suspect {
+                node.set_link_error(link, Some(suspect.to_string()));
+            }
             if let Some(payload) = got.payload {
                 match message::decode::<Heartbeat>("heartbeat", &payload) {
                     Ok(hb) if hb.node == node.peer => node.on_heartbeat(link, &hb),
@@ -127,7 +130,15 @@ async fn run_udp(node: Arc<Node>, link: usize, local: SocketAddr, remote: Socket
                 }
             }
             r = sock.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
+                let (n, from) = match r {
+                    Ok(got) => got,
+                    Err(e) => {
+                        // Not expected on an unconnected socket; never spin on it.
+                        node.set_link_error(link, Some(format!("receive failed: {e}")));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
                 if from != remote {
                     node.set_link_error(link, Some(format!("datagram from unexpected address {from} (expected {remote})")));
                     continue;
@@ -136,7 +147,7 @@ async fn run_udp(node: Arc<Node>, link: usize, local: SocketAddr, remote: Socket
                     Ok(frame) => if let Some(reply) = receive(&node, link, &mut ep, &frame) {
                         let _ = sock.send_to(&reply, remote).await;
                     },
-                    Err(e) => node.set_link_error(link, Some(format!("malformed datagram from {from}: {e}"))),
+                    Err(e) => node.set_link_error(link, Some(format!("refused a datagram from {from}: {e}"))),
                 }
             }
             _ = shutdown.changed() => {

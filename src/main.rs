@@ -208,6 +208,15 @@ async fn run(target: Target) -> Result<()> {
     let cfg = Arc::new(cfg);
     let key_text = std::fs::read_to_string(&cfg.pair.key_file)
         .with_context(|| format!("cannot read the pair key {}", cfg.pair.key_file.display()))?;
+    if let Ok(meta) = std::fs::metadata(&cfg.pair.key_file) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "the pair key {} is readable by other users; run chmod 600 on it",
+                cfg.pair.key_file.display()
+            );
+        }
+    }
     let key = PairKey::parse(&key_text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.pair.key_file.display()))?;
     let node_cfg = cfg.node(&me).context("own node")?.clone();

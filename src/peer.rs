@@ -29,9 +29,23 @@ const OUTBOX: usize = 1024;
 #[derive(Default)]
 pub struct PeerLink {
     tx: Mutex<Option<(u64, mpsc::Sender<PeerMessage>)>>,
+    /// Why the last attempt failed, so that a misconfigured peer gives one
+    /// log line per reason, not one per reconnection attempt.
+    refused_reason: Mutex<Option<String>>,
 }
 
 impl PeerLink {
+    fn refused(&self, why: String) {
+        let mut last = self
+            .refused_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(why.as_str()) {
+            tracing::error!("{why}");
+            *last = Some(why);
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.tx
             .lock()
@@ -167,19 +181,23 @@ async fn serve_connection(
         }
         Ok(())
     };
-    match tokio::time::timeout(HANDSHAKE_WITHIN, handshake).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!("replication link with {addr} refused: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(
-                "replication link with {addr}: no handshake within {HANDSHAKE_WITHIN:?}"
-            );
-            return;
-        }
+    let failed = match tokio::time::timeout(HANDSHAKE_WITHIN, handshake).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("replication link with {} refused: {e}", addr.ip())),
+        Err(_) => Some(format!(
+            "replication link with {}: no handshake within {HANDSHAKE_WITHIN:?}",
+            addr.ip()
+        )),
+    };
+    if let Some(why) = failed {
+        node.peer_link.refused(why);
+        return;
     }
+    node.peer_link
+        .refused_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     tracing::info!("replication link to {} ({addr}) established", node.peer);
     let (tx, mut rx) = mpsc::channel::<PeerMessage>(OUTBOX);
     node.peer_link.install(id, tx);
