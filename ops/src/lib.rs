@@ -227,3 +227,104 @@ async fn promote(
         Err(reasons) => refuse(StatusCode::CONFLICT, reasons),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A stand-in node: the API's own logic is what is under test here.
+    struct Fixed;
+
+    #[async_trait::async_trait]
+    impl NodeHandle for Fixed {
+        fn status(&self) -> Status {
+            Status {
+                pair: "p".into(),
+                node: "a".into(),
+                role: "primary".into(),
+                epoch: 3,
+                holder: Some("a".into()),
+                failover: "auto".into(),
+                lease_left_ms: Some(900),
+                lease_required: true,
+                peer_joined: true,
+                armed: false,
+                on_hold: false,
+                peer: PeerStatus {
+                    name: "b".into(),
+                    role: Some("standby".into()),
+                    epoch: Some(3),
+                    last_heard_ms_ago: Some(20),
+                },
+                links: vec![],
+                replication_connected: true,
+                alarms: vec![],
+                history: vec![],
+                switchover: None,
+                uptime_ms: 1,
+            }
+        }
+        async fn switchover(&self) -> Result<String, Vec<String>> {
+            Err(vec!["peer b unreachable".into()])
+        }
+        fn switchover_progress(&self, _op: &str) -> Option<SwitchoverProgress> {
+            None
+        }
+        async fn promote(&self, _req: PromoteRequest) -> Result<Status, Vec<String>> {
+            Ok(self.status())
+        }
+    }
+
+    async fn request(addr: std::net::SocketAddr, head: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("{head}\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_token_is_required_when_configured_and_refusals_name_reasons() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Fixed),
+            Some("s3cret".into()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let denied = request(addr, "GET /status HTTP/1.1").await;
+        assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+        let wrong = request(addr, "GET /status HTTP/1.1\r\nAuthorization: Bearer s3cre7").await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+        let ok = request(addr, "GET /status HTTP/1.1\r\nAuthorization: Bearer s3cret").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("\"epoch\":3"), "{ok}");
+        let refused = request(
+            addr,
+            "POST /switchover HTTP/1.1\r\nAuthorization: Bearer s3cret",
+        )
+        .await;
+        assert!(refused.starts_with("HTTP/1.1 409"), "{refused}");
+        assert!(refused.contains("peer b unreachable"), "{refused}");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn human_status_leads_with_the_role() {
+        let text = render_status(&Fixed.status());
+        let first = text.lines().next().unwrap();
+        assert_eq!(first, "pair p: node a is PRIMARY in epoch 3");
+        assert!(text.contains("lease: 900 ms left"), "{text}");
+    }
+}
