@@ -120,8 +120,15 @@ async fn run_udp(node: Arc<Node>, link: usize, local: SocketAddr, remote: Socket
         tokio::time::interval(Duration::from_millis(node.cfg.timing.heartbeat_interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 2048];
+    let mut announce = node.announce_signal();
     loop {
         tokio::select! {
+            // A role change goes out at once, not at the next tick.
+            _ = announce.changed() => {
+                if let Some(bytes) = outgoing(&node, link, &mut ep) {
+                    let _ = sock.send_to(&bytes, remote).await;
+                }
+            }
             _ = ticker.tick() => {
                 if let Some(bytes) = outgoing(&node, link, &mut ep) {
                     // A send error (no route while a cable is out) is the
@@ -189,8 +196,16 @@ async fn run_serial(node: Arc<Node>, link: usize, path: PathBuf, baud: u32) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; 2048];
+        let mut announce = node.announce_signal();
         let failure = loop {
             tokio::select! {
+                _ = announce.changed() => {
+                    if let Some(bytes) = outgoing(&node, link, &mut ep) {
+                        if let Err(e) = port.write_all(&bytes).await {
+                            break e.to_string();
+                        }
+                    }
+                }
                 _ = ticker.tick() => {
                     if let Some(bytes) = outgoing(&node, link, &mut ep) {
                         if let Err(e) = port.write_all(&bytes).await {

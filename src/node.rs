@@ -46,6 +46,7 @@ pub struct Node {
     link_errors: Mutex<Vec<Option<String>>>,
     alarms: Mutex<BTreeMap<(AlarmKind, Option<usize>), AlarmStatus>>,
     shutdown: watch::Sender<bool>,
+    announce: watch::Sender<u64>,
 }
 
 impl Node {
@@ -88,6 +89,7 @@ impl Node {
         let (work, work_rx) = mpsc::unbounded_channel();
         let hooks = HookRunner::start(cfg.hooks.clone(), me.to_string());
         let (shutdown, _) = watch::channel(false);
+        let (announce, _) = watch::channel(0);
         let node = Arc::new(Node {
             cfg: cfg.clone(),
             me: me.to_string(),
@@ -105,6 +107,7 @@ impl Node {
             link_errors: Mutex::new(vec![None; links]),
             alarms: Mutex::new(BTreeMap::new()),
             shutdown,
+            announce,
         });
         tracing::info!(
             node = me,
@@ -140,6 +143,7 @@ impl Node {
     ) -> R {
         let mut m = self.machine.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.now();
+        let before = m.announcement();
         let result = f(&mut m, now);
         let mut actions = m.take_actions();
         while !actions.is_empty() {
@@ -159,7 +163,11 @@ impl Node {
             }
             actions = m.take_actions();
         }
+        let changed = m.announcement() != before;
         drop(m);
+        if changed {
+            self.announce.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if wake_ticker {
             self.deadline_moved.notify_one();
         }
@@ -200,6 +208,11 @@ impl Node {
         if self.work.send(Work::Settled(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Changes whenever the peer must hear of a state change at once.
+    pub fn announce_signal(&self) -> watch::Receiver<u64> {
+        self.announce.subscribe()
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

@@ -482,3 +482,29 @@ fn json_logs_are_one_object_a_line() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
 }
+
+#[test]
+fn a_kill_right_after_a_switchover_still_fails_over() {
+    let mut pair = Pair::new(Options::default());
+    pair.start(0);
+    pair.start(1);
+    pair.wait_roles(0, SETTLE);
+    let out = pair.cli(0, &["switchover", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    // The new standby (a) must be armed, able to fail over, almost at once:
+    // role changes are announced immediately, not at the next heartbeat.
+    let t0 = Instant::now();
+    wait_for(SETTLE, "a armed", || {
+        let s = pair.status(0)?;
+        (s["role"] == "standby" && s["armed"] == true).then_some(())
+    });
+    let armed_after = t0.elapsed();
+    assert!(
+        armed_after < Duration::from_millis(FAST.heartbeat_interval_ms * 2),
+        "arming took {armed_after:?}"
+    );
+    pair.kill(1);
+    wait_for(SETTLE, "a primary again", || {
+        (pair.role(0)? == "primary").then_some(())
+    });
+}

@@ -146,6 +146,17 @@ pub struct PeerView {
     pub leaving: bool,
 }
 
+/// See [`RoleMachine::announcement`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    epoch: Epoch,
+    holder: Option<String>,
+    role: Role,
+    peer_joined: bool,
+    acknowledging: bool,
+    leaving: bool,
+}
+
 #[derive(Clone, Debug)]
 struct Handover {
     op: OpId,
@@ -266,6 +277,21 @@ impl RoleMachine {
 
     pub fn peer_joined(&self) -> bool {
         self.peer_joined
+    }
+
+    /// What the peer must learn without waiting for the next heartbeat:
+    /// when this changes, the runtime sends a heartbeat at once. It is what
+    /// closes the short window after a role change in which the new standby
+    /// is not yet armed (it cannot fail over until it hears `peer_joined`).
+    pub fn announcement(&self) -> Announcement {
+        Announcement {
+            epoch: self.record.epoch,
+            holder: self.record.holder.clone(),
+            role: self.role,
+            peer_joined: self.is_holder() && self.peer_joined,
+            acknowledging: self.role == Role::Standby && self.ack_of.is_some(),
+            leaving: self.leaving,
+        }
     }
 
     pub fn armed(&self) -> bool {

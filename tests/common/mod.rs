@@ -355,6 +355,8 @@ switchover_timeout_ms = 5000
                     && p["peer"]["role"] == "standby"
                     && s["peer"]["role"] == "primary"
                     && p["peer"]["epoch"] == p["epoch"]
+                    && p["peer_joined"] == true
+                    && s["armed"] == true
                     && p["replication_connected"] == true
                     && s["replication_connected"] == true
                     && p["links"].as_array()?.iter().all(|l| l["up"] == true);
