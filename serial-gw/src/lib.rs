@@ -1,3 +1,23 @@
 //! The serial gateway: the RFC 2217 codec and the gateway I/O that serves
-//! local ports on TCP or presents networked serial servers as TCP or a pty,
-//! active only while the node is primary. Filled by the serial issue.
+//! local serial ports on TCP, active only while the node is primary (or
+//! always, for a port both nodes need).
+//!
+//! - [`rfc2217`]: the telnet / COM-PORT-OPTION codec, sans-IO.
+//! - [`com_port`]: the server side of RFC 2217 as a state machine over a
+//!   [`com_port::DeviceControl`], so that every answer is tested without a
+//!   device.
+//! - [`serve`]: serve mode, a local serial device on a TCP listener.
+//! - [`gateway`]: one [`Gateway`] per `[[serial]]` port, the seam the node's
+//!   role changes drive (`activate`, `deactivate`, `status`).
+//!
+//! Connect mode (tandem as the client of a pair of device servers) is not
+//! built yet: [`Gateway::from_config`] refuses it with a named error.
+
+pub mod com_port;
+pub mod gateway;
+pub mod rfc2217;
+pub mod serve;
+
+pub use com_port::LineSettings;
+pub use gateway::{Gateway, GatewayError, PortState, PortStatus, DEACTIVATE_MS_MAX};
+pub use serve::{ClientPolicy, ServeOptions};

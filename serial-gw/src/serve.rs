@@ -1,0 +1,626 @@
+//! Serve mode: a local serial device on a TCP listener, raw or RFC 2217, as
+//! ser2net does.
+//!
+//! One task owns the listener, the one client connection and the device, and
+//! waits on all of them with one `select!`. A single owner means no locks on
+//! the data path and a trivial shutdown: aborting the task drops, and so
+//! closes, every descriptor at once, which is how [`crate::Gateway`] frees
+//! the port within its 500 ms.
+//!
+//! The device and the client live independently. A device that vanishes (a
+//! USB adapter unplugged, the far end of a pty closed) is reopened every
+//! `reopen_interval` while the client stays connected; what the client set
+//! meanwhile is applied at reopen. Data for an absent device is dropped and
+//! counted, since a serial line has no buffer to hold it either.
+//!
+//! A dead client must free the port in seconds, not the two hours of the
+//! kernel's default keepalive (ser2net's own is about two minutes): each
+//! client socket gets a short keepalive and a TCP_USER_TIMEOUT, and an idle
+//! timeout can drop a client that is alive but silent.
+
+use crate::com_port::{self, ComPortServer, DeviceControl, LineSettings, Output};
+use crate::gateway::Shared;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tandem_config::SerialProtocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+
+/// What to do when a client connects while another is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientPolicy {
+    /// The newcomer wins: an operator reconnecting from a restarted
+    /// application must not be locked out by its own stale session.
+    #[default]
+    KickOld,
+    /// The newcomer is closed at once; the connected client keeps the port.
+    RefuseNew,
+}
+
+/// Everything serve mode needs; [`ServeOptions::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub device: PathBuf,
+    /// Port 0 picks a free port (tests); [`crate::PortStatus::listen`] shows it.
+    pub listen: SocketAddr,
+    pub protocol: SerialProtocol,
+    /// Line settings applied at open, until a client sets others.
+    pub initial: LineSettings,
+    pub client_policy: ClientPolicy,
+    /// Client addresses allowed to connect; empty allows any.
+    pub allow: Vec<IpAddr>,
+    /// Drop a client after this long with no data either way.
+    pub idle_timeout: Option<Duration>,
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_retries: u32,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged.
+    pub user_timeout: Duration,
+    /// Append every chunk each way as `SECONDS.MICROS DIR HEX` lines.
+    pub trace_file: Option<PathBuf>,
+    pub reopen_interval: Duration,
+    /// How often modem lines are read for NOTIFY-MODEMSTATE.
+    pub modem_poll_interval: Duration,
+    /// A write that the device or the client does not take within this is
+    /// given up: the device's data is dropped, the client is disconnected.
+    pub write_timeout: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(device: impl Into<PathBuf>, listen: SocketAddr) -> ServeOptions {
+        ServeOptions {
+            device: device.into(),
+            listen,
+            protocol: SerialProtocol::Raw,
+            initial: LineSettings::default(),
+            client_policy: ClientPolicy::KickOld,
+            allow: Vec::new(),
+            idle_timeout: None,
+            keepalive_idle: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_retries: 3,
+            user_timeout: Duration::from_secs(10),
+            trace_file: None,
+            reopen_interval: Duration::from_secs(1),
+            modem_poll_interval: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.is_empty()
+            || self
+                .allow
+                .iter()
+                .any(|a| a.to_canonical() == ip.to_canonical())
+    }
+}
+
+const BUF_BYTES: usize = 4096;
+
+/// An open serial device and what it refused so far (logged once each).
+struct Device {
+    stream: SerialStream,
+    /// The settings last applied, so only changes touch the device.
+    applied: Option<LineSettings>,
+    /// The device has no modem control lines (a pty).
+    no_modem_lines: bool,
+    warned: HashSet<&'static str>,
+    name: String,
+}
+
+impl Device {
+    fn open(opts: &ServeOptions, name: &str) -> Result<Device, String> {
+        let stream = tokio_serial::new(opts.device.to_string_lossy(), opts.initial.baud)
+            .open_native_async()
+            .map_err(|e| format!("cannot open {}: {e}", opts.device.display()))?;
+        Ok(Device {
+            stream,
+            applied: None,
+            no_modem_lines: false,
+            warned: HashSet::new(),
+            name: name.to_string(),
+        })
+    }
+
+    fn refused(&mut self, what: &'static str, err: impl std::fmt::Display) {
+        if self.warned.insert(what) {
+            tracing::info!(port = %self.name, "device refused {what}: {err}; answering with what is in effect");
+        }
+    }
+}
+
+impl DeviceControl for Device {
+    fn apply(&mut self, w: &LineSettings) -> LineSettings {
+        use tokio_serial::{DataBits, FlowControl as F, Parity as P, StopBits as S};
+        let last = self.applied;
+        let changed =
+            |same: fn(&LineSettings, &LineSettings) -> bool| !last.is_some_and(|l| same(&l, w));
+        if changed(|a, b| a.baud == b.baud) {
+            if let Err(e) = self.stream.set_baud_rate(w.baud) {
+                self.refused("baud rate", e);
+            }
+        }
+        if changed(|a, b| a.data_bits == b.data_bits) {
+            let bits = match w.data_bits {
+                5 => Some(DataBits::Five),
+                6 => Some(DataBits::Six),
+                7 => Some(DataBits::Seven),
+                8 => Some(DataBits::Eight),
+                _ => None,
+            };
+            match bits.map(|b| self.stream.set_data_bits(b)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => self.refused("data size", e),
+                None => self.refused("data size", w.data_bits),
+            }
+        }
+        if changed(|a, b| a.parity == b.parity) {
+            let parity = match w.parity {
+                com_port::Parity::None => Some(P::None),
+                com_port::Parity::Odd => Some(P::Odd),
+                com_port::Parity::Even => Some(P::Even),
+                com_port::Parity::Mark | com_port::Parity::Space => None,
+            };
+            match parity.map(|p| self.stream.set_parity(p)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => self.refused("parity", e),
+                None => self.refused("parity", "mark/space parity is not supported"),
+            }
+        }
+        if changed(|a, b| a.stop_bits == b.stop_bits) {
+            let stop = match w.stop_bits {
+                com_port::StopBits::One => Some(S::One),
+                com_port::StopBits::Two => Some(S::Two),
+                com_port::StopBits::OnePointFive => None,
+            };
+            match stop.map(|s| self.stream.set_stop_bits(s)) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => self.refused("stop size", e),
+                None => self.refused("stop size", "1.5 stop bits are not supported"),
+            }
+        }
+        if changed(|a, b| a.flow == b.flow) {
+            let flow = match w.flow {
+                com_port::FlowControl::None => F::None,
+                com_port::FlowControl::XonXoff => F::Software,
+                com_port::FlowControl::Hardware => F::Hardware,
+            };
+            if let Err(e) = self.stream.set_flow_control(flow) {
+                self.refused("flow control", e);
+            }
+        }
+        // Modem lines: a device without them (a pty) keeps the value as
+        // the state of the virtual null-modem line (see com_port).
+        if changed(|a, b| a.dtr == b.dtr) {
+            if let Err(e) = self.stream.write_data_terminal_ready(w.dtr) {
+                self.refused("DTR", e);
+            }
+        }
+        if changed(|a, b| a.rts == b.rts) {
+            if let Err(e) = self.stream.write_request_to_send(w.rts) {
+                self.refused("RTS", e);
+            }
+        }
+        if changed(|a, b| a.brk == b.brk) {
+            let r = if w.brk {
+                self.stream.set_break()
+            } else {
+                self.stream.clear_break()
+            };
+            if let Err(e) = r {
+                self.refused("BREAK", e);
+            }
+        }
+        self.applied = Some(*w);
+        // Read back what the device actually has.
+        let mut now = *w;
+        if let Ok(b) = self.stream.baud_rate() {
+            now.baud = b;
+        }
+        if let Ok(d) = self.stream.data_bits() {
+            now.data_bits = u8::from(d);
+        }
+        match self.stream.parity() {
+            Ok(P::None) => now.parity = com_port::Parity::None,
+            Ok(P::Odd) => now.parity = com_port::Parity::Odd,
+            Ok(P::Even) => now.parity = com_port::Parity::Even,
+            Err(_) => {}
+        }
+        match self.stream.stop_bits() {
+            Ok(S::One) => now.stop_bits = com_port::StopBits::One,
+            Ok(S::Two) => now.stop_bits = com_port::StopBits::Two,
+            Err(_) => {}
+        }
+        match self.stream.flow_control() {
+            Ok(F::None) => now.flow = com_port::FlowControl::None,
+            Ok(F::Software) => now.flow = com_port::FlowControl::XonXoff,
+            Ok(F::Hardware) => now.flow = com_port::FlowControl::Hardware,
+            Err(_) => {}
+        }
+        now
+    }
+
+    fn modem_lines(&mut self) -> Option<u8> {
+        use crate::rfc2217::modem;
+        if self.no_modem_lines {
+            return None;
+        }
+        let read = |s: &mut SerialStream| -> Result<u8, tokio_serial::Error> {
+            let mut v = 0;
+            if s.read_clear_to_send()? {
+                v |= modem::CTS;
+            }
+            if s.read_data_set_ready()? {
+                v |= modem::DSR;
+            }
+            if s.read_ring_indicator()? {
+                v |= modem::RI;
+            }
+            if s.read_carrier_detect()? {
+                v |= modem::CD;
+            }
+            Ok(v)
+        };
+        match read(&mut self.stream) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.no_modem_lines = true;
+                self.refused("modem state", e);
+                None
+            }
+        }
+    }
+
+    fn purge(&mut self, which: u8) {
+        use crate::rfc2217::purge;
+        use tokio_serial::ClearBuffer;
+        let buffer = match which {
+            purge::RECEIVE => ClearBuffer::Input,
+            purge::TRANSMIT => ClearBuffer::Output,
+            _ => ClearBuffer::All,
+        };
+        if let Err(e) = self.stream.clear(buffer) {
+            self.refused("purge", e);
+        }
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    addr: SocketAddr,
+    com: Option<ComPortServer>,
+    last_activity: Instant,
+}
+
+/// The trace file: best effort, one warning if it cannot be written.
+struct Trace {
+    file: Option<std::fs::File>,
+    warned: bool,
+}
+
+impl Trace {
+    fn open(path: Option<&PathBuf>, port: &str) -> Trace {
+        let file = path.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| tracing::warn!(port, "cannot open trace file {}: {e}", p.display()))
+                .ok()
+        });
+        Trace {
+            file,
+            warned: false,
+        }
+    }
+
+    fn record(&mut self, direction: &str, bytes: &[u8]) {
+        let Some(f) = self.file.as_mut() else { return };
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut line = format!("{}.{:06} {direction} ", t.as_secs(), t.subsec_micros());
+        for b in bytes {
+            line.push_str(&format!("{b:02x}"));
+        }
+        line.push('\n');
+        if let Err(e) = std::io::Write::write_all(f, line.as_bytes()) {
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!("trace file write failed: {e}");
+            }
+        }
+    }
+}
+
+fn configure_client_socket(stream: &TcpStream, opts: &ServeOptions) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(opts.keepalive_idle)
+        .with_interval(opts.keepalive_interval)
+        .with_retries(opts.keepalive_retries);
+    sock.set_tcp_keepalive(&ka)?;
+    sock.set_tcp_user_timeout(Some(opts.user_timeout))?;
+    Ok(())
+}
+
+/// The serve loop; runs until aborted by [`crate::Gateway::deactivate`].
+pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<Shared>) {
+    let name = shared.name.clone();
+    let mut trace = Trace::open(opts.trace_file.as_ref(), &name);
+    let mut device: Option<Device> = None;
+    let mut ever_opened = false;
+    let mut client: Option<Client> = None;
+    let mut line = opts.initial;
+    let mut reopen_at = Instant::now();
+    let mut last_open_error: Option<String> = None;
+    let mut dev_buf = vec![0u8; BUF_BYTES];
+    let mut net_buf = vec![0u8; BUF_BYTES];
+    let mut modem_tick = tokio::time::interval(opts.modem_poll_interval);
+    modem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let signature = format!("tandem {name}");
+
+    loop {
+        let suspended = client
+            .as_ref()
+            .and_then(|c| c.com.as_ref())
+            .is_some_and(|c| c.suspended());
+        let idle_deadline = match (&client, opts.idle_timeout) {
+            (Some(c), Some(t)) => Some(c.last_activity + t),
+            _ => None,
+        };
+        let need_modem_poll = device.is_some() && client.as_ref().is_some_and(|c| c.com.is_some());
+        let device_absent = device.is_none();
+
+        let dev_read = async {
+            match device.as_mut() {
+                Some(d) if !suspended => d.stream.read(&mut dev_buf).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let net_read = async {
+            match client.as_mut() {
+                Some(c) => c.stream.read(&mut net_buf).await,
+                None => std::future::pending().await,
+            }
+        };
+
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off a little, keep serving.
+                        tracing::warn!(port = %name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if !opts.allows(addr.ip()) {
+                    tracing::warn!(port = %name, "refused {addr}: not in the allow-list");
+                    shared.update(|s| s.clients_refused += 1);
+                    continue;
+                }
+                if let Some(old) = &client {
+                    match opts.client_policy {
+                        ClientPolicy::RefuseNew => {
+                            tracing::info!(port = %name, "refused {addr}: {} is connected", old.addr);
+                            shared.update(|s| s.clients_refused += 1);
+                            continue;
+                        }
+                        ClientPolicy::KickOld => {
+                            tracing::info!(port = %name, "{addr} replaces {}", old.addr);
+                        }
+                    }
+                }
+                if let Err(e) = configure_client_socket(&stream, &opts) {
+                    tracing::warn!(port = %name, "cannot set TCP options for {addr}: {e}");
+                }
+                let com = match opts.protocol {
+                    SerialProtocol::Rfc2217 => Some(ComPortServer::new(line, &signature)),
+                    SerialProtocol::Raw => None,
+                };
+                tracing::info!(port = %name, "client {addr} connected");
+                client = Some(Client { stream, addr, com, last_activity: Instant::now() });
+                shared.update(|s| {
+                    s.client = Some(addr);
+                    s.clients_accepted += 1;
+                });
+            }
+            r = dev_read => {
+                let n = match r {
+                    Ok(0) => Err("device closed".to_string()),
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut
+                        || e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e.to_string()),
+                };
+                let n = match n {
+                    Ok(n) => n,
+                    Err(why) => {
+                        let msg = format!("device {} lost: {why}; reopening", opts.device.display());
+                        tracing::warn!(port = %name, "{msg}");
+                        device = None;
+                        reopen_at = Instant::now() + opts.reopen_interval;
+                        shared.update(|s| {
+                            s.device_open = false;
+                            s.last_error = Some(msg);
+                        });
+                        continue;
+                    }
+                };
+                let data = &dev_buf[..n];
+                trace.record("dev>net", data);
+                shared.update(|s| s.bytes_from_device += n as u64);
+                if let Some(c) = client.as_mut() {
+                    let mut out = Output::default();
+                    match &c.com {
+                        Some(com) => com.from_device(data, &mut out),
+                        None => out.to_client.extend_from_slice(data),
+                    }
+                    c.last_activity = Instant::now();
+                    if let Err(e) = write_client(c, &out.to_client, opts.write_timeout).await {
+                        drop_client(&mut client, &shared, &name, &e);
+                    }
+                }
+            }
+            r = net_read => {
+                let n = match r {
+                    Ok(0) => Err("closed by the client".to_string()),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(e.to_string()),
+                };
+                let n = match n {
+                    Ok(n) => n,
+                    Err(why) => {
+                        drop_client(&mut client, &shared, &name, &why);
+                        continue;
+                    }
+                };
+                let Some(c) = client.as_mut() else { continue };
+                c.last_activity = Instant::now();
+                let input = &net_buf[..n];
+                trace.record("net>dev", input);
+                let mut out = Output::default();
+                match c.com.as_mut() {
+                    Some(com) => {
+                        let dev: &mut dyn DeviceControl = match device.as_mut() {
+                            Some(d) => d,
+                            None => &mut com_port::Detached,
+                        };
+                        com.from_client(input, dev, &mut out);
+                        line = *com.wanted();
+                        for m in out.malformed.drain(..) {
+                            tracing::info!(port = %name, client = %c.addr, "refused from client: {m}");
+                        }
+                    }
+                    None => out.to_device.extend_from_slice(input),
+                }
+                if !out.to_client.is_empty() {
+                    if let Err(e) = write_client(c, &out.to_client, opts.write_timeout).await {
+                        drop_client(&mut client, &shared, &name, &e);
+                    }
+                }
+                if !out.to_device.is_empty() {
+                    let len = out.to_device.len() as u64;
+                    match device.as_mut() {
+                        Some(d) => {
+                            let w = tokio::time::timeout(opts.write_timeout, d.stream.write_all(&out.to_device)).await;
+                            match w {
+                                Ok(Ok(())) => shared.update(|s| s.bytes_to_device += len),
+                                Ok(Err(e)) => {
+                                    tracing::warn!(port = %name, "device write failed: {e}; reopening");
+                                    device = None;
+                                    reopen_at = Instant::now() + opts.reopen_interval;
+                                    shared.update(|s| {
+                                        s.device_open = false;
+                                        s.bytes_dropped += len;
+                                        s.last_error = Some(format!("device write failed: {e}"));
+                                    });
+                                }
+                                Err(_) => {
+                                    tracing::warn!(port = %name, "device took no data for {:?}; dropped {len} bytes", opts.write_timeout);
+                                    shared.update(|s| s.bytes_dropped += len);
+                                }
+                            }
+                        }
+                        None => shared.update(|s| s.bytes_dropped += len),
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(reopen_at), if device_absent => {
+                match Device::open(&opts, &name) {
+                    Ok(mut d) => {
+                        tracing::info!(port = %name, "device {} open", opts.device.display());
+                        let mut out = Output::default();
+                        match client.as_mut().and_then(|c| c.com.as_mut()) {
+                            Some(com) => {
+                                com.device_opened(&mut d, &mut out);
+                            }
+                            None => {
+                                d.apply(&line);
+                            }
+                        }
+                        device = Some(d);
+                        last_open_error = None;
+                        let reopened = ever_opened;
+                        ever_opened = true;
+                        shared.update(|s| {
+                            s.device_open = true;
+                            s.last_error = None;
+                            if reopened {
+                                s.reconnects += 1;
+                            }
+                        });
+                        if let Some(c) = client.as_mut() {
+                            if !out.to_client.is_empty() {
+                                if let Err(e) = write_client(c, &out.to_client, opts.write_timeout).await {
+                                    drop_client(&mut client, &shared, &name, &e);
+                                }
+                            }
+                        }
+                    }
+                    Err(msg) => {
+                        if last_open_error.as_deref() != Some(msg.as_str()) {
+                            tracing::warn!(port = %name, "{msg}; retrying every {:?}", opts.reopen_interval);
+                            last_open_error = Some(msg.clone());
+                        }
+                        shared.update(|s| s.last_error = Some(msg));
+                        reopen_at = Instant::now() + opts.reopen_interval;
+                    }
+                }
+            }
+            _ = sleep_until_opt(idle_deadline), if idle_deadline.is_some() => {
+                drop_client(&mut client, &shared, &name, "idle timeout");
+            }
+            _ = modem_tick.tick(), if need_modem_poll => {
+                if let (Some(c), Some(d)) = (client.as_mut(), device.as_mut()) {
+                    if let Some(com) = c.com.as_mut() {
+                        let mut out = Output::default();
+                        com.poll_modem(d, &mut out);
+                        if !out.to_client.is_empty() {
+                            if let Err(e) = write_client(c, &out.to_client, opts.write_timeout).await {
+                                drop_client(&mut client, &shared, &name, &e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(com) = client.as_ref().and_then(|c| c.com.as_ref()) {
+            let settings = *com.effective();
+            shared.update(|s| s.settings = Some(settings));
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_client(c: &mut Client, bytes: &[u8], timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, c.stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("client took no data for {timeout:?}")),
+    }
+}
+
+fn drop_client(client: &mut Option<Client>, shared: &Shared, name: &str, why: &str) {
+    if let Some(c) = client.take() {
+        tracing::info!(port = %name, "client {} disconnected: {why}", c.addr);
+        shared.update(|s| s.client = None);
+    }
+}
