@@ -9,6 +9,7 @@ mod hooks;
 mod links;
 mod node;
 mod peer;
+mod serial;
 mod store;
 mod switchover;
 mod tiebreaker;

@@ -9,6 +9,7 @@
 
 use crate::hooks::{HookEvent, HookKind, HookRunner};
 use crate::peer::PeerLink;
+use crate::serial::SerialPorts;
 use crate::store::EpochStore;
 use crate::switchover::Switchovers;
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ pub struct Node {
     pub peer_link: PeerLink,
     pub switchovers: Switchovers,
     pub resources: Vec<Arc<dyn Resource>>,
+    pub serial: SerialPorts,
     link_errors: Mutex<Vec<Option<String>>>,
     alarms: Mutex<BTreeMap<(AlarmKind, Option<usize>), AlarmStatus>>,
     shutdown: watch::Sender<bool>,
@@ -104,6 +106,7 @@ impl Node {
             peer_link: PeerLink::default(),
             switchovers: Switchovers::default(),
             resources: Vec::new(),
+            serial: SerialPorts::from_config(&cfg, node_cfg),
             link_errors: Mutex::new(vec![None; links]),
             alarms: Mutex::new(BTreeMap::new()),
             shutdown,
@@ -117,6 +120,8 @@ impl Node {
             "starting fenced: waiting to see the peer (or `tandem promote --force`)"
         );
         tokio::spawn(execute(node.clone(), work_rx, hooks));
+        let always = node.clone();
+        tokio::spawn(async move { always.serial.start_always().await });
         tokio::spawn(ticker(node.clone()));
         Ok(node)
     }
@@ -230,6 +235,7 @@ impl Node {
         .await;
         let bound = Duration::from_millis(self.cfg.hooks.timeout_ms.saturating_mul(4).max(1000));
         let _ = tokio::time::timeout(bound, self.settled()).await;
+        self.serial.close_all().await;
     }
 
     pub fn status(&self) -> Status {
@@ -284,6 +290,7 @@ impl Node {
                     })
                     .collect(),
                 switchover: None,
+                serial: Vec::new(),
                 uptime_ms: now,
             }
         });
@@ -301,6 +308,7 @@ impl Node {
             .cloned()
             .collect();
         s.switchover = self.switchovers.latest();
+        s.serial = self.serial.status();
         s
     }
 }
@@ -366,6 +374,11 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>, hooks
                     from = %c.from, to = %c.to, epoch = c.epoch.0,
                     "role {} -> {} in epoch {}: {}", c.from, c.to, c.epoch, c.reason
                 );
+                // Serial ports follow the role before hooks start services
+                // that may use them; closing takes at most 500 ms.
+                if c.from == Role::Primary || c.to == Role::Primary {
+                    node.serial.follow(c.to).await;
+                }
                 let kind = match (c.from, c.to) {
                     (_, Role::Primary) => Some(HookKind::Promote),
                     (Role::Primary, Role::Fenced) => Some(HookKind::Fence),

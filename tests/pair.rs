@@ -508,3 +508,98 @@ fn a_kill_right_after_a_switchover_still_fails_over() {
         (pair.role(0)? == "primary").then_some(())
     });
 }
+
+/// An echo device on the far end of a pty pair (a radio that answers).
+fn echo_device(path: std::path::PathBuf) {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 || f.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[test]
+fn serial_ports_follow_the_primary_role() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let mut devices = Vec::new();
+    let mut node_extra = [String::new(), String::new()];
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let prefix = tmp.path().join(name);
+        std::fs::create_dir_all(prefix.join("dev")).unwrap();
+        let (socat, dev, far) = null_modem(&prefix.join("dev"), "radio");
+        // null_modem names them radio-a / radio-b: the node's device is radio-a.
+        echo_device(far);
+        devices.push((socat, dev));
+        node_extra[i] = format!("path_prefix = \"{}\"", prefix.display());
+    }
+    let mut pair = Pair::new(Options {
+        node_extra,
+        extra: format!(
+            "[[serial]]\nname = \"radio\"\nmode = \"serve\"\ndevice = \"/dev/radio-a\"\nlisten = \"127.0.0.1:{port}\"\nprotocol = \"raw\"\n"
+        ),
+        ..Options::default()
+    });
+    for (socat, _) in devices {
+        pair.adopt(socat);
+    }
+    pair.start(0);
+    pair.start(1);
+    pair.wait_roles(0, SETTLE);
+    let connect = || {
+        wait_for(SETTLE, "the serial port listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+    };
+    let mut client = connect();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    let s = pair.status(0).unwrap();
+    assert_eq!(s["serial"][0]["state"], "connected", "{s}");
+    assert_eq!(pair.status(1).unwrap()["serial"][0]["state"], "inactive");
+
+    // Switch over: a closes the port (the client sees the connection end)
+    // within 500 ms of stepping down; b opens its own.
+    let out = pair.cli(0, &["switchover", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    let closed_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    pair.wait_roles(1, SETTLE);
+    let demoted_unix_ms = pair
+        .events(0)
+        .iter()
+        .find(|e| e["from"] == "primary" && e["to"] == "demoting")
+        .and_then(|e| e["at_unix_ms"].as_u64())
+        .expect("a's demotion is in its event log");
+    let took = closed_unix_ms.saturating_sub(demoted_unix_ms);
+    assert!(took < 500, "the port closed {took} ms after a stepped down");
+    let mut client = connect();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(b"pong").unwrap();
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong");
+    assert_eq!(pair.status(0).unwrap()["serial"][0]["state"], "inactive");
+}

@@ -41,6 +41,9 @@ pub struct Status {
     pub alarms: Vec<AlarmStatus>,
     pub history: Vec<RoleChangeStatus>,
     pub switchover: Option<SwitchoverProgress>,
+    /// One object per `[[serial]]` port (the gateway's own status).
+    #[serde(default)]
+    pub serial: Vec<serde_json::Value>,
     pub uptime_ms: u64,
 }
 
@@ -262,6 +265,7 @@ mod tests {
                 alarms: vec![],
                 history: vec![],
                 switchover: None,
+                serial: vec![],
                 uptime_ms: 1,
             }
         }

@@ -103,6 +103,27 @@ pub fn render_status(s: &Status) -> String {
             );
         }
     }
+    if !s.serial.is_empty() {
+        let _ = writeln!(out, "serial ports:");
+        for p in &s.serial {
+            let text = |k: &str| p[k].as_str().unwrap_or("-").to_string();
+            let client = p["client"]
+                .as_str()
+                .map_or("no client".into(), |c| format!("client {c}"));
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<10} {:<22} to device {} B, from device {} B{}",
+                text("name"),
+                text("state"),
+                client,
+                p["bytes_to_device"].as_u64().unwrap_or(0),
+                p["bytes_from_device"].as_u64().unwrap_or(0),
+                p["last_error"]
+                    .as_str()
+                    .map_or(String::new(), |e| format!("; last error: {e}"))
+            );
+        }
+    }
     if let Some(p) = &s.switchover {
         let state = match &p.outcome {
             None => "running".to_string(),

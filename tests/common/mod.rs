@@ -41,6 +41,8 @@ pub struct Options {
     pub wrong_key: bool,
     /// Extra TOML appended to the config (hooks, tie-breaker).
     pub extra: String,
+    /// Extra lines in each node's `[[node]]` table (path_prefix).
+    pub node_extra: [String; 2],
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             serial: None,
             wrong_key: false,
             extra: String::new(),
+            node_extra: [String::new(), String::new()],
         }
     }
 }
@@ -121,12 +124,14 @@ control = "127.0.0.1:{c}"
 replication = "127.0.0.1:{r}"
 heartbeat = ["udp://127.0.0.1:{h1}"{serial}]
 data_dir = "{d}/{name}"
+{node_extra}
 "#,
                 c = p[i],
                 r = p[2 + i],
                 h1 = p[4 + i],
                 serial = serial(i),
                 d = d.display(),
+                node_extra = opts.node_extra[i],
             )
         };
         let common = |key: &Path| {
