@@ -88,6 +88,9 @@ impl Node {
         };
         let links = settings.links.len();
         let machine = RoleMachine::new(settings, record.clone(), 0);
+        // Unbounded, as an exception to the bounded-queue rule: it is fed
+        // under the machine's (synchronous) lock, and only by role changes
+        // and alarms, whose number the role machine itself bounds per event.
         let (work, work_rx) = mpsc::unbounded_channel();
         let hooks = HookRunner::start(cfg.hooks.clone(), me.to_string());
         let (shutdown, _) = watch::channel(false);
