@@ -1,4 +1,10 @@
 //! The node while primary: WAL capture and checkpoint ownership, the write
-//! fence, the file watcher and sender. Filled by the database and file-set
-//! issues; each engine implements `tandem_sync::resource::Resource` so that it
-//! takes part in the switchover's drain and confirm steps.
+//! fence, the file watcher and sender. Each engine implements
+//! `tandem_sync::resource::Resource` once the node wires it.
+//!
+//! - [`capture`]: reads every committed transaction of a database from its
+//!   WAL, numbers it and keeps the rolling checksum; owns checkpoints.
+
+pub mod capture;
+
+pub use capture::{Capture, CaptureError, Captured, CheckpointOutcome, OpenOutcome};

@@ -14,9 +14,11 @@
 //!   take part in a switchover.
 
 pub mod auth;
+pub mod dbsum;
 pub mod message;
 pub mod resource;
 pub mod role;
+pub mod wal;
 pub mod wire;
 
 pub use message::{Epoch, Role};

@@ -71,7 +71,7 @@ impl Script {
                     self.record(i, t);
                 }
             }
-            if t % 100 == 0 && self.connected {
+            if t.is_multiple_of(100) && self.connected {
                 for i in 0..2 {
                     if self.up[i] && self.up[1 - i] {
                         let hb = self.nodes[i].heartbeat(t, 0);

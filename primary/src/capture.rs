@@ -1,0 +1,498 @@
+//! Capture of every committed transaction of the primary's database, from its
+//! WAL, whichever process wrote it.
+//!
+//! # What keeps the WAL readable until tandem has read it
+//!
+//! SQLite overwrites WAL frames only when it *restarts* the log: a writer
+//! starting a transaction when every frame has been checkpointed into the
+//! database and no reader uses a WAL snapshot (read marks 1..N). tandem relies
+//! on two rules of SQLite's WAL locking (wal.c, "Reader algorithm" and
+//! checkpointing in the WAL format docs):
+//!
+//! 1. A reader whose snapshot includes WAL frames holds a read mark > 0, and
+//!    no connection can restart the log while such a reader exists; a
+//!    checkpoint (ours or any other connection's autocheckpoint) backfills
+//!    only up to the smallest such mark.
+//! 2. A reader whose snapshot needs no WAL frames (everything was
+//!    checkpointed when it began) holds read mark 0, which stops every
+//!    checkpoint from backfilling at all; the log can then restart, but only
+//!    before any new frame is appended, so nothing unread is lost.
+//!
+//! So tandem's *pin* connection holds a read transaction at all times. It is
+//! begun (and moved forward) only while tandem holds the write lock and has
+//! read the WAL to its end, so the pin's snapshot is exactly the end of what
+//! was captured and acknowledged. From then on, no connection can checkpoint
+//! past that point (rule 1) or restart over frames tandem has not read (rules
+//! 1 and 2): other connections' autocheckpoints are harmless and need not be
+//! turned off, though tandem turns off its own. tandem never runs RESTART or
+//! TRUNCATE here; they wait on readers and writers without bound.
+//!
+//! # Checkpoints
+//!
+//! [`Capture::checkpoint`] is told which txid the standby acknowledged. A
+//! PASSIVE checkpoint first backfills up to the pin. When everything captured
+//! is acknowledged, tandem takes the write lock for a moment, releases the
+//! pin, runs a second PASSIVE checkpoint of the (small) remainder, and pins
+//! again. A fully backfilled log then restarts at the next write, which is
+//! what keeps the WAL bounded. Writers wait at most for that second
+//! checkpoint; if the write lock is not free within `lock_wait` the pin move
+//! is simply tried again next time.
+//!
+//! # Transaction numbers
+//!
+//! Each captured transaction gets the next [`TxId`]. The state file records
+//! (WAL header, offset, txid, checksum) at every pin, so a restarted capture
+//! counts the same transactions again with the same numbers. What it cannot
+//! do after a restart is ship those transactions one by one: the page hashes
+//! from before them are gone, so it reports how many it skipped and the
+//! standby catches up by page-hash resync.
+
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tandem_sync::dbsum::{DbPosition, DbSum, PageHashes, TxId};
+use tandem_sync::wal::{
+    Transaction, WalChecksum, WalError, WalHeader, WalPosition, WalReader, WAL_HEADER_BYTES,
+};
+use tandem_sync::Epoch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("WAL: {0}")]
+    Wal(#[from] WalError),
+    #[error("{0} cannot be put in WAL mode (journal mode is {1})")]
+    NotWal(PathBuf, String),
+    #[error("state file {path} is not readable: {reason}")]
+    BadState { path: PathBuf, reason: String },
+    #[error("the baseline image is gone: the pin has moved since the capture opened")]
+    ImageGone,
+}
+
+/// One captured transaction with its number and the checksum after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub txid: TxId,
+    pub tx: Transaction,
+    pub sum: DbSum,
+}
+
+/// How [`Capture::open`] found the database relative to its state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenOutcome {
+    /// No state: numbering starts at txid 0 with the current content.
+    Fresh,
+    /// Same WAL as recorded: `skipped` transactions were committed since
+    /// the last pin and are counted but not shipped one by one.
+    Resumed { skipped: u64 },
+    /// The WAL was restarted or the file changed while tandem was away: the
+    /// changes are counted as one transaction that only a resync can ship.
+    Discontinuous,
+}
+
+/// What [`Capture::checkpoint`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointOutcome {
+    /// Frames in the WAL and frames backfilled into the database, as
+    /// `PRAGMA wal_checkpoint(PASSIVE)` reports them.
+    pub wal_frames: i64,
+    pub backfilled_frames: i64,
+    /// Whether the pin moved to the acknowledged end (so the log may restart).
+    pub pin_moved: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    epoch: u64,
+    txid: u64,
+    sum: String,
+    wal_header: String,
+    wal_offset: u64,
+    wal_checksum: (u32, u32),
+}
+
+/// The capture of one database. See the module doc.
+pub struct Capture {
+    db: PathBuf,
+    wal: PathBuf,
+    state_path: PathBuf,
+    /// Takes the write lock for a moment when the pin moves.
+    control: Connection,
+    /// Runs PASSIVE checkpoints.
+    checkpointer: Connection,
+    /// Holds the read transaction that protects unread frames.
+    pin: Connection,
+    /// True until the pin first moves: the pin still shows the open-time image.
+    image_available: bool,
+    reader: WalReader,
+    hashes: PageHashes,
+    position: DbPosition,
+    /// Captured, not yet acknowledged: txid and end offset.
+    unacked: VecDeque<TxId>,
+    /// Captured while moving the pin; returned by the next poll.
+    held_back: Vec<Captured>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaptureError + '_ {
+    move |source| CaptureError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Capture {
+    /// Opens the database at `db` for capture in `epoch`, putting it in WAL
+    /// mode if needed, with its state in `state_path`.
+    pub fn open(
+        db: &Path,
+        state_path: &Path,
+        epoch: Epoch,
+    ) -> Result<(Capture, OpenOutcome), CaptureError> {
+        let lock_wait = Duration::from_millis(500);
+        let open = || -> Result<Connection, CaptureError> {
+            let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            c.busy_timeout(lock_wait)?;
+            c.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+            Ok(c)
+        };
+        let control = open()?;
+        let mode: String = control.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(CaptureError::NotWal(db.to_owned(), mode));
+        }
+        let checkpointer = open()?;
+        let pin = open()?;
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let saved = Self::load_state(state_path)?;
+
+        control.execute_batch("BEGIN IMMEDIATE")?;
+        let begun = (|| -> Result<(WalReader, u64, OpenOutcome), CaptureError> {
+            let bytes = read_from(&wal, 0)?;
+            let mut outcome = OpenOutcome::Fresh;
+            let mut reader = WalReader::new();
+            let mut counted = 0u64;
+            if let Some((_, Some(pos))) = &saved {
+                outcome = OpenOutcome::Discontinuous;
+                let same_log = bytes
+                    .first_chunk::<WAL_HEADER_BYTES>()
+                    .and_then(|h| WalHeader::parse(h).ok())
+                    == Some(pos.header);
+                if same_log {
+                    let mut resumed = WalReader::resume(*pos);
+                    let at = usize::try_from(pos.offset).unwrap_or(usize::MAX);
+                    if let Some(rest) = bytes.get(at..) {
+                        if let Ok(txs) = resumed.feed(pos.offset, rest) {
+                            counted = txs.len() as u64;
+                            reader = resumed;
+                            outcome = OpenOutcome::Resumed { skipped: counted };
+                        }
+                    }
+                }
+            }
+            if outcome != (OpenOutcome::Resumed { skipped: counted }) {
+                counted = 0;
+                reader = WalReader::new();
+                if bytes.len() >= WAL_HEADER_BYTES {
+                    reader.feed(0, &bytes).ok();
+                }
+            }
+            pin.execute_batch("BEGIN")?;
+            pin.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok((reader, counted, outcome))
+        })();
+        control.execute_batch("COMMIT")?;
+        let (reader, _, mut outcome) = begun?;
+
+        let page_size: i64 = pin.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let hashes = read_pages(&pin, usize::try_from(page_size).unwrap_or(0))?;
+        let txid = match (&saved, outcome) {
+            (None, _) => TxId(0),
+            (Some((p, _)), OpenOutcome::Resumed { skipped: 0 }) if p.sum != hashes.sum() => {
+                outcome = OpenOutcome::Discontinuous;
+                p.txid.next()
+            }
+            (Some((p, _)), OpenOutcome::Resumed { skipped }) => TxId(p.txid.0 + skipped),
+            (Some((p, _)), _) if p.sum == hashes.sum() => {
+                // The log restarted but nothing changed the content.
+                outcome = OpenOutcome::Resumed { skipped: 0 };
+                p.txid
+            }
+            (Some((p, _)), _) => p.txid.next(),
+        };
+        let me = Capture {
+            db: db.to_owned(),
+            wal,
+            state_path: state_path.to_owned(),
+            control,
+            checkpointer,
+            pin,
+            image_available: true,
+            reader,
+            position: DbPosition {
+                epoch,
+                txid,
+                sum: hashes.sum(),
+            },
+            hashes,
+            unacked: VecDeque::new(),
+            held_back: Vec::new(),
+        };
+        me.save_state()?;
+        Ok((me, outcome))
+    }
+
+    pub fn position(&self) -> DbPosition {
+        self.position
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.db
+    }
+
+    /// Every page of the database as it was when the capture opened, at
+    /// [`Capture::position`] as of then: what seeds a new standby. Only
+    /// available until the first [`Capture::checkpoint`] moves the pin.
+    pub fn baseline_image(&self) -> Result<Transaction, CaptureError> {
+        if !self.image_available {
+            return Err(CaptureError::ImageGone);
+        }
+        let mut pages = Vec::new();
+        let mut stmt = self
+            .pin
+            .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let pgno: u32 = row.get(0)?;
+            let data: Vec<u8> = row.get(1)?;
+            pages.push((pgno, data));
+        }
+        let n = pages.len() as u32;
+        Ok(Transaction {
+            pages,
+            db_pages_after_commit: n,
+            end_offset: self.reader.next_offset(),
+            salts: self
+                .reader
+                .position()
+                .map_or(tandem_sync::wal::Salts { salt1: 0, salt2: 0 }, |p| {
+                    p.header.salts
+                }),
+        })
+    }
+
+    /// Reads what was committed since the last poll.
+    pub fn poll(&mut self) -> Result<Vec<Captured>, CaptureError> {
+        let mut out = std::mem::take(&mut self.held_back);
+        out.extend(self.read_new()?);
+        Ok(out)
+    }
+
+    fn read_new(&mut self) -> Result<Vec<Captured>, CaptureError> {
+        let header = read_range(&self.wal, 0, WAL_HEADER_BYTES)?;
+        let mut txs = Vec::new();
+        if header.len() == WAL_HEADER_BYTES {
+            match self.reader.feed(0, &header) {
+                Ok(t) => txs.extend(t),
+                // A header being rewritten: SQLite sees an empty log too.
+                Err(_) => return Ok(Vec::new()),
+            }
+            let at = self.reader.next_offset();
+            if at >= WAL_HEADER_BYTES as u64 {
+                let rest = read_from(&self.wal, at)?;
+                txs.extend(self.reader.feed(at, &rest)?);
+            }
+        }
+        Ok(txs
+            .into_iter()
+            .map(|tx| {
+                let sum = self.hashes.apply(&tx);
+                self.position.txid = self.position.txid.next();
+                self.position.sum = sum;
+                self.unacked.push_back(self.position.txid);
+                Captured {
+                    txid: self.position.txid,
+                    tx,
+                    sum,
+                }
+            })
+            .collect())
+    }
+
+    /// Checkpoints what the standby acknowledged (every txid up to `acked`);
+    /// see the module doc.
+    pub fn checkpoint(&mut self, acked: TxId) -> Result<CheckpointOutcome, CaptureError> {
+        while self.unacked.front().is_some_and(|t| *t <= acked) {
+            self.unacked.pop_front();
+        }
+        let (mut wal_frames, mut backfilled_frames) = self.passive()?;
+        let mut pin_moved = false;
+        if self.unacked.is_empty() && self.held_back.is_empty() {
+            if self.control.execute_batch("BEGIN IMMEDIATE").is_err() {
+                return Ok(CheckpointOutcome {
+                    wal_frames,
+                    backfilled_frames,
+                    pin_moved,
+                });
+            }
+            let moved = (|| -> Result<bool, CaptureError> {
+                let fresh = self.read_new()?;
+                if !fresh.is_empty() {
+                    self.held_back = fresh;
+                    return Ok(false);
+                }
+                self.pin.execute_batch("COMMIT")?;
+                (wal_frames, backfilled_frames) = self.passive()?;
+                self.pin.execute_batch("BEGIN")?;
+                self.pin
+                    .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                        r.get::<_, i64>(0)
+                    })?;
+                Ok(true)
+            })();
+            self.control.execute_batch("COMMIT")?;
+            pin_moved = moved?;
+            if pin_moved {
+                self.image_available = false;
+                self.save_state()?;
+            }
+        }
+        Ok(CheckpointOutcome {
+            wal_frames,
+            backfilled_frames,
+            pin_moved,
+        })
+    }
+
+    fn passive(&self) -> Result<(i64, i64), CaptureError> {
+        let (_, log, done): (i64, i64, i64) =
+            self.checkpointer
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+        Ok((log, done))
+    }
+
+    fn load_state(path: &Path) -> Result<Option<(DbPosition, Option<WalPosition>)>, CaptureError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let bad = |reason: String| CaptureError::BadState {
+            path: path.to_owned(),
+            reason,
+        };
+        let s: State = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let sum = DbSum::from_hex(&s.sum).ok_or_else(|| bad("bad checksum".into()))?;
+        let wal = match hex::decode(&s.wal_header) {
+            Ok(h) if h.is_empty() => None,
+            Ok(h) => {
+                let h: [u8; WAL_HEADER_BYTES] = h
+                    .try_into()
+                    .map_err(|_| bad("bad WAL header length".into()))?;
+                Some(WalPosition {
+                    header: WalHeader::parse(&h).map_err(|e| bad(e.to_string()))?,
+                    offset: s.wal_offset,
+                    checksum: WalChecksum(s.wal_checksum.0, s.wal_checksum.1),
+                })
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        Ok(Some((
+            DbPosition {
+                epoch: Epoch(s.epoch),
+                txid: TxId(s.txid),
+                sum,
+            },
+            wal,
+        )))
+    }
+
+    /// Records the pin point durably: temp file, fsync, rename, fsync dir.
+    fn save_state(&self) -> Result<(), CaptureError> {
+        let wal = self.reader.position();
+        let s = State {
+            epoch: self.position.epoch.0,
+            txid: self.position.txid.0,
+            sum: self.position.sum.to_hex(),
+            wal_header: wal.map_or(String::new(), |p| hex::encode(p.header.encode())),
+            wal_offset: wal.map_or(0, |p| p.offset),
+            wal_checksum: wal.map_or((0, 0), |p| (p.checksum.0, p.checksum.1)),
+        };
+        let text = serde_json::to_string_pretty(&s).map_err(|e| CaptureError::BadState {
+            path: self.state_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut tmp = self.state_path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &self.state_path).map_err(io_err(&self.state_path))?;
+        if let Some(dir) = self
+            .state_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        Ok(())
+    }
+}
+
+fn read_pages(conn: &Connection, page_size: usize) -> Result<PageHashes, CaptureError> {
+    let mut table = PageHashes::new(page_size);
+    let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let pgno: u32 = row.get(0)?;
+        if let rusqlite::types::ValueRef::Blob(b) = row.get_ref(1)? {
+            table.set(pgno, b);
+        }
+    }
+    Ok(table)
+}
+
+/// The WAL from `offset` to its end; empty when it does not exist.
+fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CaptureError> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).map_err(io_err(path))?;
+    Ok(out)
+}
+
+fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, CaptureError> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut out = Vec::with_capacity(len);
+    f.take(len as u64)
+        .read_to_end(&mut out)
+        .map_err(io_err(path))?;
+    let _ = offset;
+    Ok(out)
+}

@@ -1,0 +1,440 @@
+//! The standby's copy of one database, kept identical to the primary's one
+//! transaction at a time.
+//!
+//! # Why pages, through `sqlite_dbpage`
+//!
+//! The primary ships page images read from its WAL, not SQL, so the copy is
+//! byte-identical and a whole-database checksum can compare the two. Writing
+//! the pages through SQLite's `sqlite_dbpage` virtual table (as sqlite3_rsync
+//! does) rather than into the file keeps the copy an ordinary WAL-mode
+//! database: each transaction commits atomically and durably in SQLite's own
+//! WAL, readers on the standby keep consistent snapshots while it is applied,
+//! and a kill -9 at any point leaves the last committed state. Page 1 (which
+//! holds the schema) is written last in each transaction, a truncation is an
+//! insert of a NULL page, and the applying connection is used for nothing
+//! else, because its cached schema is stale after it rewrites page 1.
+//!
+//! # The write lock between applies
+//!
+//! Local software may read the copy but must not write it. The applying
+//! connection holds `BEGIN IMMEDIATE` (SQLite's single WAL write lock) from
+//! the moment it opens, applies each transaction inside that transaction,
+//! commits, and at once begins the next `BEGIN IMMEDIATE`. Readers are never
+//! blocked. A local writer gets SQLITE_BUSY, except in the instant between a
+//! commit and the next begin, where one that was already waiting on its busy
+//! handler can slip in. That is detected rather than prevented:
+//! `PRAGMA data_version` changes when another connection committed, and the
+//! replica then recomputes the checksum from scratch. If the content changed,
+//! the apply is refused with [`ReplicaError::ForeignWrite`] (the caller
+//! quarantines and resyncs); if not (for example another connection only ran
+//! a checkpoint) it carries on.
+//!
+//! # Durability and the position
+//!
+//! `synchronous=FULL` makes each commit durable (the WAL is fsynced) before
+//! it is acknowledged. The position (epoch, txid, checksum) is kept in a
+//! sidecar file as an intent written before each commit; see
+//! [`crate::position`] for why not inside the database and how recovery
+//! chooses. Opening a replica always recomputes the checksum from the pages
+//! (one read of the file), which is both the recovery step and the check that
+//! nobody wrote the copy while tandem was not running.
+
+use crate::position::{Intent, PositionFile};
+use rusqlite::{params, Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tandem_sync::dbsum::{DbPosition, DbSum, PageHashes, TxId};
+use tandem_sync::wal::Transaction;
+use tandem_sync::Epoch;
+
+/// How long the applier waits for the write lock when a local writer holds it.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("position file {path}: {source}")]
+    PositionFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} already exists")]
+    Exists { path: PathBuf },
+    #[error("{path} has no valid position record")]
+    NoPosition { path: PathBuf },
+    #[error(
+        "the database's checksum {found} matches neither side of its last recorded apply \
+         ({before} at txid {before_txid}, {after} at txid {after_txid}): it was written outside tandem"
+    )]
+    UnknownContent {
+        found: DbSum,
+        before: DbSum,
+        before_txid: TxId,
+        after: DbSum,
+        after_txid: TxId,
+    },
+    #[error("transaction {got} does not follow {have}")]
+    OutOfOrder { have: TxId, got: TxId },
+    #[error("transaction from epoch {got} is older than the replica's epoch {have}")]
+    StaleEpoch { have: Epoch, got: Epoch },
+    #[error("page {pgno} has {bytes} bytes, the database's pages have {page_size}")]
+    PageSize {
+        pgno: u32,
+        bytes: usize,
+        page_size: usize,
+    },
+    #[error("applying txid {txid} would give checksum {computed}, the primary has {expected}: the copies diverged")]
+    Diverged {
+        txid: TxId,
+        expected: DbSum,
+        computed: DbSum,
+    },
+    #[error("another connection wrote the copy: its checksum is {found}, tandem's is {kept}")]
+    ForeignWrite { found: DbSum, kept: DbSum },
+    #[error("{0} is not a usable database: {1}")]
+    NotUsable(PathBuf, String),
+}
+
+/// Result of [`Replica::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    pub position: DbPosition,
+    /// The checksum recomputed from every page.
+    pub sum_from_pages: DbSum,
+    /// `PRAGMA integrity_check`'s lines; `["ok"]` when sound.
+    pub integrity: Vec<String>,
+}
+
+impl Verification {
+    pub fn is_ok(&self) -> bool {
+        self.sum_from_pages == self.position.sum && self.integrity == ["ok"]
+    }
+}
+
+/// The standby's copy of one database. See the module doc.
+#[derive(Debug)]
+pub struct Replica {
+    path: PathBuf,
+    /// Only ever writes pages; holds the write lock while `locked`.
+    apply: Connection,
+    locked: bool,
+    /// `PRAGMA data_version` right after our last commit.
+    data_version: i64,
+    hashes: PageHashes,
+    position: DbPosition,
+    position_file: PositionFile,
+}
+
+/// The sidecar file of the database at `db`.
+pub fn position_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".tandem-position");
+    PathBuf::from(name)
+}
+
+fn open_apply_connection(path: &Path, flags: OpenFlags) -> Result<Connection, ReplicaError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(LOCK_WAIT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(ReplicaError::NotUsable(
+            path.to_owned(),
+            format!("journal mode is {mode}, not wal"),
+        ));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    Ok(conn)
+}
+
+/// Every page of the database as its connection sees it now.
+fn read_pages(conn: &Connection, page_size: usize) -> Result<PageHashes, ReplicaError> {
+    let mut table = PageHashes::new(page_size);
+    let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let pgno: u32 = row.get(0)?;
+        let data = match row.get_ref(1)? {
+            rusqlite::types::ValueRef::Blob(b) => b,
+            _ => &[],
+        };
+        table.set(pgno, data);
+    }
+    Ok(table)
+}
+
+fn page_size_of(conn: &Connection) -> Result<usize, ReplicaError> {
+    let n: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+impl Replica {
+    /// Creates a new, empty replica whose pages will have `page_size` bytes,
+    /// at txid 0 of epoch 0. It is meant to be filled by [`Replica::seed`].
+    pub fn create(path: &Path, page_size: u32) -> Result<Replica, ReplicaError> {
+        let pos_path = position_path(path);
+        if path.exists() || pos_path.exists() {
+            return Err(ReplicaError::Exists {
+                path: path.to_owned(),
+            });
+        }
+        {
+            let conn = Connection::open(path)?;
+            conn.execute_batch(&format!(
+                "PRAGMA page_size={page_size}; PRAGMA journal_mode=WAL;"
+            ))?;
+            // journal_mode=WAL writes the header page, which fixes the page size.
+            let actual = page_size_of(&conn)?;
+            if actual != page_size as usize {
+                return Err(ReplicaError::NotUsable(
+                    path.to_owned(),
+                    format!("page size {actual}, asked for {page_size}"),
+                ));
+            }
+        }
+        let apply = open_apply_connection(path, OpenFlags::default())?;
+        apply.execute_batch("BEGIN IMMEDIATE")?;
+        let hashes = read_pages(&apply, page_size as usize)?;
+        let position = DbPosition {
+            epoch: Epoch(0),
+            txid: TxId(0),
+            sum: hashes.sum(),
+        };
+        let position_file = PositionFile::create(&pos_path, position).map_err(|source| {
+            ReplicaError::PositionFile {
+                path: pos_path.clone(),
+                source,
+            }
+        })?;
+        let data_version = apply.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(Replica {
+            path: path.to_owned(),
+            apply,
+            locked: true,
+            data_version,
+            hashes,
+            position,
+            position_file,
+        })
+    }
+
+    /// Opens an existing replica after a clean stop or a crash: takes the
+    /// write lock, recomputes the checksum from every page and picks the
+    /// recorded position it matches.
+    pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
+        let pos_path = position_path(path);
+        let (position_file, intents) =
+            PositionFile::open(&pos_path).map_err(|source| ReplicaError::PositionFile {
+                path: pos_path.clone(),
+                source,
+            })?;
+        let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        apply.execute_batch("BEGIN IMMEDIATE")?;
+        let hashes = read_pages(&apply, page_size_of(&apply)?)?;
+        let found = hashes.sum();
+        let Some(newest) = intents.first() else {
+            return Err(ReplicaError::NoPosition { path: pos_path });
+        };
+        let matches = |i: &Intent| {
+            if i.after.sum == found {
+                Some(i.after)
+            } else if i.before.sum == found {
+                Some(i.before)
+            } else {
+                None
+            }
+        };
+        let Some(position) = intents.iter().find_map(matches) else {
+            return Err(ReplicaError::UnknownContent {
+                found,
+                before: newest.before.sum,
+                before_txid: newest.before.txid,
+                after: newest.after.sum,
+                after_txid: newest.after.txid,
+            });
+        };
+        let data_version = apply.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(Replica {
+            path: path.to_owned(),
+            apply,
+            locked: true,
+            data_version,
+            hashes,
+            position,
+            position_file,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn position(&self) -> DbPosition {
+        self.position
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.hashes.page_size()
+    }
+
+    pub fn page_count(&self) -> u32 {
+        self.hashes.page_count()
+    }
+
+    /// Applies the primary's transaction `txid`, committed in `epoch`, whose
+    /// checksum on the primary is `expected`. Nothing is written unless the
+    /// transaction follows the replica's position and the result would have
+    /// the primary's checksum. On return the transaction is durable.
+    pub fn apply(
+        &mut self,
+        epoch: Epoch,
+        txid: TxId,
+        tx: &Transaction,
+        expected: DbSum,
+    ) -> Result<DbPosition, ReplicaError> {
+        if txid != self.position.txid.next() {
+            return Err(ReplicaError::OutOfOrder {
+                have: self.position.txid,
+                got: txid,
+            });
+        }
+        self.write(epoch, txid, tx, expected)
+    }
+
+    /// Replaces the whole content by `image` (every page of the primary's
+    /// database at `at`), whatever the replica held. Used to seed a new copy.
+    pub fn seed(
+        &mut self,
+        at: DbPosition,
+        image: &Transaction,
+    ) -> Result<DbPosition, ReplicaError> {
+        self.write(at.epoch, at.txid, image, at.sum)
+    }
+
+    fn write(
+        &mut self,
+        epoch: Epoch,
+        txid: TxId,
+        tx: &Transaction,
+        expected: DbSum,
+    ) -> Result<DbPosition, ReplicaError> {
+        if epoch < self.position.epoch {
+            return Err(ReplicaError::StaleEpoch {
+                have: self.position.epoch,
+                got: epoch,
+            });
+        }
+        let page_size = self.hashes.page_size();
+        if let Some((pgno, data)) = tx.pages.iter().find(|(_, d)| d.len() != page_size) {
+            return Err(ReplicaError::PageSize {
+                pgno: *pgno,
+                bytes: data.len(),
+                page_size,
+            });
+        }
+        let computed = self.hashes.sum_after(tx);
+        if computed != expected {
+            return Err(ReplicaError::Diverged {
+                txid,
+                expected,
+                computed,
+            });
+        }
+        self.lock()?;
+        let after = DbPosition {
+            epoch,
+            txid,
+            sum: computed,
+        };
+        let pos_path = position_path(&self.path);
+        self.position_file
+            .record(self.position, after)
+            .map_err(|source| ReplicaError::PositionFile {
+                path: pos_path,
+                source,
+            })?;
+        if let Err(e) = self.write_pages(tx) {
+            // Roll back, and take the lock again for the next attempt.
+            self.locked = false;
+            let _ = self.apply.execute_batch("ROLLBACK");
+            let _ = self.lock();
+            return Err(e);
+        }
+        self.locked = false;
+        if let Err(e) = self.apply.execute_batch("COMMIT") {
+            let _ = self.apply.execute_batch("ROLLBACK");
+            let _ = self.lock();
+            return Err(e.into());
+        }
+        self.hashes.apply(tx);
+        self.position = after;
+        self.data_version = self
+            .apply
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        // Losing the race for the lock here is detected at the next apply.
+        let _ = self.lock();
+        Ok(after)
+    }
+
+    fn write_pages(&self, tx: &Transaction) -> Result<(), ReplicaError> {
+        let mut put = self
+            .apply
+            .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
+        let size = tx.db_pages_after_commit;
+        for (pgno, data) in tx.pages.iter().filter(|(p, _)| *p != 1 && *p <= size) {
+            put.execute(params![pgno, data])?;
+        }
+        if size < self.hashes.page_count() {
+            put.execute(params![size + 1, None::<Vec<u8>>])?;
+        }
+        if let Some((_, data)) = tx.pages.iter().find(|(p, _)| *p == 1) {
+            put.execute(params![1, data])?;
+        }
+        Ok(())
+    }
+
+    /// Takes the write lock if it is not held, and checks that nobody wrote
+    /// the copy while it was free.
+    fn lock(&mut self) -> Result<(), ReplicaError> {
+        if self.locked {
+            return Ok(());
+        }
+        self.apply.execute_batch("BEGIN IMMEDIATE")?;
+        self.locked = true;
+        let now: i64 = self
+            .apply
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if now != self.data_version {
+            let found = read_pages(&self.apply, self.hashes.page_size())?;
+            if found.sum() != self.position.sum {
+                return Err(ReplicaError::ForeignWrite {
+                    found: found.sum(),
+                    kept: self.position.sum,
+                });
+            }
+            self.data_version = now;
+        }
+        Ok(())
+    }
+
+    /// Recomputes the checksum from every page and runs
+    /// `PRAGMA integrity_check`, both on a separate connection (the applying
+    /// one may hold a stale schema).
+    pub fn verify(&self) -> Result<Verification, ReplicaError> {
+        let reader = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        reader.busy_timeout(LOCK_WAIT)?;
+        reader.execute_batch("BEGIN")?;
+        let sum_from_pages = read_pages(&reader, self.hashes.page_size())?.sum();
+        let mut stmt = reader.prepare("PRAGMA integrity_check")?;
+        let integrity = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        reader.execute_batch("COMMIT")?;
+        Ok(Verification {
+            position: self.position,
+            sum_from_pages,
+            integrity,
+        })
+    }
+}

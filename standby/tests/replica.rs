@@ -1,0 +1,188 @@
+//! The replica applying real SQLite transactions: same rows and checksum as
+//! the source, truncation, the write lock between applies, refusal of
+//! transactions that do not fit, and recovery of the position on reopen.
+
+mod common;
+
+use common::{rows, Source};
+use rusqlite::Connection;
+use tandem_standby::replica::position_path;
+use tandem_standby::{Replica, ReplicaError};
+use tandem_sync::dbsum::{DbSum, TxId};
+use tandem_sync::Epoch;
+
+#[test]
+fn sqlite_dbpage_is_compiled_into_the_bundled_sqlite() {
+    let c = Connection::open_in_memory().unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_dbpage", [], |r| r.get(0))
+        .expect("sqlite_dbpage missing: LIBSQLITE3_FLAGS in .cargo/config.toml did not reach libsqlite3-sys");
+    assert!(n >= 0);
+}
+
+fn seeded(dir: &std::path::Path, page_size: usize) -> (Source, Replica) {
+    let src = Source::new(dir, page_size);
+    let (at, image) = src.image();
+    let mut rep = Replica::create(&dir.join("replica.db"), page_size as u32).unwrap();
+    rep.seed(at, &image).unwrap();
+    assert_eq!(rep.position().sum, src.sum());
+    (src, rep)
+}
+
+fn ship(src: &mut Source, rep: &mut Replica) -> usize {
+    let shipped = src.take();
+    for s in &shipped {
+        rep.apply(Epoch(1), s.txid, &s.tx, s.sum).unwrap();
+    }
+    shipped.len()
+}
+
+#[test]
+fn applied_transactions_give_the_same_rows_and_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut rep) = seeded(dir.path(), 4096);
+    for i in 0..20 {
+        src.conn
+            .execute(
+                "INSERT INTO t(v, b) VALUES (?1, ?2)",
+                (format!("row {i}"), vec![i as u8; 300]),
+            )
+            .unwrap();
+    }
+    src.conn
+        .execute(
+            "INSERT INTO t(v, b) VALUES ('big', ?1)",
+            [vec![7u8; 20_000]],
+        )
+        .unwrap();
+    src.conn
+        .execute_batch("CREATE INDEX t_v ON t(v); UPDATE t SET v = v || '!' WHERE id % 3 = 0;")
+        .unwrap();
+    assert_eq!(ship(&mut src, &mut rep), 23);
+    assert_eq!(rows(&src.path), rows(rep.path()));
+    assert_eq!(rep.position().txid, TxId(23));
+    assert_eq!(rep.position().sum, src.sum());
+    let v = rep.verify().unwrap();
+    assert!(v.is_ok(), "{v:?}");
+}
+
+#[test]
+fn a_truncating_vacuum_replicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut rep) = seeded(dir.path(), 1024);
+    src.conn
+        .execute("INSERT INTO t(b) VALUES (?1)", [vec![1u8; 50_000]])
+        .unwrap();
+    ship(&mut src, &mut rep);
+    let grown = rep.page_count();
+    src.conn.execute_batch("DELETE FROM t; VACUUM;").unwrap();
+    ship(&mut src, &mut rep);
+    assert!(rep.page_count() < grown, "{} < {grown}", rep.page_count());
+    assert_eq!(rows(&src.path), rows(rep.path()));
+    assert!(rep.verify().unwrap().is_ok());
+}
+
+#[test]
+fn local_software_can_read_but_not_write_between_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut rep) = seeded(dir.path(), 4096);
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('a')", [])
+        .unwrap();
+    ship(&mut src, &mut rep);
+    let local = Connection::open(rep.path()).unwrap();
+    local.busy_timeout(std::time::Duration::ZERO).unwrap();
+    let n: i64 = local
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    let err = local
+        .execute("INSERT INTO t(v) VALUES ('local')", [])
+        .unwrap_err();
+    assert_eq!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy),
+        "{err}"
+    );
+    // Readers keep reading while the next transaction is applied.
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('b')", [])
+        .unwrap();
+    ship(&mut src, &mut rep);
+    let n: i64 = local
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn transactions_that_do_not_fit_are_refused_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut rep) = seeded(dir.path(), 4096);
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('a')", [])
+        .unwrap();
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('b')", [])
+        .unwrap();
+    let shipped = src.take();
+    let before = rep.position();
+    let err = rep
+        .apply(Epoch(1), TxId(2), &shipped[1].tx, shipped[1].sum)
+        .unwrap_err();
+    assert!(matches!(err, ReplicaError::OutOfOrder { .. }), "{err}");
+    let err = rep
+        .apply(Epoch(1), TxId(1), &shipped[0].tx, DbSum([9; 32]))
+        .unwrap_err();
+    assert!(matches!(err, ReplicaError::Diverged { .. }), "{err}");
+    let err = rep
+        .apply(Epoch(0), TxId(1), &shipped[0].tx, shipped[0].sum)
+        .unwrap_err();
+    assert!(matches!(err, ReplicaError::StaleEpoch { .. }), "{err}");
+    assert_eq!(rep.position(), before);
+    assert!(rep.verify().unwrap().is_ok());
+    rep.apply(Epoch(1), TxId(1), &shipped[0].tx, shipped[0].sum)
+        .unwrap();
+    rep.apply(Epoch(1), TxId(2), &shipped[1].tx, shipped[1].sum)
+        .unwrap();
+    assert_eq!(rows(&src.path), rows(rep.path()));
+}
+
+#[test]
+fn reopening_resumes_at_the_recorded_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut rep) = seeded(dir.path(), 4096);
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('a')", [])
+        .unwrap();
+    ship(&mut src, &mut rep);
+    let at = rep.position();
+    let path = rep.path().to_owned();
+    drop(rep);
+    let mut rep = Replica::open(&path).unwrap();
+    assert_eq!(rep.position(), at);
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('b')", [])
+        .unwrap();
+    ship(&mut src, &mut rep);
+    assert_eq!(rows(&src.path), rows(&path));
+}
+
+#[test]
+fn a_write_made_while_tandem_was_stopped_is_found_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut rep) = seeded(dir.path(), 4096);
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('a')", [])
+        .unwrap();
+    ship(&mut src, &mut rep);
+    let path = rep.path().to_owned();
+    drop(rep);
+    Connection::open(&path)
+        .unwrap()
+        .execute("INSERT INTO t(v) VALUES ('local')", [])
+        .unwrap();
+    let err = Replica::open(&path).unwrap_err();
+    assert!(matches!(err, ReplicaError::UnknownContent { .. }), "{err}");
+    assert!(position_path(&path).exists());
+}
