@@ -5,7 +5,9 @@ use crate::node::Node;
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tandem_ops::{NodeHandle, PromoteRequest, Refusal, Status, SwitchoverProgress};
+use tandem_ops::{
+    BarrierRefusal, BarrierRequest, NodeHandle, PromoteRequest, Refusal, Status, SwitchoverProgress,
+};
 use tandem_sync::message::Role;
 
 pub struct Handle(pub Arc<Node>);
@@ -46,6 +48,16 @@ impl NodeHandle for Handle {
         }
         tracing::warn!(who = %req.who, "FORCED PROMOTION by {}", req.who);
         Ok(node.status())
+    }
+
+    async fn barrier(&self, req: BarrierRequest) -> Result<serde_json::Value, BarrierRefusal> {
+        let within = std::time::Duration::from_millis(req.timeout_ms.unwrap_or(10_000));
+        crate::db::barrier(&self.0, req.db.as_deref(), within)
+            .await
+            .map_err(|e| match e {
+                crate::db::BarrierError::TimedOut(w) => BarrierRefusal::TimedOut(vec![w]),
+                crate::db::BarrierError::Refused(w) => BarrierRefusal::Refused(vec![w]),
+            })
     }
 }
 
@@ -93,7 +105,11 @@ impl Client {
             return serde_json::from_slice(&body).context("malformed answer from the control API");
         }
         match serde_json::from_slice::<Refusal>(&body) {
-            Ok(refusal) => Err(Refused(refusal.reasons).into()),
+            Ok(refusal) => Err(Refused {
+                reasons: refusal.reasons,
+                timed_out: code == reqwest::StatusCode::GATEWAY_TIMEOUT,
+            }
+            .into()),
             Err(_) => bail!(
                 "control API answered {code}: {}",
                 String::from_utf8_lossy(&body)
@@ -120,6 +136,23 @@ impl Client {
             .await
     }
 
+    /// `POST /barrier`; the HTTP wait is bounded a little past the barrier's.
+    pub async fn barrier(
+        &self,
+        db: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<serde_json::Value> {
+        let mut query = vec![("timeout_ms", timeout.as_millis().to_string())];
+        if let Some(db) = db {
+            query.push(("db", db.to_string()));
+        }
+        let r = self
+            .req(reqwest::Method::POST, "/barrier")
+            .query(&query)
+            .timeout(timeout + std::time::Duration::from_secs(5));
+        self.call(r).await
+    }
+
     pub async fn promote(&self, force: bool, who: &str) -> Result<Status> {
         let body = PromoteRequest {
             force,
@@ -132,12 +165,16 @@ impl Client {
 
 /// A request the node refused, with its named reasons.
 #[derive(Debug)]
-pub struct Refused(pub Vec<String>);
+pub struct Refused {
+    pub reasons: Vec<String>,
+    /// The node gave up waiting (HTTP 504), rather than refusing outright.
+    pub timed_out: bool,
+}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "refused:")?;
-        for r in &self.0 {
+        for r in &self.reasons {
             write!(f, "\n  - {r}")?;
         }
         Ok(())

@@ -3,6 +3,7 @@
 //! supervisor is in `node.rs`, the brain in the `tandem-sync` crate.
 
 mod control;
+mod db;
 mod demo;
 mod endpoint;
 mod hooks;
@@ -82,6 +83,22 @@ enum Command {
         /// Required: you have made sure the other node is not acting as primary.
         #[arg(long)]
         force: bool,
+    },
+    /// Wait until the standby has acknowledged every database transaction
+    /// committed before this call (run it on the primary). Exits 0 when it
+    /// has, 3 on timeout, 1 when it cannot wait here.
+    Barrier {
+        #[command(flatten)]
+        target: Target,
+        /// Only this database (default: every configured database).
+        #[arg(long)]
+        db: Option<String>,
+        /// Give up after this long: 500ms, 5s, 2m (a bare number is ms).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print the control API's JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a new 256-bit pair key (copy the same file to both servers).
     Keygen {
@@ -168,6 +185,12 @@ async fn dispatch(command: Command) -> Result<i32> {
             print!("{}", tandem_ops::render_status(&status));
             Ok(0)
         }
+        Command::Barrier {
+            target,
+            db,
+            timeout,
+            json,
+        } => barrier(&target, db.as_deref(), timeout, json).await,
         Command::Keygen { out, force } => keygen(out.as_deref(), force).map(|()| 0),
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -316,6 +339,55 @@ async fn switchover(target: &Target, yes: bool) -> Result<i32> {
                 );
                 return Ok(1);
             }
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s or 2m"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" | "min" => n.saturating_mul(60_000),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s or m)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+async fn barrier(target: &Target, db: Option<&str>, timeout: Duration, json: bool) -> Result<i32> {
+    let client = client(target)?;
+    match client.barrier(db, timeout).await {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for d in v["databases"].as_array().into_iter().flatten() {
+                    println!(
+                        "database {}: acknowledged by the standby up to txid {} (checksum {})",
+                        d["db"].as_str().unwrap_or("?"),
+                        d["txid"],
+                        d["sum"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("barrier {e:#}");
+            let timed_out = e
+                .downcast_ref::<control::Refused>()
+                .is_some_and(|r| r.timed_out);
+            Ok(if timed_out { 3 } else { 1 })
         }
     }
 }

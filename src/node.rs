@@ -7,6 +7,7 @@
 //! an epoch that is not on disk), and hands the other actions to one
 //! executor task that logs them, keeps the event log and queues hooks.
 
+use crate::db::DbEngine;
 use crate::hooks::{HookEvent, HookKind, HookRunner};
 use crate::peer::PeerLink;
 use crate::serial::SerialPorts;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_config::{Config, FailoverMode, HeartbeatLink};
 use tandem_ops::{AlarmStatus, LinkStatus, PeerStatus, RoleChangeStatus, Status};
 use tandem_sync::auth::PairKey;
-use tandem_sync::message::{Heartbeat, Role};
+use tandem_sync::message::{Epoch, Heartbeat, Role};
 use tandem_sync::resource::Resource;
 use tandem_sync::role::{Action, AlarmKind, Failover, Millis, RoleMachine, Settings};
 use tokio::sync::{mpsc, watch, Notify};
@@ -26,6 +27,11 @@ use tokio::sync::{mpsc, watch, Notify};
 /// Work for the executor task, in the order it happened.
 pub enum Work {
     Action(Action),
+    /// A database engine raised (`Some(message)`) or cleared an alarm.
+    DbAlarm {
+        key: String,
+        message: Option<String>,
+    },
     /// Answered when everything queued before it (hooks included) is done.
     Settled(tokio::sync::oneshot::Sender<()>),
 }
@@ -44,11 +50,16 @@ pub struct Node {
     pub peer_link: PeerLink,
     pub switchovers: Switchovers,
     pub resources: Vec<Arc<dyn Resource>>,
+    /// One engine per `[[database]]` (also in `resources`).
+    pub databases: Vec<Arc<DbEngine>>,
     pub serial: SerialPorts,
     link_errors: Mutex<Vec<Option<String>>>,
     alarms: Mutex<BTreeMap<(AlarmKind, Option<usize>), AlarmStatus>>,
+    db_alarms: Mutex<BTreeMap<String, AlarmStatus>>,
     shutdown: watch::Sender<bool>,
     announce: watch::Sender<u64>,
+    /// The role and epoch as of the last call into the machine.
+    role_now: watch::Sender<(Role, Epoch)>,
 }
 
 impl Node {
@@ -95,6 +106,12 @@ impl Node {
         let hooks = HookRunner::start(cfg.hooks.clone(), me.to_string());
         let (shutdown, _) = watch::channel(false);
         let (announce, _) = watch::channel(0);
+        let (role_now, _) = watch::channel((Role::Fenced, record.epoch));
+        let databases = crate::db::engines(&cfg, me);
+        let resources: Vec<Arc<dyn Resource>> = databases
+            .iter()
+            .map(|d| d.clone() as Arc<dyn Resource>)
+            .collect();
         let node = Arc::new(Node {
             cfg: cfg.clone(),
             me: me.to_string(),
@@ -108,12 +125,15 @@ impl Node {
             deadline_moved: Notify::new(),
             peer_link: PeerLink::default(),
             switchovers: Switchovers::default(),
-            resources: Vec::new(),
+            resources,
+            databases,
             serial: SerialPorts::from_config(&cfg, node_cfg),
             link_errors: Mutex::new(vec![None; links]),
             alarms: Mutex::new(BTreeMap::new()),
+            db_alarms: Mutex::new(BTreeMap::new()),
             shutdown,
             announce,
+            role_now,
         });
         tracing::info!(
             node = me,
@@ -126,6 +146,7 @@ impl Node {
         let always = node.clone();
         tokio::spawn(async move { always.serial.start_always().await });
         tokio::spawn(ticker(node.clone()));
+        crate::db::start(&node);
         Ok(node)
     }
 
@@ -172,7 +193,13 @@ impl Node {
             actions = m.take_actions();
         }
         let changed = m.announcement() != before;
+        let role_now = (m.role(), m.epoch());
         drop(m);
+        self.role_now.send_if_modified(|r| {
+            let moved = *r != role_now;
+            *r = role_now;
+            moved
+        });
         if changed {
             self.announce.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -221,6 +248,20 @@ impl Node {
     /// Changes whenever the peer must hear of a state change at once.
     pub fn announce_signal(&self) -> watch::Receiver<u64> {
         self.announce.subscribe()
+    }
+
+    /// Changes whenever the role or the epoch changes.
+    pub fn role_signal(&self) -> watch::Receiver<(Role, Epoch)> {
+        self.role_now.subscribe()
+    }
+
+    /// Raise (`Some(message)`) or clear an alarm about a database; logged,
+    /// shown in status and passed to the `on_alarm` hooks like the others.
+    pub fn db_alarm(&self, key: &str, message: Option<String>) {
+        let _ = self.work.send(Work::DbAlarm {
+            key: key.to_string(),
+            message,
+        });
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
@@ -294,6 +335,7 @@ impl Node {
                     .collect(),
                 switchover: None,
                 serial: Vec::new(),
+                databases: Vec::new(),
                 uptime_ms: now,
             }
         });
@@ -310,6 +352,14 @@ impl Node {
             .values()
             .cloned()
             .collect();
+        s.alarms.extend(
+            self.db_alarms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
+        s.databases = self.databases.iter().map(|d| d.status()).collect();
         s.switchover = self.switchovers.latest();
         s.serial = self.serial.status();
         s
@@ -365,6 +415,13 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>, hooks
     while let Some(item) = work.recv().await {
         let action = match item {
             Work::Action(a) => a,
+            Work::DbAlarm { key, message } => {
+                let event = db_alarm(&node, &hooks, key, message);
+                if let (Some(path), Some(event)) = (&events_path, event) {
+                    append_event(path, &event);
+                }
+                continue;
+            }
             Work::Settled(done) => {
                 hooks.settled().await;
                 let _ = done.send(());
@@ -446,6 +503,52 @@ async fn execute(node: Arc<Node>, mut work: mpsc::UnboundedReceiver<Work>, hooks
         };
         if let Some(path) = &events_path {
             append_event(path, &event);
+        }
+    }
+}
+
+/// Record a database alarm once while it holds; returns the event to log.
+fn db_alarm(
+    node: &Node,
+    hooks: &HookRunner,
+    key: String,
+    message: Option<String>,
+) -> Option<serde_json::Value> {
+    let mut alarms = node.db_alarms.lock().unwrap_or_else(|p| p.into_inner());
+    match message {
+        Some(message) => {
+            if alarms.get(&key).is_some_and(|a| a.message == message) {
+                return None;
+            }
+            tracing::warn!(alarm = "database", "ALARM: {message}");
+            alarms.insert(
+                key.clone(),
+                AlarmStatus {
+                    kind: "database".into(),
+                    message: message.clone(),
+                    since_unix_ms: unix_ms(),
+                },
+            );
+            drop(alarms);
+            let (role, epoch) = node.with_machine(|m, _| (m.role(), m.epoch()));
+            hooks.queue(HookEvent {
+                kind: HookKind::Alarm,
+                role: role.to_string(),
+                epoch: epoch.0,
+                reason: message.clone(),
+            });
+            Some(serde_json::json!({
+                "at_unix_ms": unix_ms(), "event": "alarm", "kind": "database",
+                "key": key, "message": message,
+            }))
+        }
+        None => {
+            let cleared = alarms.remove(&key)?;
+            tracing::info!(alarm = "database", "cleared: {}", cleared.message);
+            Some(serde_json::json!({
+                "at_unix_ms": unix_ms(), "event": "alarm_cleared", "kind": "database",
+                "key": key, "message": cleared.message,
+            }))
         }
     }
 }

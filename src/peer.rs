@@ -16,7 +16,7 @@ use tandem_sync::message::{self, PeerMessage};
 use tandem_sync::wire::{FrameReader, FRAME_BYTES_MAX_DEFAULT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// A keepalive goes out this often; a connection silent for `SILENT` is dropped.
 const KEEPALIVE: Duration = Duration::from_millis(500);
@@ -26,15 +26,32 @@ const HANDSHAKE_WITHIN: Duration = Duration::from_secs(3);
 const OUTBOX: usize = 1024;
 
 /// The sending half of the live connection, if any.
-#[derive(Default)]
 pub struct PeerLink {
     tx: Mutex<Option<(u64, mpsc::Sender<PeerMessage>)>>,
+    /// Counts established connections, so that the database engines say
+    /// where they stand on each new one.
+    generation: watch::Sender<u64>,
     /// Why the last attempt failed, so that a misconfigured peer gives one
     /// log line per reason, not one per reconnection attempt.
     refused_reason: Mutex<Option<String>>,
 }
 
+impl Default for PeerLink {
+    fn default() -> Self {
+        PeerLink {
+            tx: Mutex::new(None),
+            generation: watch::channel(0).0,
+            refused_reason: Mutex::new(None),
+        }
+    }
+}
+
 impl PeerLink {
+    /// Changes each time a new connection is established.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     fn refused(&self, why: String) {
         let mut last = self
             .refused_reason
@@ -68,6 +85,7 @@ impl PeerLink {
 
     fn install(&self, id: u64, tx: mpsc::Sender<PeerMessage>) {
         *self.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, tx));
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn remove(&self, id: u64) {

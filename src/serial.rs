@@ -31,6 +31,7 @@ impl SerialPorts {
                 let mut p = p.clone();
                 p.device = p.device.map(|d| node.prefixed(&d));
                 p.pty = p.pty.map(|d| node.prefixed(&d));
+                p.trace_file = p.trace_file.map(|d| node.prefixed(&d));
                 let gateway = Gateway::from_config(&p).map_err(|e| e.to_string());
                 if let Err(e) = &gateway {
                     tracing::error!(port = %p.name, "serial port {} unusable: {e}", p.name);

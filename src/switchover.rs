@@ -412,6 +412,13 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
             node.with_machine(|m, now| m.on_declined(now, op, &reasons.join("; ")));
             node.switchovers.answer(op, Answer::Declined(reasons));
         }
+        PeerMessage::DbTx(_)
+        | PeerMessage::DbAck { .. }
+        | PeerMessage::DbHello { .. }
+        | PeerMessage::DbAsk { .. }
+        | PeerMessage::DbSeed(_)
+        | PeerMessage::DbSeedAck { .. }
+        | PeerMessage::DbRefused { .. } => crate::db::on_peer_message(node, msg).await,
         PeerMessage::Abandon { op } => {
             let answer = match node.with_machine(|m, _| m.on_abandon(op)) {
                 Outcome::Promoted(epoch) => PeerMessage::Promoted { op, epoch },

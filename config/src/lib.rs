@@ -21,7 +21,7 @@
 //! config for two nodes on one machine, used by `tandem demo` and the tests.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 mod error;
@@ -287,6 +287,90 @@ pub struct SerialPort {
     /// Connect mode: a stable pty path presented as a local serial port.
     pub pty: Option<PathBuf>,
     pub active: SerialActive,
+    /// What happens when a TCP client connects while another is connected.
+    pub client_policy: SerialClientPolicy,
+    /// TCP client addresses allowed to connect; empty allows any.
+    pub allow: Vec<IpAddr>,
+    /// Drop a TCP client after this long with no data either way; 0 = never.
+    pub idle_timeout_ms: u64,
+    /// Append every chunk each way to this file as hex with a timestamp (absolute).
+    pub trace_file: Option<PathBuf>,
+    /// TCP keepalive idle time on every connection (clients and device servers).
+    pub keepalive_idle_ms: u64,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged.
+    pub user_timeout_ms: u64,
+    /// The line settings applied when the port opens, until a client or
+    /// the application sets others.
+    pub line: SerialLine,
+    /// Connect mode: how often the device server in use is asked a question
+    /// it must answer; an answer missing for this long is a failure.
+    pub health_interval_ms: u64,
+    /// Connect mode: how long the first device server must stay healthy
+    /// before tandem moves back to it from the second.
+    pub failback_hold_ms: u64,
+}
+
+/// `[[serial]]` initial line settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialLine {
+    pub baud: u32,
+    /// 5 to 8.
+    pub data_bits: u8,
+    pub parity: SerialParity,
+    /// 1 or 2.
+    pub stop_bits: u8,
+    pub flow: SerialFlow,
+}
+
+impl Default for SerialLine {
+    fn default() -> Self {
+        SerialLine {
+            baud: 9600,
+            data_bits: 8,
+            parity: SerialParity::None,
+            stop_bits: 1,
+            flow: SerialFlow::None,
+        }
+    }
+}
+
+/// Default `keepalive_idle_ms`: a dead peer is noticed in seconds, not the
+/// kernel's two hours.
+pub const DEFAULT_SERIAL_KEEPALIVE_IDLE_MS: u64 = 5_000;
+/// Default `user_timeout_ms`.
+pub const DEFAULT_SERIAL_USER_TIMEOUT_MS: u64 = 10_000;
+/// Default `health_interval_ms`.
+pub const DEFAULT_SERIAL_HEALTH_INTERVAL_MS: u64 = 500;
+/// Default `failback_hold_ms`.
+pub const DEFAULT_SERIAL_FAILBACK_HOLD_MS: u64 = 30_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SerialClientPolicy {
+    /// The newcomer wins (default).
+    #[default]
+    KickOld,
+    /// The newcomer is closed; the connected client keeps the port.
+    RefuseNew,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SerialParity {
+    #[default]
+    None,
+    Even,
+    Odd,
+    Mark,
+    Space,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SerialFlow {
+    #[default]
+    None,
+    /// Hardware (RTS/CTS).
+    RtsCts,
+    /// Software (XON/XOFF).
+    XonXoff,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

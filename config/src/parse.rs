@@ -563,6 +563,19 @@ pub(crate) const SERIAL_KEYS: &[&str] = &[
     "device_servers",
     "pty",
     "active",
+    "client_policy",
+    "allow",
+    "idle_timeout_ms",
+    "trace_file",
+    "keepalive_idle_ms",
+    "user_timeout_ms",
+    "baud",
+    "data_bits",
+    "parity",
+    "stop_bits",
+    "flow",
+    "health_interval_ms",
+    "failback_hold_ms",
 ];
 
 fn read_config(cx: &mut Cx, root: &Tab) -> Config {
@@ -924,6 +937,136 @@ fn read_serial(cx: &mut Cx, t: &Tab) -> SerialPort {
                 SerialActive::Always
             }
         });
+    let client_policy = t
+        .get(cx, "client_policy")
+        .and_then(|(i, at)| choice(cx, i, at, "client_policy", &["kick_old", "refuse_new"]))
+        .map_or(SerialClientPolicy::KickOld, |c| {
+            if c == 0 {
+                SerialClientPolicy::KickOld
+            } else {
+                SerialClientPolicy::RefuseNew
+            }
+        });
+    let allow_path = t.child_path("allow");
+    let allow = t
+        .get(cx, "allow")
+        .and_then(|(i, at)| strings(cx, i, at, "allow", &allow_path))
+        .map(|ips| {
+            let mut out = Vec::new();
+            for (s, sat) in ips {
+                match s.parse::<std::net::IpAddr>() {
+                    Ok(ip) => out.push(ip),
+                    Err(_) => cx.err(
+                        sat,
+                        format!("\"allow\" entry {s:?} is not an IP address (write one address per entry, e.g. \"10.0.0.5\" or \"fd00::5\")"),
+                    ),
+                }
+            }
+            out
+        })
+        .unwrap_or_default();
+    let idle_timeout_ms = t
+        .get(cx, "idle_timeout_ms")
+        .and_then(|(i, at)| millis(cx, i, at, "idle_timeout_ms"))
+        .unwrap_or(0);
+    let trace_file = t
+        .get(cx, "trace_file")
+        .and_then(|(i, at)| abs_path(cx, i, at, "trace_file"));
+    let keepalive_idle_ms = t
+        .get(cx, "keepalive_idle_ms")
+        .and_then(|(i, at)| {
+            let v = millis(cx, i, at, "keepalive_idle_ms")?;
+            if !(1_000..=32_767_000).contains(&v) {
+                cx.err(
+                    at,
+                    format!("\"keepalive_idle_ms\" must be between 1000 and 32767000 (the kernel counts it in whole seconds), found {v}"),
+                );
+                return None;
+            }
+            Some(v)
+        })
+        .unwrap_or(DEFAULT_SERIAL_KEEPALIVE_IDLE_MS);
+    let user_timeout_ms = t
+        .get(cx, "user_timeout_ms")
+        .and_then(|(i, at)| {
+            let v = millis(cx, i, at, "user_timeout_ms");
+            positive(cx, v, at, "user_timeout_ms")
+        })
+        .unwrap_or(DEFAULT_SERIAL_USER_TIMEOUT_MS);
+    let d = SerialLine::default();
+    let baud = t
+        .get(cx, "baud")
+        .and_then(|(i, at)| {
+            let v = integer(cx, i, at, "baud", "bits per second");
+            let v = positive(cx, v, at, "baud")?;
+            match u32::try_from(v) {
+                Ok(b) => Some(b),
+                Err(_) => {
+                    cx.err(at, format!("\"baud\" {v} is too large"));
+                    None
+                }
+            }
+        })
+        .unwrap_or(d.baud);
+    let data_bits = t
+        .get(cx, "data_bits")
+        .and_then(|(i, at)| {
+            let v = integer(cx, i, at, "data_bits", "bits")?;
+            if !(5..=8).contains(&v) {
+                cx.err(at, format!("\"data_bits\" must be 5, 6, 7 or 8, found {v}"));
+                return None;
+            }
+            Some(v as u8)
+        })
+        .unwrap_or(d.data_bits);
+    let parity = t
+        .get(cx, "parity")
+        .and_then(|(i, at)| {
+            choice(
+                cx,
+                i,
+                at,
+                "parity",
+                &["none", "even", "odd", "mark", "space"],
+            )
+        })
+        .map_or(d.parity, |c| {
+            [
+                SerialParity::None,
+                SerialParity::Even,
+                SerialParity::Odd,
+                SerialParity::Mark,
+                SerialParity::Space,
+            ][c]
+        });
+    let stop_bits = t
+        .get(cx, "stop_bits")
+        .and_then(|(i, at)| {
+            let v = integer(cx, i, at, "stop_bits", "bits")?;
+            if !(1..=2).contains(&v) {
+                cx.err(at, format!("\"stop_bits\" must be 1 or 2, found {v}"));
+                return None;
+            }
+            Some(v as u8)
+        })
+        .unwrap_or(d.stop_bits);
+    let flow = t
+        .get(cx, "flow")
+        .and_then(|(i, at)| choice(cx, i, at, "flow", &["none", "rtscts", "xonxoff"]))
+        .map_or(d.flow, |c| {
+            [SerialFlow::None, SerialFlow::RtsCts, SerialFlow::XonXoff][c]
+        });
+    let health_interval_ms = t
+        .get(cx, "health_interval_ms")
+        .and_then(|(i, at)| {
+            let v = millis(cx, i, at, "health_interval_ms");
+            positive(cx, v, at, "health_interval_ms")
+        })
+        .unwrap_or(DEFAULT_SERIAL_HEALTH_INTERVAL_MS);
+    let failback_hold_ms = t
+        .get(cx, "failback_hold_ms")
+        .and_then(|(i, at)| millis(cx, i, at, "failback_hold_ms"))
+        .unwrap_or(DEFAULT_SERIAL_FAILBACK_HOLD_MS);
     SerialPort {
         name: name.unwrap_or_default(),
         mode: if mode == Some(1) {
@@ -937,5 +1080,20 @@ fn read_serial(cx: &mut Cx, t: &Tab) -> SerialPort {
         device_servers,
         pty,
         active,
+        client_policy,
+        allow,
+        idle_timeout_ms,
+        trace_file,
+        keepalive_idle_ms,
+        user_timeout_ms,
+        line: SerialLine {
+            baud,
+            data_bits,
+            parity,
+            stop_bits,
+            flow,
+        },
+        health_interval_ms,
+        failback_hold_ms,
     }
 }

@@ -879,3 +879,100 @@ fn never_panics_on_truncations_or_garbage() {
         let _ = parse(&format!("{MIN}{s}"));
     }
 }
+
+#[test]
+fn serial_port_options() {
+    let serve = "[[serial]]\nname = \"g\"\nmode = \"serve\"\ndevice = \"/dev/ttyUSB0\"\nlisten = \"0.0.0.0:4001\"\n";
+    let c = parse(&variant(&[], serve)).unwrap();
+    let s = &c.serial[0];
+    assert_eq!(s.client_policy, SerialClientPolicy::KickOld);
+    assert!(s.allow.is_empty());
+    assert_eq!(s.idle_timeout_ms, 0);
+    assert_eq!(s.trace_file, None);
+    assert_eq!(s.keepalive_idle_ms, DEFAULT_SERIAL_KEEPALIVE_IDLE_MS);
+    assert_eq!(s.user_timeout_ms, DEFAULT_SERIAL_USER_TIMEOUT_MS);
+    assert_eq!(s.line, SerialLine::default());
+    assert_eq!(s.health_interval_ms, DEFAULT_SERIAL_HEALTH_INTERVAL_MS);
+    assert_eq!(s.failback_hold_ms, DEFAULT_SERIAL_FAILBACK_HOLD_MS);
+
+    let full = format!(
+        "{serve}client_policy = \"refuse_new\"\nallow = [\"10.0.0.9\", \"fd00::1\"]\nidle_timeout_ms = 60000\n\
+         trace_file = \"/var/log/g.trace\"\nkeepalive_idle_ms = 2000\nuser_timeout_ms = 4000\n\
+         baud = 115200\ndata_bits = 7\nparity = \"even\"\nstop_bits = 2\nflow = \"rtscts\"\n"
+    );
+    let c = parse(&variant(&[], &full)).unwrap();
+    let s = &c.serial[0];
+    assert_eq!(s.client_policy, SerialClientPolicy::RefuseNew);
+    assert_eq!(
+        s.allow,
+        vec![
+            "10.0.0.9".parse::<std::net::IpAddr>().unwrap(),
+            "fd00::1".parse().unwrap()
+        ]
+    );
+    assert_eq!(s.idle_timeout_ms, 60_000);
+    assert_eq!(s.trace_file.as_deref(), Some(Path::new("/var/log/g.trace")));
+    assert_eq!((s.keepalive_idle_ms, s.user_timeout_ms), (2000, 4000));
+    assert_eq!(
+        s.line,
+        SerialLine {
+            baud: 115200,
+            data_bits: 7,
+            parity: SerialParity::Even,
+            stop_bits: 2,
+            flow: SerialFlow::RtsCts
+        }
+    );
+
+    check_err(
+        &variant(
+            &[],
+            &format!(
+                "{serve}client_policy = \"kick\"\nallow = [\"10.0.0\"]\ntrace_file = \"g.trace\"\n\
+                 keepalive_idle_ms = 500\nuser_timeout_ms = 0\nbaud = 0\ndata_bits = 9\n\
+                 parity = \"e\"\nstop_bits = 3\nflow = \"hw\"\n"
+            ),
+        ),
+        expect![[r#"
+            t.toml:20:17: "client_policy" must be "kick_old" or "refuse_new", found "kick"
+            t.toml:21:10: "allow" entry "10.0.0" is not an IP address (write one address per entry, e.g. "10.0.0.5" or "fd00::5")
+            t.toml:22:14: "trace_file" must be an absolute path, found "g.trace"
+            t.toml:23:21: "keepalive_idle_ms" must be between 1000 and 32767000 (the kernel counts it in whole seconds), found 500
+            t.toml:24:19: "user_timeout_ms" must be greater than 0
+            t.toml:25:8: "baud" must be greater than 0
+            t.toml:26:13: "data_bits" must be 5, 6, 7 or 8, found 9
+            t.toml:27:10: "parity" must be "none" or "even" or "odd" or "mark" or "space", found "e"
+            t.toml:28:13: "stop_bits" must be 1 or 2, found 3
+            t.toml:29:8: "flow" must be "none" or "rtscts" or "xonxoff", found "hw""#]],
+    );
+
+    let connect = "[[serial]]\nname = \"r\"\nmode = \"connect\"\ndevice_servers = [\"10.1.1.1:4001\", \"10.1.1.2:4001\"]\npty = \"/dev/r\"\nprotocol = \"rfc2217\"\n";
+    let c = parse(&variant(
+        &[],
+        &format!("{connect}health_interval_ms = 200\nfailback_hold_ms = 0\n"),
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.serial[0].health_interval_ms, c.serial[0].failback_hold_ms),
+        (200, 0)
+    );
+    check_err(
+        &variant(&[], &format!("{connect}health_interval_ms = 0\n")),
+        expect![[r#"t.toml:21:22: "health_interval_ms" must be greater than 0"#]],
+    );
+    check_err(
+        &variant(
+            &[],
+            &format!("{connect}allow = [\"10.0.0.1\"]\nidle_timeout_ms = 5\n"),
+        ),
+        expect![[r#"
+            t.toml:21:9: "allow" applies to TCP clients, but serial port "r" has no "listen"
+            t.toml:22:19: "idle_timeout_ms" applies to TCP clients, but serial port "r" has no "listen""#]],
+    );
+    check_err(
+        &variant(&[], &format!("{serve}health_interval_ms = 100\n")),
+        expect![[
+            r#"t.toml:20:22: "health_interval_ms" is for connect mode, but serial port "g" is in serve mode"#
+        ]],
+    );
+}

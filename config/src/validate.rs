@@ -439,6 +439,11 @@ fn serial_ports(cx: &mut Cx, c: &Config) {
                 if s.pty.is_some() {
                     refuse(cx, "pty", SerialMode::Connect);
                 }
+                for k in ["health_interval_ms", "failback_hold_ms"] {
+                    if cx.has(&key(k)) {
+                        refuse(cx, k, SerialMode::Connect);
+                    }
+                }
             }
             SerialMode::Connect => {
                 if s.device_servers.is_empty() {
@@ -463,6 +468,19 @@ fn serial_ports(cx: &mut Cx, c: &Config) {
                 }
                 if s.device.is_some() {
                     refuse(cx, "device", SerialMode::Serve);
+                }
+                if s.listen.is_none() {
+                    // Only a TCP presentation has clients to police; on a
+                    // pty-only port these keys would silently do nothing.
+                    for k in ["client_policy", "allow", "idle_timeout_ms"] {
+                        if cx.has(&key(k)) {
+                            let at = cx.at(&[&key(k)]);
+                            cx.err(
+                                at,
+                                format!("{k:?} applies to TCP clients, but serial port {name:?} has no \"listen\""),
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -9,7 +9,7 @@ mod render;
 
 pub use render::render_status;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,6 +44,10 @@ pub struct Status {
     /// One object per `[[serial]]` port (the gateway's own status).
     #[serde(default)]
     pub serial: Vec<serde_json::Value>,
+    /// One object per `[[database]]`: mode, positions on both sides, lag,
+    /// WAL size, last checkpoint, seeding progress.
+    #[serde(default)]
+    pub databases: Vec<serde_json::Value>,
     pub uptime_ms: u64,
 }
 
@@ -123,6 +127,29 @@ pub trait NodeHandle: Send + Sync + 'static {
     async fn switchover(&self) -> Result<String, Vec<String>>;
     fn switchover_progress(&self, op: &str) -> Option<SwitchoverProgress>;
     async fn promote(&self, req: PromoteRequest) -> Result<Status, Vec<String>>;
+    /// Wait until the standby acknowledged every transaction committed
+    /// before the call, on every database or the one named.
+    async fn barrier(&self, req: BarrierRequest) -> Result<serde_json::Value, BarrierRefusal> {
+        let _ = req;
+        Err(BarrierRefusal::Refused(vec![
+            "this node has no databases to wait for".into(),
+        ]))
+    }
+}
+
+/// `POST /barrier?db=NAME&timeout_ms=N`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct BarrierRequest {
+    pub db: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Why a barrier did not return: it timed out (HTTP 504) or cannot be
+/// waited for here (HTTP 409: a standby, an unknown database, a diverged copy).
+#[derive(Debug, Clone)]
+pub enum BarrierRefusal {
+    TimedOut(Vec<String>),
+    Refused(Vec<String>),
 }
 
 #[derive(Clone)]
@@ -141,6 +168,7 @@ pub fn router(node: Arc<dyn NodeHandle>, token: Option<String>) -> Router {
         .route("/switchover", post(switchover))
         .route("/switchover/{op}", get(switchover_progress))
         .route("/promote", post(promote))
+        .route("/barrier", post(barrier))
         .with_state(api)
 }
 
@@ -231,6 +259,21 @@ async fn promote(
     }
 }
 
+async fn barrier(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(req): Query<BarrierRequest>,
+) -> Response {
+    if let Some(r) = api.refusal(&headers) {
+        return r;
+    }
+    match api.node.barrier(req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(BarrierRefusal::TimedOut(reasons)) => refuse(StatusCode::GATEWAY_TIMEOUT, reasons),
+        Err(BarrierRefusal::Refused(reasons)) => refuse(StatusCode::CONFLICT, reasons),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +309,7 @@ mod tests {
                 history: vec![],
                 switchover: None,
                 serial: vec![],
+                databases: vec![],
                 uptime_ms: 1,
             }
         }

@@ -124,6 +124,52 @@ pub fn render_status(s: &Status) -> String {
             );
         }
     }
+    if !s.databases.is_empty() {
+        let _ = writeln!(out, "databases:");
+        for d in &s.databases {
+            let text = |k: &str| d[k].as_str().unwrap_or("-").to_string();
+            let pos = |k: &str| match d[k]["txid"].as_u64() {
+                Some(t) => {
+                    let sum = d[k]["sum"].as_str().unwrap_or("");
+                    format!("txid {t} ({})", sum.get(..12).unwrap_or(sum))
+                }
+                None => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<8} {:<20} here {}, peer {}",
+                text("name"),
+                text("side"),
+                text("mode").to_uppercase(),
+                pos("local"),
+                pos("peer"),
+            );
+            let _ = writeln!(
+                out,
+                "      lag {} tx, {} B, {} ms; WAL {} B{}",
+                d["lag_transactions"].as_u64().unwrap_or(0),
+                d["lag_bytes"].as_u64().unwrap_or(0),
+                d["lag_ms"].as_u64().unwrap_or(0),
+                d["wal_bytes"].as_u64().unwrap_or(0),
+                d["last_checkpoint"]["at_unix_ms"]
+                    .as_u64()
+                    .map_or(String::new(), |t| format!(
+                        "; last checkpoint {}",
+                        unix_time(t)
+                    ))
+            );
+            if let Some(total) = d["seed"]["pages_total"].as_u64() {
+                let done = d["seed"]["pages_acknowledged"]
+                    .as_u64()
+                    .or(d["seed"]["pages_written"].as_u64())
+                    .unwrap_or(0);
+                let _ = writeln!(out, "      seeding: {done} of {total} pages");
+            }
+            if let Some(e) = d["error"].as_str() {
+                let _ = writeln!(out, "      {e}");
+            }
+        }
+    }
     if let Some(p) = &s.switchover {
         let state = match &p.outcome {
             None => "running".to_string(),

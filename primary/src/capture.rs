@@ -77,6 +77,48 @@ pub enum CaptureError {
     BadState { path: PathBuf, reason: String },
     #[error("the baseline image is gone: the pin has moved since the capture opened")]
     ImageGone,
+    #[error("the database is not at txid {txid} (checksum {sum}): its content sums to {found}")]
+    NotAt {
+        txid: TxId,
+        sum: DbSum,
+        found: DbSum,
+    },
+}
+
+/// A consistent read snapshot of the whole database; see [`Capture::snapshot`].
+pub struct Snapshot {
+    conn: Connection,
+    pub position: DbPosition,
+    pub page_size: u32,
+    pub page_count: u32,
+}
+
+impl Snapshot {
+    /// Up to `max` pages from `first` on, in ascending order.
+    pub fn pages(&self, first: u32, max: u32) -> Result<Vec<(u32, Vec<u8>)>, CaptureError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+        let last = first
+            .saturating_add(max)
+            .min(self.page_count.saturating_add(1));
+        let mut out = Vec::new();
+        for pgno in first..last {
+            let data: Option<Vec<u8>> =
+                stmt.query_row([pgno], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
+            // A page SQLite never wrote (the lock page) reads as zeros.
+            out.push((
+                pgno,
+                data.unwrap_or_else(|| vec![0; self.page_size as usize]),
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// One captured transaction with its number and the checksum after it.
@@ -259,6 +301,76 @@ impl Capture {
         self.position
     }
 
+    /// Opens the capture of a database that was, until now, a standby's
+    /// copy at `at`: numbering continues after `at.txid` (DESIGN §2: txids
+    /// continue across switchovers). Any state file is replaced. Refused with
+    /// [`CaptureError::NotAt`] when the file's content is not at `at`.
+    pub fn open_at(
+        db: &Path,
+        state_path: &Path,
+        epoch: Epoch,
+        at: DbPosition,
+    ) -> Result<Capture, CaptureError> {
+        let s = State {
+            epoch: at.epoch.0,
+            txid: at.txid.0,
+            sum: at.sum.to_hex(),
+            wal_header: String::new(),
+            wal_offset: 0,
+            wal_checksum: (0, 0),
+        };
+        write_state(state_path, &s)?;
+        let (me, _) = Capture::open(db, state_path, epoch)?;
+        if me.position.txid != at.txid || me.position.sum != at.sum {
+            return Err(CaptureError::NotAt {
+                txid: at.txid,
+                sum: at.sum,
+                found: me.position.sum,
+            });
+        }
+        Ok(me)
+    }
+
+    /// The position recorded in a state file, without opening the database.
+    pub fn saved_position(state_path: &Path) -> Result<Option<DbPosition>, CaptureError> {
+        Ok(Self::load_state(state_path)?.map(|(p, _)| p))
+    }
+
+    /// Bytes in the WAL file now (0 when there is none).
+    pub fn wal_bytes(&self) -> u64 {
+        std::fs::metadata(&self.wal).map_or(0, |m| m.len())
+    }
+
+    /// A read snapshot of the whole database at exactly [`Capture::position`]
+    /// as of the return: what seeds a new standby while writers go on. The
+    /// write lock is held only to read the WAL to its end and begin the
+    /// snapshot; transactions read then are returned by the next poll (they
+    /// are inside the snapshot: their txids are at most its position).
+    pub fn snapshot(&mut self) -> Result<Snapshot, CaptureError> {
+        let conn = Connection::open_with_flags(&self.db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(Duration::from_millis(500))?;
+        self.control.execute_batch("BEGIN IMMEDIATE")?;
+        let begun = (|| -> Result<(), CaptureError> {
+            let fresh = self.read_new()?;
+            self.held_back.extend(fresh);
+            conn.execute_batch("BEGIN")?;
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })();
+        self.control.execute_batch("COMMIT")?;
+        begun?;
+        let page_size: u32 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page_count: u32 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        Ok(Snapshot {
+            conn,
+            position: self.position,
+            page_size,
+            page_count,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.db
     }
@@ -433,28 +545,28 @@ impl Capture {
             wal_offset: wal.map_or(0, |p| p.offset),
             wal_checksum: wal.map_or((0, 0), |p| (p.checksum.0, p.checksum.1)),
         };
-        let text = serde_json::to_string_pretty(&s).map_err(|e| CaptureError::BadState {
-            path: self.state_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut tmp = self.state_path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &self.state_path).map_err(io_err(&self.state_path))?;
-        if let Some(dir) = self
-            .state_path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(dir))?;
-        }
-        Ok(())
+        write_state(&self.state_path, &s)
     }
+}
+
+fn write_state(state_path: &Path, s: &State) -> Result<(), CaptureError> {
+    let text = serde_json::to_string_pretty(s).map_err(|e| CaptureError::BadState {
+        path: state_path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut tmp = state_path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, state_path).map_err(io_err(state_path))?;
+    if let Some(dir) = state_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
 }
 
 fn read_pages(conn: &Connection, page_size: usize) -> Result<PageHashes, CaptureError> {

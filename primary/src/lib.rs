@@ -7,4 +7,4 @@
 
 pub mod capture;
 
-pub use capture::{Capture, CaptureError, Captured, CheckpointOutcome, OpenOutcome};
+pub use capture::{Capture, CaptureError, Captured, CheckpointOutcome, OpenOutcome, Snapshot};

@@ -13,13 +13,18 @@
 //! affected. Only a listener that cannot be bound fails activation, since
 //! then nobody could ever reach the port.
 
-use crate::com_port::LineSettings;
+use crate::com_port::{FlowControl, LineSettings, Parity, StopBits};
+use crate::connect::{self, ConnectOptions};
+use crate::pty::Pty;
 use crate::serve::{self, ClientPolicy, ServeOptions};
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tandem_config::{SerialMode, SerialPort};
+use tandem_config::{
+    SerialClientPolicy, SerialFlow, SerialLine, SerialMode, SerialParity, SerialPort,
+};
 use tokio::task::JoinHandle;
 
 /// How long [`Gateway::deactivate`] may take.
@@ -58,8 +63,14 @@ pub struct PortStatus {
     pub bytes_from_device: u64,
     /// Client bytes dropped because the device was away or stuck.
     pub bytes_dropped: u64,
-    /// Times the device was reopened after being lost.
+    /// Serve mode: times the device was reopened after being lost.
+    /// Connect mode: device server connections made after the first.
     pub reconnects: u64,
+    /// Connect mode: times the device server in use was left (lost, or
+    /// left to fail back to the first).
+    pub failovers: u64,
+    /// Connect mode: the pty slave (`/dev/pts/N`) the `pty` path links to.
+    pub pty: Option<String>,
     pub clients_accepted: u64,
     /// Connections refused by the allow-list or the refuse-new policy.
     pub clients_refused: u64,
@@ -100,35 +111,96 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("serial port {port}: cannot create the pty at {path}: {source}")]
+    Pty {
+        port: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("serial port {port}: {reason}")]
     Config { port: String, reason: String },
+    /// No longer returned: connect mode is built. Kept so that callers
+    /// matching on it still compile.
     #[error("serial port {port}: connect mode is not implemented yet")]
     ConnectModeNotImplemented { port: String },
+}
+
+#[derive(Debug)]
+enum Mode {
+    Serve(ServeOptions),
+    Connect(ConnectOptions),
 }
 
 /// One `[[serial]]` port.
 #[derive(Debug)]
 pub struct Gateway {
-    options: ServeOptions,
+    mode: Mode,
     shared: Arc<Shared>,
     running: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The config's line settings as the gateway's.
+fn line_settings(line: &SerialLine) -> LineSettings {
+    LineSettings {
+        baud: line.baud,
+        data_bits: line.data_bits,
+        parity: match line.parity {
+            SerialParity::None => Parity::None,
+            SerialParity::Even => Parity::Even,
+            SerialParity::Odd => Parity::Odd,
+            SerialParity::Mark => Parity::Mark,
+            SerialParity::Space => Parity::Space,
+        },
+        stop_bits: if line.stop_bits == 2 {
+            StopBits::Two
+        } else {
+            StopBits::One
+        },
+        flow: match line.flow {
+            SerialFlow::None => FlowControl::None,
+            SerialFlow::RtsCts => FlowControl::Hardware,
+            SerialFlow::XonXoff => FlowControl::XonXoff,
+        },
+        ..LineSettings::default()
+    }
+}
+
 impl Gateway {
-    /// A serve-mode gateway from the config. Settings the config cannot
-    /// express yet (client policy, allow-list, idle timeout, trace file)
-    /// take [`ServeOptions::new`]'s defaults; use [`Gateway::serve`] to set
-    /// them.
+    /// A gateway from the config, every `[[serial]]` key applied.
     pub fn from_config(port: &SerialPort) -> Result<Gateway, GatewayError> {
+        let config_error = |reason: &str| GatewayError::Config {
+            port: port.name.clone(),
+            reason: reason.to_string(),
+        };
+        let client_policy = match port.client_policy {
+            SerialClientPolicy::KickOld => ClientPolicy::KickOld,
+            SerialClientPolicy::RefuseNew => ClientPolicy::RefuseNew,
+        };
+        let idle_timeout =
+            (port.idle_timeout_ms > 0).then(|| Duration::from_millis(port.idle_timeout_ms));
         match port.mode {
-            SerialMode::Connect => Err(GatewayError::ConnectModeNotImplemented {
-                port: port.name.clone(),
-            }),
+            SerialMode::Connect => {
+                if port.device_servers.is_empty() {
+                    return Err(config_error("connect mode needs `device_servers`"));
+                }
+                if port.pty.is_none() && port.listen.is_none() {
+                    return Err(config_error("connect mode needs `pty` or `listen`"));
+                }
+                let mut o = ConnectOptions::new(port.device_servers.clone(), port.protocol);
+                o.listen = port.listen;
+                o.pty = port.pty.clone();
+                o.initial = line_settings(&port.line);
+                o.client_policy = client_policy;
+                o.allow = port.allow.clone();
+                o.idle_timeout = idle_timeout;
+                o.keepalive_idle = Duration::from_millis(port.keepalive_idle_ms);
+                o.user_timeout = Duration::from_millis(port.user_timeout_ms);
+                o.trace_file = port.trace_file.clone();
+                o.health_interval = Duration::from_millis(port.health_interval_ms.max(1));
+                o.failback_hold = Duration::from_millis(port.failback_hold_ms);
+                Ok(Gateway::connect(port.name.clone(), o))
+            }
             SerialMode::Serve => {
-                let config_error = |reason: &str| GatewayError::Config {
-                    port: port.name.clone(),
-                    reason: reason.to_string(),
-                };
                 let device = port
                     .device
                     .clone()
@@ -136,22 +208,36 @@ impl Gateway {
                 let listen = port
                     .listen
                     .ok_or_else(|| config_error("serve mode needs `listen`"))?;
-                let mut options = ServeOptions::new(device, listen);
-                options.protocol = port.protocol;
-                Ok(Gateway::serve(port.name.clone(), options))
+                let mut o = ServeOptions::new(device, listen);
+                o.protocol = port.protocol;
+                o.initial = line_settings(&port.line);
+                o.client_policy = client_policy;
+                o.allow = port.allow.clone();
+                o.idle_timeout = idle_timeout;
+                o.keepalive_idle = Duration::from_millis(port.keepalive_idle_ms);
+                o.user_timeout = Duration::from_millis(port.user_timeout_ms);
+                o.trace_file = port.trace_file.clone();
+                Ok(Gateway::serve(port.name.clone(), o))
             }
         }
     }
 
-    pub fn serve(name: impl Into<String>, options: ServeOptions) -> Gateway {
-        let name = name.into();
+    fn new(name: String, mode: Mode) -> Gateway {
+        let (mode_name, protocol, device) = match &mode {
+            Mode::Serve(o) => ("serve", o.protocol, Some(o.device.display().to_string())),
+            Mode::Connect(o) => (
+                "connect",
+                o.protocol,
+                o.pty.as_ref().map(|p| p.display().to_string()),
+            ),
+        };
         let status = PortStatus {
             name: name.clone(),
-            mode: "serve",
-            protocol: options.protocol.as_str(),
+            mode: mode_name,
+            protocol: protocol.as_str(),
             state: PortState::Inactive,
             listen: None,
-            device: Some(options.device.display().to_string()),
+            device,
             device_open: false,
             client: None,
             device_server: None,
@@ -160,12 +246,14 @@ impl Gateway {
             bytes_from_device: 0,
             bytes_dropped: 0,
             reconnects: 0,
+            failovers: 0,
+            pty: None,
             clients_accepted: 0,
             clients_refused: 0,
             last_error: None,
         };
         Gateway {
-            options,
+            mode,
             shared: Arc::new(Shared {
                 name,
                 status: Mutex::new(status),
@@ -174,45 +262,96 @@ impl Gateway {
         }
     }
 
+    /// A serve-mode gateway: a local serial device on a TCP listener.
+    pub fn serve(name: impl Into<String>, options: ServeOptions) -> Gateway {
+        Gateway::new(name.into(), Mode::Serve(options))
+    }
+
+    /// A connect-mode gateway: device servers presented as a pty and/or a
+    /// TCP listener.
+    pub fn connect(name: impl Into<String>, options: ConnectOptions) -> Gateway {
+        Gateway::new(name.into(), Mode::Connect(options))
+    }
+
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
     pub fn client_policy(&self) -> ClientPolicy {
-        self.options.client_policy
+        match &self.mode {
+            Mode::Serve(o) => o.client_policy,
+            Mode::Connect(o) => o.client_policy,
+        }
     }
 
-    /// Opens the listener and starts serving (the device is opened, and
-    /// retried, in the background). Does nothing if already active.
+    async fn bind(&self, addr: SocketAddr) -> Result<tokio::net::TcpListener, GatewayError> {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Ok(l),
+            Err(source) => {
+                let err = GatewayError::Bind {
+                    port: self.shared.name.clone(),
+                    addr,
+                    source,
+                };
+                self.shared.update(|s| s.last_error = Some(err.to_string()));
+                Err(err)
+            }
+        }
+    }
+
+    /// Opens the listener (and, in connect mode, the pty) and starts
+    /// serving; the device or the device servers are opened, and retried,
+    /// in the background. Does nothing if already active.
     pub async fn activate(&self) -> Result<(), GatewayError> {
         let mut running = self.running.lock().await;
         if running.as_ref().is_some_and(|h| !h.is_finished()) {
             return Ok(());
         }
-        let listener = match tokio::net::TcpListener::bind(self.options.listen).await {
-            Ok(l) => l,
-            Err(source) => {
-                let err = GatewayError::Bind {
-                    port: self.shared.name.clone(),
-                    addr: self.options.listen,
-                    source,
+        let task = match &self.mode {
+            Mode::Serve(o) => {
+                let listener = self.bind(o.listen).await?;
+                let bound = listener.local_addr().ok();
+                self.shared.update(|s| {
+                    s.listen = bound;
+                    s.state = PortState::Listening;
+                    s.last_error = None;
+                });
+                tracing::info!(port = %self.shared.name, "serial gateway active on {:?}", bound);
+                tokio::spawn(serve::run(o.clone(), listener, self.shared.clone()))
+            }
+            Mode::Connect(o) => {
+                let listener = match o.listen {
+                    Some(a) => Some(self.bind(a).await?),
+                    None => None,
                 };
-                self.shared.update(|s| s.last_error = Some(err.to_string()));
-                return Err(err);
+                let pty = match &o.pty {
+                    Some(path) => match Pty::open(path, &o.initial) {
+                        Ok(p) => Some(p),
+                        Err(source) => {
+                            let err = GatewayError::Pty {
+                                port: self.shared.name.clone(),
+                                path: path.clone(),
+                                source,
+                            };
+                            self.shared.update(|s| s.last_error = Some(err.to_string()));
+                            return Err(err);
+                        }
+                    },
+                    None => None,
+                };
+                let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+                let slave = pty.as_ref().map(|p| p.slave_path().display().to_string());
+                self.shared.update(|s| {
+                    s.listen = bound;
+                    s.pty = slave;
+                    s.state = PortState::Listening;
+                    s.last_error = None;
+                });
+                tracing::info!(port = %self.shared.name, "serial gateway active: pty {:?}, listener {:?}", o.pty, bound);
+                tokio::spawn(connect::run(o.clone(), listener, pty, self.shared.clone()))
             }
         };
-        let bound = listener.local_addr().ok();
-        self.shared.update(|s| {
-            s.listen = bound;
-            s.state = PortState::Listening;
-            s.last_error = None;
-        });
-        tracing::info!(port = %self.shared.name, "serial gateway active on {:?}", bound);
-        *running = Some(tokio::spawn(serve::run(
-            self.options.clone(),
-            listener,
-            self.shared.clone(),
-        )));
+        *running = Some(task);
         Ok(())
     }
 
@@ -237,13 +376,20 @@ impl Gateway {
             s.client = None;
             s.device_open = false;
             s.settings = None;
+            s.device_server = None;
+            s.pty = None;
         });
     }
 
     pub fn status(&self) -> PortStatus {
         let mut s = self.shared.snapshot();
         if s.state != PortState::Inactive {
-            s.state = if s.client.is_some() {
+            let connected = match self.mode {
+                Mode::Serve(_) => s.client.is_some(),
+                // The port is usable when a device server is connected.
+                Mode::Connect(_) => s.device_open,
+            };
+            s.state = if connected {
                 PortState::Connected
             } else {
                 PortState::Listening

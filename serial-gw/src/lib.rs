@@ -10,14 +10,20 @@
 //! - [`gateway`]: one [`Gateway`] per `[[serial]]` port, the seam the node's
 //!   role changes drive (`activate`, `deactivate`, `status`).
 //!
-//! Connect mode (tandem as the client of a pair of device servers) is not
-//! built yet: [`Gateway::from_config`] refuses it with a named error.
+//! - [`com_client`]: the client side of RFC 2217, sans-IO.
+//! - [`connect`]: connect mode, a pair of device servers presented as a
+//!   pty behind a stable path and/or a TCP listener, with health checks and
+//!   failover between the servers.
 
+pub mod com_client;
 pub mod com_port;
+pub mod connect;
 pub mod gateway;
+mod pty;
 pub mod rfc2217;
 pub mod serve;
 
 pub use com_port::LineSettings;
+pub use connect::ConnectOptions;
 pub use gateway::{Gateway, GatewayError, PortState, PortStatus, DEACTIVATE_MS_MAX};
 pub use serve::{ClientPolicy, ServeOptions};

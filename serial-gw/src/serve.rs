@@ -94,15 +94,26 @@ impl ServeOptions {
     }
 
     fn allows(&self, ip: IpAddr) -> bool {
-        self.allow.is_empty()
-            || self
-                .allow
-                .iter()
-                .any(|a| a.to_canonical() == ip.to_canonical())
+        allows(&self.allow, ip)
     }
 }
 
-const BUF_BYTES: usize = 4096;
+/// An empty allow-list allows any address; IPv4-mapped IPv6 addresses
+/// match their IPv4 form.
+pub(crate) fn allows(allow: &[IpAddr], ip: IpAddr) -> bool {
+    allow.is_empty() || allow.iter().any(|a| a.to_canonical() == ip.to_canonical())
+}
+
+pub(crate) const BUF_BYTES: usize = 4096;
+
+/// Client payload held for a device that is slower than the network; past
+/// it the client is not read, so TCP flow control slows it down.
+const TO_DEVICE_BYTES_MAX: usize = 64 * 1024;
+
+enum DevIo {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+}
 
 /// An open serial device and what it refused so far (logged once each).
 struct Device {
@@ -300,13 +311,13 @@ struct Client {
 }
 
 /// The trace file: best effort, one warning if it cannot be written.
-struct Trace {
+pub(crate) struct Trace {
     file: Option<std::fs::File>,
     warned: bool,
 }
 
 impl Trace {
-    fn open(path: Option<&PathBuf>, port: &str) -> Trace {
+    pub(crate) fn open(path: Option<&PathBuf>, port: &str) -> Trace {
         let file = path.and_then(|p| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -321,7 +332,7 @@ impl Trace {
         }
     }
 
-    fn record(&mut self, direction: &str, bytes: &[u8]) {
+    pub(crate) fn record(&mut self, direction: &str, bytes: &[u8]) {
         let Some(f) = self.file.as_mut() else { return };
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -341,14 +352,32 @@ impl Trace {
 }
 
 fn configure_client_socket(stream: &TcpStream, opts: &ServeOptions) -> std::io::Result<()> {
+    tune_socket(
+        stream,
+        opts.keepalive_idle,
+        opts.keepalive_interval,
+        opts.keepalive_retries,
+        opts.user_timeout,
+    )
+}
+
+/// No Nagle delay (serial traffic is small and latency-bound), a short
+/// keepalive and a TCP_USER_TIMEOUT, so a dead peer is noticed in seconds.
+pub(crate) fn tune_socket(
+    stream: &TcpStream,
+    keepalive_idle: Duration,
+    keepalive_interval: Duration,
+    keepalive_retries: u32,
+    user_timeout: Duration,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let sock = socket2::SockRef::from(stream);
     let ka = socket2::TcpKeepalive::new()
-        .with_time(opts.keepalive_idle)
-        .with_interval(opts.keepalive_interval)
-        .with_retries(opts.keepalive_retries);
+        .with_time(keepalive_idle)
+        .with_interval(keepalive_interval)
+        .with_retries(keepalive_retries);
     sock.set_tcp_keepalive(&ka)?;
-    sock.set_tcp_user_timeout(Some(opts.user_timeout))?;
+    sock.set_tcp_user_timeout(Some(user_timeout))?;
     Ok(())
 }
 
@@ -364,6 +393,9 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
     let mut last_open_error: Option<String> = None;
     let mut dev_buf = vec![0u8; BUF_BYTES];
     let mut net_buf = vec![0u8; BUF_BYTES];
+    // Client payload the device has not taken yet, and when it last took some.
+    let mut to_dev: Vec<u8> = Vec::new();
+    let mut to_dev_progress: Option<Instant> = None;
     let mut modem_tick = tokio::time::interval(opts.modem_poll_interval);
     modem_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let signature = format!("tandem {name}");
@@ -380,16 +412,36 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
         let need_modem_poll = device.is_some() && client.as_ref().is_some_and(|c| c.com.is_some());
         let device_absent = device.is_none();
 
-        let dev_read = async {
-            match device.as_mut() {
-                Some(d) if !suspended => d.stream.read(&mut dev_buf).await,
-                _ => std::future::pending().await,
+        // Reads and writes of the device in one future, since both need
+        // the stream mutably. Writes go out from `to_dev` as the device
+        // takes them, never inline: a device that is slow to take data
+        // while it has data for us (an echo at full speed) would otherwise
+        // deadlock the loop until the write timeout and lose data.
+        let dev_io = std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+            let Some(d) = device.as_mut() else {
+                return Poll::Pending;
+            };
+            if !suspended {
+                let mut rb = ReadBuf::new(&mut dev_buf);
+                if let Poll::Ready(r) = std::pin::Pin::new(&mut d.stream).poll_read(cx, &mut rb) {
+                    return Poll::Ready(DevIo::Read(r.map(|()| rb.filled().len())));
+                }
             }
-        };
+            if !to_dev.is_empty() {
+                if let Poll::Ready(r) = std::pin::Pin::new(&mut d.stream).poll_write(cx, &to_dev) {
+                    return Poll::Ready(DevIo::Wrote(r));
+                }
+            }
+            Poll::Pending
+        });
+        let write_stalled_at = to_dev_progress.map(|t| t + opts.write_timeout);
         let net_read = async {
             match client.as_mut() {
-                Some(c) => c.stream.read(&mut net_buf).await,
-                None => std::future::pending().await,
+                // Back-pressure to the client while the device is behind.
+                Some(c) if to_dev.len() < TO_DEVICE_BYTES_MAX => c.stream.read(&mut net_buf).await,
+                _ => std::future::pending().await,
             }
         };
 
@@ -435,7 +487,37 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
                     s.clients_accepted += 1;
                 });
             }
-            r = dev_read => {
+            _ = sleep_until_opt(write_stalled_at), if write_stalled_at.is_some() => {
+                let len = to_dev.len() as u64;
+                tracing::warn!(port = %name, "device took no data for {:?}; dropped {len} bytes", opts.write_timeout);
+                to_dev.clear();
+                to_dev_progress = None;
+                shared.update(|s| s.bytes_dropped += len);
+            }
+            io = dev_io => {
+                let r = match io {
+                    DevIo::Read(r) => r,
+                    DevIo::Wrote(Ok(n)) => {
+                        to_dev.drain(..n);
+                        to_dev_progress = (!to_dev.is_empty()).then(Instant::now);
+                        shared.update(|s| s.bytes_to_device += n as u64);
+                        continue;
+                    }
+                    DevIo::Wrote(Err(e)) => {
+                        let len = to_dev.len() as u64;
+                        tracing::warn!(port = %name, "device write failed: {e}; reopening");
+                        device = None;
+                        to_dev.clear();
+                        to_dev_progress = None;
+                        reopen_at = Instant::now() + opts.reopen_interval;
+                        shared.update(|s| {
+                            s.device_open = false;
+                            s.bytes_dropped += len;
+                            s.last_error = Some(format!("device write failed: {e}"));
+                        });
+                        continue;
+                    }
+                };
                 let n = match r {
                     Ok(0) => Err("device closed".to_string()),
                     Ok(n) => Ok(n),
@@ -450,9 +532,13 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
                         let msg = format!("device {} lost: {why}; reopening", opts.device.display());
                         tracing::warn!(port = %name, "{msg}");
                         device = None;
+                        let unsent = to_dev.len() as u64;
+                        to_dev.clear();
+                        to_dev_progress = None;
                         reopen_at = Instant::now() + opts.reopen_interval;
                         shared.update(|s| {
                             s.device_open = false;
+                            s.bytes_dropped += unsent;
                             s.last_error = Some(msg);
                         });
                         continue;
@@ -511,29 +597,14 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
                     }
                 }
                 if !out.to_device.is_empty() {
-                    let len = out.to_device.len() as u64;
-                    match device.as_mut() {
-                        Some(d) => {
-                            let w = tokio::time::timeout(opts.write_timeout, d.stream.write_all(&out.to_device)).await;
-                            match w {
-                                Ok(Ok(())) => shared.update(|s| s.bytes_to_device += len),
-                                Ok(Err(e)) => {
-                                    tracing::warn!(port = %name, "device write failed: {e}; reopening");
-                                    device = None;
-                                    reopen_at = Instant::now() + opts.reopen_interval;
-                                    shared.update(|s| {
-                                        s.device_open = false;
-                                        s.bytes_dropped += len;
-                                        s.last_error = Some(format!("device write failed: {e}"));
-                                    });
-                                }
-                                Err(_) => {
-                                    tracing::warn!(port = %name, "device took no data for {:?}; dropped {len} bytes", opts.write_timeout);
-                                    shared.update(|s| s.bytes_dropped += len);
-                                }
-                            }
+                    if device.is_some() {
+                        if to_dev.is_empty() {
+                            to_dev_progress = Some(Instant::now());
                         }
-                        None => shared.update(|s| s.bytes_dropped += len),
+                        to_dev.extend_from_slice(&out.to_device);
+                    } else {
+                        let len = out.to_device.len() as u64;
+                        shared.update(|s| s.bytes_dropped += len);
                     }
                 }
             }

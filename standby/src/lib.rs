@@ -5,8 +5,12 @@
 //! - [`replica`]: the standby's copy of a database, applying the primary's
 //!   transactions atomically and durably while holding the write lock.
 //! - [`position`]: the replica's crash-safe position record.
+//! - [`seed`]: seeding an empty copy chunk by chunk; adopting the old
+//!   primary's file as a replica after a switchover.
 
 pub mod position;
 pub mod replica;
+pub mod seed;
 
 pub use replica::{Replica, ReplicaError, Verification};
+pub use seed::{adopt, forget_position, Seeder};

@@ -8,6 +8,7 @@
 //! Bodies are encoded with postcard. A body that does not decode is refused
 //! with [`DecodeError`], never a panic.
 
+use crate::dbsum::{DbPosition, DbSum, TxId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -156,6 +157,66 @@ pub enum PeerMessage {
     Abandon { op: OpId },
     /// Keeps an idle connection proven alive (a cut cable sends no FIN).
     Keepalive,
+    /// Primary to standby: one part of captured transaction `txid` of
+    /// database `db`, committed in `epoch`. A transaction larger than a frame
+    /// is cut into `parts` messages (`part` counts from 0), each with a share
+    /// of its pages; the standby applies it once every part has arrived.
+    DbTx(DbTx),
+    /// Standby to primary: transaction `txid` is applied and durable, and the
+    /// copy's checksum after it is `sum`.
+    DbAck { db: String, txid: TxId, sum: DbSum },
+    /// Standby to primary, on every (re)connection and when asked: where its
+    /// copy stands. `None`: it has no copy yet and asks to be seeded.
+    DbHello {
+        db: String,
+        epoch: Epoch,
+        position: Option<DbPosition>,
+    },
+    /// Primary to standby: say where you stand (a `DbHello`).
+    DbAsk { db: String },
+    /// Primary to standby: one chunk of the image that seeds an empty copy.
+    DbSeed(DbSeed),
+    /// Standby to primary: every seed page below `next_pgno` is written
+    /// (flow control); `done` once the copy is complete and opened.
+    DbSeedAck {
+        db: String,
+        next_pgno: u32,
+        done: bool,
+    },
+    /// Standby to primary: it cannot follow (diverged, a seed that failed);
+    /// the primary reports it and stops shipping until the next hello.
+    DbRefused { db: String, reason: String },
+}
+
+/// One part of a captured transaction (see [`PeerMessage::DbTx`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DbTx {
+    pub db: String,
+    pub epoch: Epoch,
+    pub txid: TxId,
+    /// The whole-database checksum after the transaction, on the primary.
+    pub sum: DbSum,
+    pub db_pages_after_commit: u32,
+    pub part: u32,
+    pub parts: u32,
+    /// (page number, page image), ascending.
+    pub pages: Vec<(u32, Vec<u8>)>,
+}
+
+/// One chunk of a seed image (see [`PeerMessage::DbSeed`]). Chunks come in
+/// ascending page order; the image is the primary's database at `position`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DbSeed {
+    pub db: String,
+    pub epoch: Epoch,
+    pub position: DbPosition,
+    pub page_size: u32,
+    pub page_count: u32,
+    /// (page number, page image), ascending; empty in a last chunk of an
+    /// empty database.
+    pub pages: Vec<(u32, Vec<u8>)>,
+    /// This chunk ends the image.
+    pub last: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod db;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -121,3 +121,78 @@ pub async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration)
         }
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the caller).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// True when something listens on 127.0.0.1:`port` (read from
+/// /proc/net/tcp, so that checking opens no session on the server).
+pub fn listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| {
+            t.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1] == want && f[3] == "0A"
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// `ser2net -n -d -c FILE` serving `device` as RFC 2217 on 127.0.0.1:`port`
+/// with `chardelay: false`. Killed by its PID and reaped on drop.
+pub struct Ser2net {
+    child: Child,
+    pub port: u16,
+}
+
+impl Ser2net {
+    pub async fn start(dir: &Path, tag: &str, device: &Path, port: u16) -> Ser2net {
+        require("ser2net", &["-v"], "apt-get install -y ser2net (version 4)");
+        let config = dir.join(format!("ser2net-{tag}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "connection: &{tag}\n  accepter: telnet(rfc2217),tcp,127.0.0.1,{port}\n  \
+                 connector: serialdev,{},9600n81,local\n  options:\n    chardelay: false\n",
+                device.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ser2net")
+            .args(["-n", "-d", "-c"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ser2net");
+        let s = Ser2net { child, port };
+        wait_for("ser2net to listen", Duration::from_secs(5), || {
+            listening(port)
+        })
+        .await;
+        s
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Ser2net {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

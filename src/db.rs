@@ -1,0 +1,1605 @@
+//! The database engines: one per `[[database]]`, following the node's role.
+//!
+//! While this node acts as primary (or is demoting in a switchover), the
+//! engine holds a [`Capture`] on the database, woken by changes to its `-wal`
+//! file (inotify through `notify`, with a fallback poll), and ships each
+//! captured transaction to the standby as [`PeerMessage::DbTx`] parts. It
+//! keeps every shipped transaction until the standby acknowledges it (the
+//! in-memory *queue*, bounded by `spool_bytes_max` and [`QUEUE_BYTES_MAX`]),
+//! so that a standby that reconnects resumes where it stands, and it
+//! checkpoints only what was acknowledged. While this node is standby, the
+//! engine holds a [`Replica`], applies each transaction, acknowledges it
+//! ([`PeerMessage::DbAck`]), and seeds an empty copy from the primary's image.
+//!
+//! # One actor per database
+//!
+//! Each engine runs on its own thread with a small current-thread runtime:
+//! SQLite calls block (fsync, checkpoints), and they block only that
+//! database. Everything reaches it through one bounded inbox, in order:
+//! messages from the peer, switchover steps, barriers. That order is what
+//! makes the switchover's confirm step sound: the `Promote` message is read
+//! after every `DbTx` before it, so the confirm request queued by it is
+//! handled after they were applied.
+//!
+//! # Positions across a role swap
+//!
+//! Exactly one record says where a copy stands: the replica's position
+//! sidecar (`<db>.tandem-position`) while it is a standby's copy, the
+//! capture's state file (`<data_dir>/databases/<name>.capture`) while it is
+//! the primary's. Becoming primary, the engine reads the replica's position,
+//! removes the sidecar and opens the capture at that position
+//! ([`Capture::open_at`]), so txids continue. Becoming standby, it takes the
+//! capture's position and writes a fresh sidecar ([`tandem_standby::adopt`]),
+//! which recomputes the checksum from the pages. At start-up a sidecar, when
+//! present, wins: it is removed before a capture ever runs on the file.
+//!
+//! # The standby's first contact
+//!
+//! On every new replication connection, and when the primary asks
+//! ([`PeerMessage::DbAsk`]), the standby says where it stands
+//! ([`PeerMessage::DbHello`]). The primary resends from there if its queue
+//! still holds the transactions, seeds the copy if the standby has none, and
+//! otherwise reports `needs resync` (the page-hash resync is not built yet).
+
+use crate::node::Node;
+use anyhow::Context;
+use rusqlite::Connection;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_config::Database;
+use tandem_primary::{Capture, Snapshot};
+use tandem_standby::{Replica, ReplicaError, Seeder};
+use tandem_sync::dbsum::{DbPosition, DbSum, TxId};
+use tandem_sync::message::{DbSeed, DbTx, Epoch, PeerMessage, Position, Role};
+use tandem_sync::resource::{Resource, ResourceError};
+use tandem_sync::wal::{Salts, Transaction};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Page bytes per `DbTx` part: well under the 16 MiB frame cap.
+const PART_BYTES_MAX: usize = 4 << 20;
+/// A transaction the standby reassembles may not exceed this.
+const TX_BYTES_MAX: u64 = 2 << 30;
+/// Unacknowledged transactions kept in memory for resending, at most.
+const QUEUE_BYTES_MAX: u64 = 256 << 20;
+/// Transactions shipped and not yet acknowledged, at most (flow control: the
+/// replication link's outbox holds 1024 messages).
+const IN_FLIGHT_TX_MAX: u64 = 256;
+/// Pages per seed chunk, and chunks in flight.
+const SEED_CHUNK_PAGES: u32 = 256;
+const SEED_WINDOW_CHUNKS: u32 = 8;
+/// Fallback poll of the WAL when no change notification comes.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+/// Checkpoint at most this often while acknowledgements flow.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// A switchover waits for a standby at most this many transactions behind.
+const SWITCHOVER_LAG_TX_MAX: u64 = 1000;
+/// Inbox depth: a full inbox makes the replication reader wait (backpressure).
+const INBOX: usize = 64;
+
+/// What reaches an engine, in order.
+enum Input {
+    Peer(PeerMessage),
+    Precheck(oneshot::Sender<Vec<String>>),
+    Fence(Duration, oneshot::Sender<Result<(), String>>),
+    Unfence(oneshot::Sender<()>),
+    /// Ship everything; answered with the target position and a receiver
+    /// that fires once the standby acknowledged it (barrier and drain).
+    Barrier(oneshot::Sender<Result<Waiting, String>>),
+    Confirm(Position, oneshot::Sender<Result<(), String>>),
+}
+
+struct Waiting {
+    target: DbPosition,
+    acked: oneshot::Receiver<DbPosition>,
+}
+
+/// One `[[database]]`. See the module doc.
+pub struct DbEngine {
+    pub name: String,
+    path: PathBuf,
+    state_path: PathBuf,
+    wal_bytes_max: u64,
+    queue_bytes_max: u64,
+    inbox: mpsc::Sender<Input>,
+    inbox_rx: Mutex<Option<mpsc::Receiver<Input>>>,
+    status: Mutex<serde_json::Value>,
+}
+
+impl DbEngine {
+    pub fn new(db: &Database, path: PathBuf, data_dir: &Path) -> Arc<DbEngine> {
+        let (inbox, rx) = mpsc::channel(INBOX);
+        Arc::new(DbEngine {
+            name: db.name.clone(),
+            state_path: data_dir
+                .join("databases")
+                .join(format!("{}.capture", db.name)),
+            status: Mutex::new(json!({
+                "name": db.name, "path": path.display().to_string(), "mode": "inactive",
+            })),
+            path,
+            wal_bytes_max: db.wal_bytes_max,
+            queue_bytes_max: db.spool_bytes_max.min(QUEUE_BYTES_MAX),
+            inbox,
+            inbox_rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.inbox
+            .send(make(tx))
+            .await
+            .map_err(|_| "the database engine has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the database engine has stopped".to_string())
+    }
+
+    fn error(&self, reason: impl Into<String>) -> ResourceError {
+        ResourceError {
+            resource: self.resource_name(),
+            reason: reason.into(),
+        }
+    }
+
+    fn resource_name(&self) -> String {
+        format!("database {}", self.name)
+    }
+
+    /// Wait until the standby acknowledged everything committed before now.
+    pub async fn barrier(&self, within: Duration) -> Result<DbPosition, BarrierError> {
+        let waiting = self
+            .ask(Input::Barrier)
+            .await
+            .map_err(BarrierError::Refused)?
+            .map_err(BarrierError::Refused)?;
+        let target = waiting.target;
+        match tokio::time::timeout(within, waiting.acked).await {
+            Ok(Ok(_)) => Ok(target),
+            Ok(Err(_)) => Err(BarrierError::Refused(format!(
+                "database {}: the wait for txid {} was abandoned (role change or divergence)",
+                self.name, target.txid
+            ))),
+            Err(_) => Err(BarrierError::TimedOut(format!(
+                "database {}: the standby has not acknowledged txid {} within {} ms",
+                self.name,
+                target.txid,
+                within.as_millis()
+            ))),
+        }
+    }
+}
+
+pub enum BarrierError {
+    TimedOut(String),
+    Refused(String),
+}
+
+#[async_trait::async_trait]
+impl Resource for DbEngine {
+    fn name(&self) -> String {
+        self.resource_name()
+    }
+
+    async fn precheck(&self) -> Vec<String> {
+        self.ask(Input::Precheck).await.unwrap_or_else(|e| vec![e])
+    }
+
+    async fn fence(&self) -> Result<(), ResourceError> {
+        // The write lock waits for a writer's open transaction, within bounds.
+        let wait = Duration::from_secs(5);
+        self.ask(|tx| Input::Fence(wait, tx))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| self.error(e))
+    }
+
+    async fn unfence(&self) -> Result<(), ResourceError> {
+        self.ask(Input::Unfence).await.map_err(|e| self.error(e))
+    }
+
+    async fn drain(&self, within: Duration) -> Result<Position, ResourceError> {
+        match self.barrier(within).await {
+            Ok(p) => Ok(Position {
+                resource: self.resource_name(),
+                seq: p.txid.0,
+                digest: p.sum.0,
+            }),
+            Err(BarrierError::TimedOut(e) | BarrierError::Refused(e)) => Err(self.error(e)),
+        }
+    }
+
+    async fn confirm(&self, expected: &Position) -> Result<(), ResourceError> {
+        let expected = expected.clone();
+        self.ask(|tx| Input::Confirm(expected, tx))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| self.error(e))
+    }
+}
+
+/// Build the engines of every `[[database]]` of this node.
+pub fn engines(cfg: &tandem_config::Config, me: &str) -> Vec<Arc<DbEngine>> {
+    let Some(node_cfg) = cfg.node(me) else {
+        return Vec::new();
+    };
+    let data_dir = cfg.data_dir(node_cfg);
+    cfg.databases
+        .iter()
+        .map(|db| DbEngine::new(db, node_cfg.prefixed(&db.path), &data_dir))
+        .collect()
+}
+
+/// Start every engine's thread.
+pub fn start(node: &Arc<Node>) {
+    for engine in &node.databases {
+        let Some(rx) = engine
+            .inbox_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            continue;
+        };
+        let (node, engine) = (node.clone(), engine.clone());
+        let name = format!("db-{}", engine.name);
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("database {}: cannot start its runtime: {e}", engine.name);
+                    return;
+                }
+            };
+            rt.block_on(Actor::new(node, engine).run(rx));
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a database engine thread: {e}");
+        }
+    }
+}
+
+/// Route a database message from the peer to its engine.
+pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
+    let db = match &msg {
+        PeerMessage::DbTx(t) => &t.db,
+        PeerMessage::DbSeed(s) => &s.db,
+        PeerMessage::DbAck { db, .. }
+        | PeerMessage::DbHello { db, .. }
+        | PeerMessage::DbAsk { db }
+        | PeerMessage::DbSeedAck { db, .. }
+        | PeerMessage::DbRefused { db, .. } => db,
+        _ => return,
+    };
+    match node.databases.iter().find(|e| &e.name == db) {
+        Some(e) => {
+            let _ = e.inbox.send(Input::Peer(msg)).await;
+        }
+        None => tracing::warn!(
+            "the peer speaks of database {db}, which is not configured on {}",
+            node.me
+        ),
+    }
+}
+
+/// `tandem barrier`: wait on every database (or the one named).
+pub async fn barrier(
+    node: &Arc<Node>,
+    db: Option<&str>,
+    within: Duration,
+) -> Result<serde_json::Value, BarrierError> {
+    let role = node.role();
+    if role != Role::Primary {
+        return Err(BarrierError::Refused(format!(
+            "this node ({}) is {role}: call the barrier on the primary{}",
+            node.me,
+            if role == Role::Standby {
+                format!(", {}", node.peer)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let chosen: Vec<&Arc<DbEngine>> = node
+        .databases
+        .iter()
+        .filter(|e| db.is_none_or(|d| d == e.name))
+        .collect();
+    if chosen.is_empty() {
+        return Err(BarrierError::Refused(match db {
+            Some(d) => format!("no database {d} in the config"),
+            None => "no database is configured".into(),
+        }));
+    }
+    let started = Instant::now();
+    let mut out = Vec::new();
+    for e in chosen {
+        let left = within.saturating_sub(started.elapsed());
+        let p = e.barrier(left).await?;
+        out.push(json!({"db": e.name, "txid": p.txid.0, "sum": p.sum.to_hex()}));
+    }
+    Ok(json!({ "databases": out, "elapsed_ms": started.elapsed().as_millis() as u64 }))
+}
+
+/// A captured transaction kept until the standby acknowledges it.
+struct Queued {
+    txid: TxId,
+    sum: DbSum,
+    tx: Transaction,
+    bytes: u64,
+    captured: Instant,
+}
+
+/// What the primary knows of the standby's copy.
+#[derive(Clone, PartialEq)]
+enum Peer {
+    /// No hello on this connection yet.
+    Unknown,
+    Streaming,
+    Seeding,
+    NeedsResync(String),
+    Diverged(String),
+}
+
+struct SeedOut {
+    snap: Snapshot,
+    next: u32,
+    acked_next: u32,
+}
+
+struct PrimarySide {
+    capture: Capture,
+    /// Queue entries are contiguous from `base.txid + 1`; `base` is the
+    /// newest position the standby is known to have (or the capture's
+    /// position when nothing is queued and nobody acknowledged).
+    base: DbPosition,
+    queue: VecDeque<Queued>,
+    queue_bytes: u64,
+    shipped_to: TxId,
+    peer: Peer,
+    /// The standby's last acknowledged position.
+    acked: Option<DbPosition>,
+    waiters: Vec<(TxId, oneshot::Sender<DbPosition>)>,
+    fence: Option<Connection>,
+    seed: Option<SeedOut>,
+    /// Txids at most this are inside a seed image: not queued.
+    skip_to: TxId,
+    checkpointed_to: TxId,
+    last_checkpoint: Option<serde_json::Value>,
+    checkpoint_at: Instant,
+    asked_at: Option<Instant>,
+}
+
+#[derive(Clone, PartialEq)]
+enum CopyState {
+    Streaming,
+    Seeding,
+    NeedsResync(String),
+    Diverged(String),
+}
+
+struct Partial {
+    head: DbTx,
+    pages: Vec<(u32, Vec<u8>)>,
+    bytes: u64,
+}
+
+struct StandbySide {
+    replica: Option<Replica>,
+    seeder: Option<Seeder>,
+    state: CopyState,
+    partial: Option<Partial>,
+    /// The newest (txid, sum) the primary shipped.
+    primary: Option<(TxId, DbSum)>,
+    hello_at: Option<Instant>,
+    /// An apply failed for a passing reason: say where we stand again soon.
+    retry: bool,
+}
+
+enum Side {
+    Idle,
+    Primary(Box<PrimarySide>),
+    Standby(Box<StandbySide>),
+    /// Could not open as `Role`; retried after a pause or a role change.
+    Failed(Role, String, Instant),
+}
+
+struct Actor {
+    node: Arc<Node>,
+    e: Arc<DbEngine>,
+    side: Side,
+    role: Role,
+    epoch: Epoch,
+}
+
+fn unix_ms() -> u64 {
+    crate::node::unix_ms()
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+fn pos_json(p: Option<DbPosition>) -> serde_json::Value {
+    match p {
+        Some(p) => json!({"epoch": p.epoch.0, "txid": p.txid.0, "sum": p.sum.to_hex()}),
+        None => serde_json::Value::Null,
+    }
+}
+
+impl Actor {
+    fn new(node: Arc<Node>, e: Arc<DbEngine>) -> Actor {
+        Actor {
+            node,
+            e,
+            side: Side::Idle,
+            role: Role::Fenced,
+            epoch: Epoch(0),
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
+        let mut roles = self.node.role_signal();
+        let mut shutdown = self.node.shutdown_signal();
+        let mut connections = self.node.peer_link.connections();
+        let wake = Arc::new(Notify::new());
+        let _watcher = self.watch_wal(wake.clone());
+        let mut tick = tokio::time::interval(POLL_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (role, epoch) = *roles.borrow_and_update();
+            self.role = role;
+            self.epoch = epoch;
+            self.follow_role();
+            self.publish();
+            tokio::select! {
+                r = roles.changed() => if r.is_err() { break },
+                _ = shutdown.changed() => break,
+                c = connections.changed() => {
+                    if c.is_err() { break }
+                    self.on_connected();
+                }
+                input = inbox.recv() => match input {
+                    Some(i) => self.handle(i),
+                    None => break,
+                },
+                _ = wake.notified() => self.poll_and_ship(),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!("database {}: engine stopped", self.e.name);
+    }
+
+    /// inotify on the database's directory, filtered to its `-wal` file (the
+    /// file itself may not exist yet). Missing it only costs latency: the
+    /// fallback poll still runs.
+    fn watch_wal(&self, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let dir = self.e.path.parent()?.to_path_buf();
+        let _ = std::fs::create_dir_all(&dir);
+        let wal = wal_path(&self.e.path);
+        let wal_name = wal.file_name()?.to_owned();
+        let mut watcher =
+            notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+                Ok(ev) if ev.paths.iter().any(|p| p.file_name() == Some(&wal_name)) => {
+                    wake.notify_one()
+                }
+                Ok(_) => {}
+                // Overflow and other errors: let the poll find out.
+                Err(_) => wake.notify_one(),
+            })
+            .map_err(|e| tracing::warn!("database {}: no file watcher: {e}", self.e.name))
+            .ok()?;
+        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "database {}: cannot watch {}: {e}; polling every {} ms",
+                self.e.name,
+                dir.display(),
+                POLL_EVERY.as_millis()
+            );
+        }
+        Some(watcher)
+    }
+
+    fn alarm(&self, message: Option<String>) {
+        self.node
+            .db_alarm(&format!("database {}", self.e.name), message);
+    }
+
+    // ----- following the role -------------------------------------------
+
+    fn follow_role(&mut self) {
+        let wanted = match self.role {
+            Role::Primary | Role::Demoting => Role::Primary,
+            Role::Standby => Role::Standby,
+            _ => return,
+        };
+        match (&self.side, wanted) {
+            (Side::Primary(_), Role::Primary) | (Side::Standby(_), Role::Standby) => return,
+            (Side::Failed(r, _, at), _)
+                if *r == wanted && at.elapsed() < Duration::from_secs(3) =>
+            {
+                return
+            }
+            _ => {}
+        }
+        let side = std::mem::replace(&mut self.side, Side::Idle);
+        let opened = match wanted {
+            Role::Primary => self.become_primary(side),
+            _ => self.become_standby(side),
+        };
+        self.side = match opened {
+            Ok(side) => side,
+            Err(e) => {
+                let why = format!(
+                    "database {}: cannot open {} as {}: {e:#}",
+                    self.e.name,
+                    self.e.path.display(),
+                    wanted
+                );
+                tracing::error!("{why}");
+                self.alarm(Some(why.clone()));
+                Side::Failed(wanted, why, Instant::now())
+            }
+        };
+        if matches!(self.side, Side::Primary(_) | Side::Standby(_)) {
+            self.alarm(None);
+        }
+        match &mut self.side {
+            Side::Primary(_) => {
+                self.ask_standby();
+            }
+            Side::Standby(_) => self.hello(),
+            _ => {}
+        }
+    }
+
+    fn become_primary(&mut self, side: Side) -> anyhow::Result<Side> {
+        let path = self.e.path.clone();
+        // Where the copy stands, if it was a standby's copy until now.
+        let was = match side {
+            Side::Standby(s) => s.replica.map(|r| r.position()),
+            _ => None,
+        };
+        let was = match was {
+            Some(p) => Some(p),
+            None if tandem_standby::replica::position_path(&path).exists() => Some(
+                Replica::open(&path)
+                    .context("reading the standby copy's position")?
+                    .position(),
+            ),
+            None => None,
+        };
+        if let Some(dir) = self.e.state_path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let capture = match was {
+            Some(at) => {
+                tandem_standby::forget_position(&path)?;
+                match Capture::open_at(&path, &self.e.state_path, self.epoch, at) {
+                    Ok(c) => {
+                        tracing::info!(
+                            "database {}: primary, continuing at txid {} (checksum {})",
+                            self.e.name,
+                            at.txid,
+                            at.sum
+                        );
+                        c
+                    }
+                    Err(e) => {
+                        // A local write slipped in between the replica's
+                        // lock and the capture's: count it, report it.
+                        let why = format!(
+                            "database {}: {e}; the standby will need a resync",
+                            self.e.name
+                        );
+                        tracing::error!("{why}");
+                        self.alarm(Some(why));
+                        Capture::open(&path, &self.e.state_path, self.epoch)?.0
+                    }
+                }
+            }
+            None => {
+                if !path.exists() {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    // A new, empty database, so that the pair starts at once.
+                    Connection::open(&path)?.execute_batch("PRAGMA journal_mode=WAL")?;
+                    tracing::info!("database {}: created {}", self.e.name, path.display());
+                }
+                let (c, outcome) = Capture::open(&path, &self.e.state_path, self.epoch)?;
+                tracing::info!(
+                    "database {}: primary at txid {} ({outcome:?})",
+                    self.e.name,
+                    c.position().txid
+                );
+                c
+            }
+        };
+        let base = capture.position();
+        Ok(Side::Primary(Box::new(PrimarySide {
+            capture,
+            base,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            shipped_to: base.txid,
+            peer: Peer::Unknown,
+            acked: None,
+            waiters: Vec::new(),
+            fence: None,
+            seed: None,
+            skip_to: TxId(0),
+            checkpointed_to: base.txid,
+            last_checkpoint: None,
+            checkpoint_at: Instant::now(),
+            asked_at: None,
+        })))
+    }
+
+    fn become_standby(&mut self, side: Side) -> anyhow::Result<Side> {
+        let path = self.e.path.clone();
+        let standby = |replica: Option<Replica>| {
+            Side::Standby(Box::new(StandbySide {
+                replica,
+                seeder: None,
+                state: CopyState::Streaming,
+                partial: None,
+                primary: None,
+                hello_at: None,
+                retry: false,
+            }))
+        };
+        // The primary's capture until now: its position becomes the copy's.
+        if let Side::Primary(p) = side {
+            let at = p.capture.position();
+            // Release the fence and the capture's connections first: the
+            // replica takes the write lock itself.
+            drop(p);
+            let replica = tandem_standby::adopt(&path, at).context("adopting as a replica")?;
+            let _ = std::fs::remove_file(&self.e.state_path);
+            tracing::info!(
+                "database {}: standby, at txid {} (checksum {})",
+                self.e.name,
+                at.txid,
+                at.sum
+            );
+            return Ok(standby(Some(replica)));
+        }
+        if tandem_standby::replica::position_path(&path).exists() {
+            let replica = Replica::open(&path)?;
+            tracing::info!(
+                "database {}: standby, at txid {}",
+                self.e.name,
+                replica.position().txid
+            );
+            return Ok(standby(Some(replica)));
+        }
+        if !path.exists() {
+            tracing::info!(
+                "database {}: standby with no copy yet; asking the primary to seed {}",
+                self.e.name,
+                path.display()
+            );
+            return Ok(standby(None));
+        }
+        if self.e.state_path.exists() {
+            // This node was primary when it stopped.
+            let (capture, _) = Capture::open(&path, &self.e.state_path, self.epoch)?;
+            let at = capture.position();
+            drop(capture);
+            let replica = tandem_standby::adopt(&path, at)?;
+            let _ = std::fs::remove_file(&self.e.state_path);
+            return Ok(standby(Some(replica)));
+        }
+        anyhow::bail!(
+            "{} exists but tandem has no position for it (it was never a tandem copy); \
+             move it away so the primary can seed this standby",
+            path.display()
+        )
+    }
+
+    fn on_connected(&mut self) {
+        match &mut self.side {
+            Side::Primary(p) => {
+                // A new connection: nothing shipped on the old one counts.
+                p.peer = Peer::Unknown;
+                p.shipped_to = p.base.txid;
+                p.seed = None;
+                self.ask_standby();
+            }
+            Side::Standby(s) => {
+                s.partial = None;
+                s.seeder = None;
+                if s.replica.is_none() {
+                    s.state = CopyState::Streaming;
+                }
+                self.hello();
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self) {
+        match &mut self.side {
+            Side::Primary(p) => {
+                if p.peer == Peer::Unknown
+                    && p.asked_at
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+                {
+                    self.ask_standby();
+                }
+                self.poll_and_ship();
+                self.checkpoint(false);
+            }
+            Side::Standby(s) => {
+                // The primary asks while it does not know where we stand;
+                // after a failed apply we say it again ourselves.
+                if s.retry
+                    && s.hello_at
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+                {
+                    s.retry = false;
+                    self.hello();
+                }
+            }
+            Side::Failed(..) | Side::Idle => {}
+        }
+    }
+
+    // ----- primary ---------------------------------------------------------
+
+    fn ask_standby(&mut self) {
+        if let Side::Primary(p) = &mut self.side {
+            p.asked_at = Some(Instant::now());
+            let _ = self.node.peer_link.send(PeerMessage::DbAsk {
+                db: self.e.name.clone(),
+            });
+        }
+    }
+
+    /// Read what was committed, queue it, ship what the standby may take.
+    fn poll_and_ship(&mut self) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        match p.capture.poll() {
+            Ok(batch) => {
+                for c in batch {
+                    if c.txid <= p.skip_to {
+                        continue;
+                    }
+                    let bytes = c.tx.pages.iter().map(|(_, d)| d.len() as u64).sum();
+                    p.queue_bytes += bytes;
+                    p.queue.push_back(Queued {
+                        txid: c.txid,
+                        sum: c.sum,
+                        tx: c.tx,
+                        bytes,
+                        captured: Instant::now(),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!("database {}: capture: {e}", self.e.name);
+                return;
+            }
+        }
+        if p.queue_bytes > self.e.queue_bytes_max {
+            // Let go: the standby will need a resync; the WAL stays bounded.
+            let why = format!(
+                "database {}: more than {} bytes owed to the standby; it will need a resync",
+                self.e.name, self.e.queue_bytes_max
+            );
+            tracing::warn!("{why}");
+            p.queue.clear();
+            p.queue_bytes = 0;
+            p.base = p.capture.position();
+            p.shipped_to = p.base.txid;
+            if p.peer != Peer::Unknown {
+                p.peer = Peer::NeedsResync(why.clone());
+                self.node
+                    .db_alarm(&format!("database {}", self.e.name), Some(why));
+            }
+        }
+        self.ship();
+    }
+
+    fn ship(&mut self) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        if p.peer == Peer::Seeding {
+            self.ship_seed();
+            return;
+        }
+        if p.peer != Peer::Streaming {
+            return;
+        }
+        let page_size = p.capture_page_size();
+        let per_part = (PART_BYTES_MAX / page_size.max(1)).max(1);
+        let from = p.shipped_to;
+        for q in p.queue.iter().filter(|q| q.txid > from) {
+            if q.txid.0.saturating_sub(p.base.txid.0) > IN_FLIGHT_TX_MAX {
+                break;
+            }
+            let chunks: Vec<&[(u32, Vec<u8>)]> = if q.tx.pages.is_empty() {
+                vec![&[]]
+            } else {
+                q.tx.pages.chunks(per_part).collect()
+            };
+            let parts = chunks.len() as u32;
+            let mut all = true;
+            for (i, pages) in chunks.into_iter().enumerate() {
+                let sent = self.node.peer_link.send(PeerMessage::DbTx(DbTx {
+                    db: self.e.name.clone(),
+                    epoch: self.epoch,
+                    txid: q.txid,
+                    sum: q.sum,
+                    db_pages_after_commit: q.tx.db_pages_after_commit,
+                    part: i as u32,
+                    parts,
+                    pages: pages.to_vec(),
+                }));
+                if sent.is_err() {
+                    all = false;
+                    break;
+                }
+            }
+            if !all {
+                // The outbox is full or the link is down: resend from part 0
+                // at the next acknowledgement or tick.
+                break;
+            }
+            p.shipped_to = q.txid;
+        }
+    }
+
+    fn ship_seed(&mut self) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        let Some(seed) = &mut p.seed else {
+            return;
+        };
+        let window = SEED_CHUNK_PAGES * SEED_WINDOW_CHUNKS;
+        while seed.next <= seed.snap.page_count.max(1)
+            && seed.next.saturating_sub(seed.acked_next) < window
+        {
+            let pages = match seed.snap.pages(seed.next, SEED_CHUNK_PAGES) {
+                Ok(pages) => pages,
+                Err(e) => {
+                    tracing::error!("database {}: reading the seed image: {e}", self.e.name);
+                    p.seed = None;
+                    p.peer = Peer::Unknown;
+                    return;
+                }
+            };
+            let next = seed.next + SEED_CHUNK_PAGES;
+            let last = next > seed.snap.page_count;
+            let sent = self.node.peer_link.send(PeerMessage::DbSeed(DbSeed {
+                db: self.e.name.clone(),
+                epoch: self.epoch,
+                position: seed.snap.position,
+                page_size: seed.snap.page_size,
+                page_count: seed.snap.page_count,
+                pages,
+                last,
+            }));
+            if sent.is_err() {
+                return;
+            }
+            seed.next = next;
+            if last {
+                return;
+            }
+        }
+    }
+
+    fn on_hello(&mut self, epoch: Epoch, position: Option<DbPosition>) {
+        let name = self.e.name.clone();
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        if epoch > self.epoch {
+            tracing::warn!("database {name}: hello from a standby in epoch {epoch}, ahead of ours ({}); not shipping", self.epoch);
+            return;
+        }
+        let cap = p.capture.position();
+        let Some(at) = position else {
+            if p.peer == Peer::Seeding {
+                // The same request twice (our ask crossed its hello).
+                return;
+            }
+            // An empty standby: seed it from a snapshot.
+            match p.capture.snapshot() {
+                Ok(snap) => {
+                    tracing::info!(
+                        "database {name}: seeding the standby: {} pages at txid {}",
+                        snap.page_count,
+                        snap.position.txid
+                    );
+                    let at = snap.position;
+                    p.queue.retain(|q| q.txid > at.txid);
+                    p.queue_bytes = p.queue.iter().map(|q| q.bytes).sum();
+                    p.skip_to = at.txid;
+                    p.base = at;
+                    p.shipped_to = at.txid;
+                    p.seed = Some(SeedOut {
+                        snap,
+                        next: 1,
+                        acked_next: 1,
+                    });
+                    p.peer = Peer::Seeding;
+                    self.ship_seed();
+                }
+                Err(e) => tracing::error!("database {name}: cannot take a seed snapshot: {e}"),
+            }
+            return;
+        };
+        p.seed = None;
+        let known_sum = if at.txid == p.base.txid {
+            Some(p.base.sum)
+        } else {
+            p.queue.iter().find(|q| q.txid == at.txid).map(|q| q.sum)
+        };
+        let verdict = if at.txid > cap.txid {
+            Err(Peer::Diverged(format!(
+                "database {name}: the standby is at txid {}, ahead of this primary's {}: it holds transactions this node never had",
+                at.txid, cap.txid
+            )))
+        } else if at.txid < p.base.txid {
+            Err(Peer::NeedsResync(format!(
+                "database {name}: the standby is at txid {}, and this primary can ship only from txid {}: it needs a resync",
+                at.txid,
+                p.base.txid.next()
+            )))
+        } else {
+            match known_sum {
+                Some(sum) if sum == at.sum => Ok(()),
+                Some(sum) => Err(Peer::Diverged(format!(
+                    "database {name}: at txid {} the standby's checksum is {}, the primary's {sum}: the copies diverged",
+                    at.txid, at.sum
+                ))),
+                None => Err(Peer::NeedsResync(format!(
+                    "database {name}: txid {} is no longer held by the primary",
+                    at.txid
+                ))),
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                tracing::info!(
+                    "database {name}: the standby is at txid {}; streaming from there ({} to send)",
+                    at.txid,
+                    cap.txid.0 - at.txid.0
+                );
+                p.peer = Peer::Streaming;
+                p.shipped_to = at.txid;
+                self.on_acked(at);
+                self.alarm(None);
+                self.ship();
+            }
+            Err(peer) => {
+                let (Peer::Diverged(why) | Peer::NeedsResync(why)) = &peer else {
+                    return;
+                };
+                tracing::error!("{why}");
+                let why = why.clone();
+                p.peer = peer;
+                // Nobody will acknowledge these: barriers fail at once.
+                p.waiters.clear();
+                self.alarm(Some(why));
+            }
+        }
+    }
+
+    /// The standby has `at`: drop what it holds from the queue, release
+    /// barrier waiters.
+    fn on_acked(&mut self, at: DbPosition) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        while p.queue.front().is_some_and(|q| q.txid <= at.txid) {
+            if let Some(q) = p.queue.pop_front() {
+                p.queue_bytes -= q.bytes;
+            }
+        }
+        if at.txid >= p.base.txid {
+            p.base = at;
+        }
+        p.acked = Some(at);
+        let mut i = 0;
+        while i < p.waiters.len() {
+            if p.waiters[i].0 <= at.txid {
+                let (_, w) = p.waiters.swap_remove(i);
+                let _ = w.send(at);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn on_ack(&mut self, txid: TxId, sum: DbSum) {
+        let name = self.e.name.clone();
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        if p.peer != Peer::Streaming {
+            return;
+        }
+        let expected = if txid == p.base.txid {
+            Some(p.base.sum)
+        } else {
+            p.queue.iter().find(|q| q.txid == txid).map(|q| q.sum)
+        };
+        match expected {
+            Some(s) if s == sum => {
+                let at = DbPosition {
+                    epoch: self.epoch,
+                    txid,
+                    sum,
+                };
+                self.on_acked(at);
+                self.ship();
+            }
+            Some(s) => {
+                let why = format!("database {name}: the standby acknowledged txid {txid} with checksum {sum}, the primary has {s}: the copies diverged");
+                tracing::error!("{why}");
+                p.peer = Peer::Diverged(why.clone());
+                p.waiters.clear();
+                self.alarm(Some(why));
+            }
+            // An acknowledgement of something already dropped: harmless.
+            None => {}
+        }
+    }
+
+    fn checkpoint(&mut self, force: bool) {
+        let name = self.e.name.clone();
+        let wal_bytes_max = self.e.wal_bytes_max;
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        if p.fence.is_some() {
+            return;
+        }
+        // What the standby holds may be checkpointed; when it cannot follow
+        // anyway, everything may (the WAL must stay bounded).
+        let upto = match &p.peer {
+            Peer::NeedsResync(_) | Peer::Diverged(_) => p.capture.position().txid,
+            _ => p.base.txid,
+        };
+        let big = p.capture.wal_bytes() > wal_bytes_max / 2;
+        let due = upto > p.checkpointed_to && p.checkpoint_at.elapsed() >= CHECKPOINT_EVERY;
+        if !(force || due || (big && p.checkpoint_at.elapsed() >= CHECKPOINT_EVERY)) {
+            return;
+        }
+        p.checkpoint_at = Instant::now();
+        match p.capture.checkpoint(upto) {
+            Ok(o) => {
+                p.checkpointed_to = upto;
+                p.last_checkpoint = Some(json!({
+                    "at_unix_ms": unix_ms(), "upto_txid": upto.0,
+                    "wal_frames": o.wal_frames, "backfilled_frames": o.backfilled_frames,
+                    "log_may_restart": o.pin_moved,
+                }));
+            }
+            Err(e) => tracing::warn!("database {name}: checkpoint: {e}"),
+        }
+    }
+
+    // ----- standby ---------------------------------------------------------
+
+    fn hello(&mut self) {
+        let name = self.e.name.clone();
+        let epoch = self.epoch;
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        s.hello_at = Some(Instant::now());
+        if let CopyState::Diverged(why) | CopyState::NeedsResync(why) = &s.state {
+            let _ = self.node.peer_link.send(PeerMessage::DbRefused {
+                db: name,
+                reason: why.clone(),
+            });
+            return;
+        }
+        let position = s.replica.as_ref().map(Replica::position);
+        s.primary = None;
+        let _ = self.node.peer_link.send(PeerMessage::DbHello {
+            db: name,
+            epoch,
+            position,
+        });
+    }
+
+    fn refuse(&mut self, state: CopyState) {
+        let name = self.e.name.clone();
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        let (CopyState::Diverged(why) | CopyState::NeedsResync(why)) = &state else {
+            return;
+        };
+        tracing::error!("{why}");
+        self.node
+            .db_alarm(&format!("database {name}"), Some(why.clone()));
+        let _ = self.node.peer_link.send(PeerMessage::DbRefused {
+            db: name,
+            reason: why.clone(),
+        });
+        s.state = state;
+        s.partial = None;
+    }
+
+    fn on_tx(&mut self, part: DbTx) {
+        let name = self.e.name.clone();
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        if part.epoch < self.epoch {
+            tracing::warn!(
+                "database {name}: refused txid {} from epoch {}, older than this node's {}",
+                part.txid,
+                part.epoch,
+                self.epoch
+            );
+            return;
+        }
+        if s.state != CopyState::Streaming {
+            return;
+        }
+        let Some(replica) = &mut s.replica else {
+            return;
+        };
+        s.primary = Some((part.txid, part.sum));
+        // Reassemble.
+        let whole = if part.part == 0 {
+            s.partial = None;
+            if part.parts == 1 {
+                Some((part.pages.clone(), part))
+            } else {
+                let bytes = part.pages.iter().map(|(_, d)| d.len() as u64).sum();
+                s.partial = Some(Partial {
+                    pages: part.pages.clone(),
+                    head: part,
+                    bytes,
+                });
+                None
+            }
+        } else {
+            match s.partial.take() {
+                Some(mut p)
+                    if p.head.txid == part.txid
+                        && p.head.parts == part.parts
+                        && p.head.part + 1 == part.part =>
+                {
+                    p.bytes += part.pages.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+                    if p.bytes > TX_BYTES_MAX {
+                        let why = format!("database {name}: transaction {} is larger than {TX_BYTES_MAX} bytes: it needs a resync", part.txid);
+                        self.refuse(CopyState::NeedsResync(why));
+                        return;
+                    }
+                    p.pages.extend(part.pages);
+                    p.head.part = part.part;
+                    if part.part + 1 == part.parts {
+                        Some((p.pages, p.head))
+                    } else {
+                        s.partial = Some(p);
+                        None
+                    }
+                }
+                // A part out of sequence (a resend began): wait for part 0.
+                _ => None,
+            }
+        };
+        let Some((pages, head)) = whole else {
+            return;
+        };
+        let have = replica.position();
+        if head.txid <= have.txid {
+            if head.txid == have.txid && head.sum == have.sum {
+                let _ = self.node.peer_link.send(PeerMessage::DbAck {
+                    db: name,
+                    txid: have.txid,
+                    sum: have.sum,
+                });
+            }
+            return;
+        }
+        if head.txid != have.txid.next() {
+            // A gap: say where we stand and the primary resends from there.
+            if s.hello_at
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(200))
+            {
+                self.hello();
+            }
+            return;
+        }
+        let tx = Transaction {
+            pages,
+            db_pages_after_commit: head.db_pages_after_commit,
+            end_offset: 0,
+            salts: Salts { salt1: 0, salt2: 0 },
+        };
+        match replica.apply(head.epoch, head.txid, &tx, head.sum) {
+            Ok(at) => {
+                let _ = self.node.peer_link.send(PeerMessage::DbAck {
+                    db: name,
+                    txid: at.txid,
+                    sum: at.sum,
+                });
+            }
+            Err(e @ (ReplicaError::Diverged { .. } | ReplicaError::ForeignWrite { .. })) => {
+                let why = format!(
+                    "database {name}: {e}; the copy is kept as it is and no longer applied to"
+                );
+                self.refuse(CopyState::Diverged(why));
+            }
+            Err(e) => {
+                tracing::error!(
+                    "database {name}: cannot apply txid {}: {e}; will retry",
+                    head.txid
+                );
+                s.retry = true;
+            }
+        }
+    }
+
+    fn on_seed(&mut self, chunk: DbSeed) {
+        let name = self.e.name.clone();
+        let path = self.e.path.clone();
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        if chunk.epoch < self.epoch || s.replica.is_some() {
+            return;
+        }
+        if s.seeder.is_none() {
+            if chunk.pages.first().is_some_and(|(p, _)| *p != 1) {
+                return;
+            }
+            match Seeder::begin(&path, chunk.position, chunk.page_size, chunk.page_count) {
+                Ok(seeder) => {
+                    tracing::info!(
+                        "database {name}: seeding {} from the primary: {} pages at txid {}",
+                        path.display(),
+                        chunk.page_count,
+                        chunk.position.txid
+                    );
+                    s.seeder = Some(seeder);
+                    s.state = CopyState::Seeding;
+                }
+                Err(e) => {
+                    let why = format!("database {name}: cannot seed: {e}");
+                    self.refuse(CopyState::NeedsResync(why));
+                    return;
+                }
+            }
+        }
+        let Some(seeder) = &mut s.seeder else {
+            return;
+        };
+        if seeder.position() != chunk.position {
+            return;
+        }
+        if let Err(e) = seeder.write(&chunk.pages) {
+            let why = format!("database {name}: seeding failed: {e}");
+            s.seeder = None;
+            self.refuse(CopyState::NeedsResync(why));
+            return;
+        }
+        let next_pgno = seeder.next_pgno();
+        if !chunk.last {
+            let _ = self.node.peer_link.send(PeerMessage::DbSeedAck {
+                db: name,
+                next_pgno,
+                done: false,
+            });
+            return;
+        }
+        let Some(seeder) = s.seeder.take() else {
+            return;
+        };
+        match seeder.finish() {
+            Ok(replica) => {
+                tracing::info!(
+                    "database {name}: seeded at txid {}",
+                    replica.position().txid
+                );
+                s.replica = Some(replica);
+                s.state = CopyState::Streaming;
+                let _ = self.node.peer_link.send(PeerMessage::DbSeedAck {
+                    db: name,
+                    next_pgno,
+                    done: true,
+                });
+                self.hello();
+            }
+            Err(e) => {
+                let why = format!("database {name}: the seed image did not check out: {e}");
+                self.refuse(CopyState::NeedsResync(why));
+            }
+        }
+    }
+
+    // ----- inputs ----------------------------------------------------------
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Peer(msg) => self.on_peer(msg),
+            Input::Precheck(reply) => {
+                let _ = reply.send(self.precheck());
+            }
+            Input::Fence(wait, reply) => {
+                let _ = reply.send(self.fence(wait));
+            }
+            Input::Unfence(reply) => {
+                if let Side::Primary(p) = &mut self.side {
+                    if let Some(c) = p.fence.take() {
+                        let _ = c.execute_batch("ROLLBACK");
+                        tracing::info!("database {}: unfenced: writers may commit", self.e.name);
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Input::Barrier(reply) => {
+                let _ = reply.send(self.start_barrier());
+            }
+            Input::Confirm(expected, reply) => {
+                let _ = reply.send(self.confirm(&expected));
+            }
+        }
+    }
+
+    fn on_peer(&mut self, msg: PeerMessage) {
+        match msg {
+            PeerMessage::DbTx(t) => self.on_tx(t),
+            PeerMessage::DbSeed(c) => self.on_seed(c),
+            // While a seed is being written the primary knows already.
+            PeerMessage::DbAsk { .. } if !matches!(&self.side, Side::Standby(s) if s.seeder.is_some()) => {
+                self.hello()
+            }
+            PeerMessage::DbHello {
+                epoch, position, ..
+            } => self.on_hello(epoch, position),
+            PeerMessage::DbAck { txid, sum, .. } => self.on_ack(txid, sum),
+            PeerMessage::DbSeedAck {
+                next_pgno, done, ..
+            } => {
+                if let Side::Primary(p) = &mut self.side {
+                    if let Some(seed) = &mut p.seed {
+                        seed.acked_next = seed.acked_next.max(next_pgno);
+                    }
+                    if done {
+                        p.seed = None;
+                    }
+                }
+                self.ship();
+            }
+            PeerMessage::DbRefused { reason, .. } => {
+                if let Side::Primary(p) = &mut self.side {
+                    tracing::error!(
+                        "database {}: the standby cannot follow: {reason}",
+                        self.e.name
+                    );
+                    p.peer = if reason.contains("diverged") {
+                        Peer::Diverged(reason.clone())
+                    } else {
+                        Peer::NeedsResync(reason.clone())
+                    };
+                    p.seed = None;
+                    p.waiters.clear();
+                    self.alarm(Some(reason));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn precheck(&mut self) -> Vec<String> {
+        let name = &self.e.name;
+        let Side::Primary(p) = &self.side else {
+            return vec![format!(
+                "database {name} is not open as primary on this node"
+            )];
+        };
+        match &p.peer {
+            Peer::Streaming => {}
+            Peer::Unknown => {
+                return vec![format!(
+                    "database {name}: the standby has not reported its position"
+                )]
+            }
+            Peer::Seeding => {
+                return vec![format!(
+                    "database {name}: the standby is still being seeded"
+                )]
+            }
+            Peer::NeedsResync(w) | Peer::Diverged(w) => return vec![w.clone()],
+        }
+        let behind = p.capture.position().txid.0 - p.base.txid.0;
+        if behind > SWITCHOVER_LAG_TX_MAX {
+            return vec![format!(
+                "database {name} is {behind} transactions behind (at most {SWITCHOVER_LAG_TX_MAX} for a switchover)"
+            )];
+        }
+        Vec::new()
+    }
+
+    fn fence(&mut self, wait: Duration) -> Result<(), String> {
+        let path = self.e.path.clone();
+        let Side::Primary(p) = &mut self.side else {
+            return Err("not open as primary on this node".into());
+        };
+        if p.fence.is_some() {
+            return Ok(());
+        }
+        let c = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| e.to_string())?;
+        c.busy_timeout(wait).map_err(|e| e.to_string())?;
+        c.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+            format!(
+                "cannot take the write lock within {} ms (a writer holds it): {e}",
+                wait.as_millis()
+            )
+        })?;
+        p.fence = Some(c);
+        tracing::info!(
+            "database {}: fenced: tandem holds the write lock",
+            self.e.name
+        );
+        Ok(())
+    }
+
+    fn start_barrier(&mut self) -> Result<Waiting, String> {
+        let name = self.e.name.clone();
+        if !matches!(self.role, Role::Primary | Role::Demoting) {
+            return Err(format!(
+                "this node is {}: call the barrier on the primary",
+                self.role
+            ));
+        }
+        // Read the WAL to its end now: this is "committed before the call".
+        self.poll_and_ship();
+        let Side::Primary(p) = &mut self.side else {
+            return Err(format!("database {name} is not open as primary"));
+        };
+        if let Peer::NeedsResync(w) | Peer::Diverged(w) = &p.peer {
+            return Err(w.clone());
+        }
+        let target = p.capture.position();
+        let (tx, rx) = oneshot::channel();
+        if p.acked.is_some_and(|a| a.txid >= target.txid)
+            || p.base.txid >= target.txid && p.peer == Peer::Streaming
+        {
+            let _ = tx.send(p.base);
+        } else {
+            p.waiters.push((target.txid, tx));
+        }
+        Ok(Waiting { target, acked: rx })
+    }
+
+    fn confirm(&self, expected: &Position) -> Result<(), String> {
+        let Side::Standby(s) = &self.side else {
+            return Err("not open as a standby copy on this node".into());
+        };
+        let Some(replica) = &s.replica else {
+            return Err("no copy yet (seeding)".into());
+        };
+        let have = replica.position();
+        if have.txid.0 == expected.seq && have.sum.0 == expected.digest {
+            Ok(())
+        } else {
+            Err(format!(
+                "the copy is at txid {} (checksum {}), the primary drained to txid {} (checksum {})",
+                have.txid,
+                have.sum,
+                expected.seq,
+                DbSum(expected.digest)
+            ))
+        }
+    }
+
+    // ----- status ------------------------------------------------------------
+
+    fn publish(&self) {
+        let e = &self.e;
+        let wal_bytes = std::fs::metadata(wal_path(&e.path)).map_or(0, |m| m.len());
+        let mut v = json!({
+            "name": e.name, "path": e.path.display().to_string(), "wal_bytes": wal_bytes,
+        });
+        match &self.side {
+            Side::Idle => v["mode"] = json!("inactive"),
+            Side::Failed(_, why, _) => {
+                v["mode"] = json!("inactive");
+                v["error"] = json!(why);
+            }
+            Side::Primary(p) => {
+                let local = p.capture.position();
+                let (mode, error) = match &p.peer {
+                    Peer::Unknown => ("waiting for standby", None),
+                    Peer::Streaming => ("streaming", None),
+                    Peer::Seeding => ("seeding", None),
+                    Peer::NeedsResync(w) => ("needs resync", Some(w.clone())),
+                    Peer::Diverged(w) => ("diverged", Some(w.clone())),
+                };
+                v["side"] = json!("primary");
+                v["mode"] = json!(mode);
+                v["error"] = json!(error);
+                v["local"] = pos_json(Some(local));
+                v["peer"] = pos_json(p.acked);
+                v["lag_transactions"] = json!(local.txid.0.saturating_sub(p.base.txid.0));
+                v["lag_bytes"] = json!(p.queue_bytes);
+                v["lag_ms"] = json!(p
+                    .queue
+                    .front()
+                    .map_or(0, |q| q.captured.elapsed().as_millis() as u64));
+                v["fenced"] = json!(p.fence.is_some());
+                v["last_checkpoint"] = p.last_checkpoint.clone().unwrap_or_default();
+                if let Some(seed) = &p.seed {
+                    v["seed"] = json!({
+                        "pages_total": seed.snap.page_count,
+                        "pages_acknowledged": seed.acked_next.saturating_sub(1).min(seed.snap.page_count),
+                        "at_txid": seed.snap.position.txid.0,
+                    });
+                }
+            }
+            Side::Standby(s) => {
+                let local = s.replica.as_ref().map(Replica::position);
+                let (mode, error) = match &s.state {
+                    CopyState::Streaming if local.is_none() => ("waiting for seed", None),
+                    CopyState::Streaming => ("streaming", None),
+                    CopyState::Seeding => ("seeding", None),
+                    CopyState::NeedsResync(w) => ("needs resync", Some(w.clone())),
+                    CopyState::Diverged(w) => ("diverged", Some(w.clone())),
+                };
+                v["side"] = json!("standby");
+                v["mode"] = json!(mode);
+                v["error"] = json!(error);
+                v["local"] = pos_json(local);
+                v["peer"] = match s.primary {
+                    Some((txid, sum)) => json!({"txid": txid.0, "sum": sum.to_hex()}),
+                    None => serde_json::Value::Null,
+                };
+                let behind = match (s.primary, local) {
+                    (Some((t, _)), Some(l)) => t.0.saturating_sub(l.txid.0),
+                    _ => 0,
+                };
+                v["lag_transactions"] = json!(behind);
+                if let Some(seeder) = &s.seeder {
+                    v["seed"] = json!({
+                        "pages_total": seeder.page_count(),
+                        "pages_written": seeder.next_pgno().saturating_sub(1),
+                        "at_txid": seeder.position().txid.0,
+                    });
+                }
+            }
+        }
+        *e.status.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
+impl PrimarySide {
+    fn capture_page_size(&self) -> usize {
+        self.queue
+            .front()
+            .and_then(|q| q.tx.pages.first())
+            .map_or(4096, |(_, d)| d.len())
+    }
+}
