@@ -23,7 +23,9 @@ impl NodeHandle for Handle {
     }
 
     fn switchover_progress(&self, op: &str) -> Option<SwitchoverProgress> {
-        self.0.switchovers.get(op)
+        self.0
+            .switchovers
+            .get(op, crate::switchover::stale_after(&self.0))
     }
 
     async fn promote(&self, req: PromoteRequest) -> Result<Status, Vec<String>> {

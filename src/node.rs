@@ -183,7 +183,7 @@ impl Node {
                         // What followed the persist was conditional on it: drop
                         // it and let the machine fence instead.
                         tracing::error!("cannot persist epoch {}: {e}", record.epoch);
-                        m.persist_failed(now, &e.to_string());
+                        m.persist_failed(now, &e.to_string(), self.store.last_saved());
                         break;
                     }
                 } else {
@@ -192,17 +192,18 @@ impl Node {
             }
             actions = m.take_actions();
         }
-        let changed = m.announcement() != before;
+        // Published under the lock, so two concurrent calls cannot publish
+        // their views out of order (watch senders never block).
         let role_now = (m.role(), m.epoch());
-        drop(m);
         self.role_now.send_if_modified(|r| {
             let moved = *r != role_now;
             *r = role_now;
             moved
         });
-        if changed {
+        if m.announcement() != before {
             self.announce.send_modify(|n| *n = n.wrapping_add(1));
         }
+        drop(m);
         if wake_ticker {
             self.deadline_moved.notify_one();
         }

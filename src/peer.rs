@@ -106,7 +106,9 @@ pub async fn run(node: Arc<Node>, listen: SocketAddr, peer_addr: SocketAddr) {
             next_id += 1;
             let attempt = async {
                 let stream = TcpStream::connect(peer_addr).await?;
-                serve_connection(node.clone(), stream, peer_addr, true, next_id).await;
+                if let Some(session) = handshake(&node, stream, peer_addr, true).await {
+                    run_session(node.clone(), session, next_id).await;
+                }
                 Ok::<(), std::io::Error>(())
             };
             tokio::select! {
@@ -133,40 +135,68 @@ pub async fn run(node: Arc<Node>, listen: SocketAddr, peer_addr: SocketAddr) {
             }
         }
     };
+    // Handshakes run beside the live session: a stray or hostile connection
+    // fails its own handshake and never disturbs the session in use. Only a
+    // proven peer replaces it, and only after the old session has stopped.
+    let (proven_tx, mut proven) = mpsc::channel::<Session>(1);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        match accepted {
-            Ok((stream, from)) => {
-                // Stop the old connection's reader before the new one speaks.
+        tokio::select! {
+            a = listener.accept() => match a {
+                Ok((stream, from)) => {
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        tracing::warn!("replication link: too many handshakes at once; dropped {from}");
+                        continue;
+                    };
+                    let (node, proven_tx) = (node.clone(), proven_tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(session) = handshake(&node, stream, from, false).await {
+                            let _ = proven_tx.send(session).await;
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(e) => tracing::warn!("replication link: accept failed: {e}"),
+            },
+            Some(session) = proven.recv() => {
+                // Stop the old session's reader before the new one speaks.
                 if let Some(old) = current.take() {
                     old.abort();
                     let _ = old.await;
                 }
                 next_id += 1;
-                current = Some(tokio::spawn(serve_connection(
-                    node.clone(),
-                    stream,
-                    from,
-                    false,
-                    next_id,
-                )));
+                current = Some(tokio::spawn(run_session(node.clone(), session, next_id)));
             }
-            Err(e) => tracing::warn!("replication link: accept failed: {e}"),
+            _ = shutdown.changed() => {
+                if let Some(old) = current.take() {
+                    old.abort();
+                }
+                return;
+            }
         }
     }
 }
 
-async fn serve_connection(
-    node: Arc<Node>,
+/// How many unproven connections may be in their handshake at once.
+const HANDSHAKES_MAX: usize = 4;
+
+/// An authenticated connection, ready to carry messages.
+struct Session {
+    stream: TcpStream,
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    reader: FrameReader,
+}
+
+/// The handshake on a new connection; `None` (logged once per reason) if the
+/// other end is not our peer.
+async fn handshake(
+    node: &Node,
     mut stream: TcpStream,
     addr: SocketAddr,
     initiator: bool,
-    id: u64,
-) {
+) -> Option<Session> {
     let _ = stream.set_nodelay(true);
     let mut endpoint = Endpoint::new(
         node.key.clone(),
@@ -209,7 +239,7 @@ async fn serve_connection(
     };
     if let Some(why) = failed {
         node.peer_link.refused(why);
-        return;
+        return None;
     }
     node.peer_link
         .refused_reason
@@ -217,6 +247,23 @@ async fn serve_connection(
         .unwrap_or_else(|p| p.into_inner())
         .take();
     tracing::info!("replication link to {} ({addr}) established", node.peer);
+    Some(Session {
+        stream,
+        addr,
+        endpoint,
+        reader,
+    })
+}
+
+/// Carry messages on a proven connection until it ends.
+async fn run_session(node: Arc<Node>, session: Session, id: u64) {
+    let Session {
+        stream,
+        addr,
+        endpoint,
+        mut reader,
+    } = session;
+    let mut buf = vec![0u8; 64 * 1024];
     let (tx, mut rx) = mpsc::channel::<PeerMessage>(OUTBOX);
     node.peer_link.install(id, tx);
     let (mut rd, mut wr) = stream.into_split();
@@ -239,14 +286,14 @@ async fn serve_connection(
             }
         }
     });
+    // Runs however the session ends, an abort included: the writer must not
+    // outlive it, and the link must not claim to be up.
+    let _live = Live {
+        node: node.clone(),
+        id,
+        writer,
+    };
     let why = loop {
-        let n = match tokio::time::timeout(SILENT, rd.read(&mut buf)).await {
-            Err(_) => break format!("silent for {SILENT:?}"),
-            Ok(Err(e)) => break e.to_string(),
-            Ok(Ok(0)) => break "closed by the peer".to_string(),
-            Ok(Ok(n)) => n,
-        };
-        reader.push(&buf[..n]);
         let mut failed = None;
         loop {
             let frame = match reader.next_frame() {
@@ -282,8 +329,27 @@ async fn serve_connection(
         if let Some(why) = failed {
             break why;
         }
+        // Frames that came with the handshake were handled above first.
+        let n = match tokio::time::timeout(SILENT, rd.read(&mut buf)).await {
+            Err(_) => break format!("silent for {SILENT:?}"),
+            Ok(Err(e)) => break e.to_string(),
+            Ok(Ok(0)) => break "closed by the peer".to_string(),
+            Ok(Ok(n)) => n,
+        };
+        reader.push(&buf[..n]);
     };
-    writer.abort();
-    node.peer_link.remove(id);
     tracing::warn!("replication link to {} ({addr}) lost: {why}", node.peer);
+}
+
+struct Live {
+    node: Arc<Node>,
+    id: u64,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.writer.abort();
+        self.node.peer_link.remove(self.id);
+    }
 }

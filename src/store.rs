@@ -9,6 +9,8 @@ use tandem_sync::message::EpochRecord;
 
 pub struct EpochStore {
     path: PathBuf,
+    /// The record on disk now, to fall back to when a save fails.
+    saved: std::sync::Mutex<EpochRecord>,
 }
 
 impl EpochStore {
@@ -17,6 +19,7 @@ impl EpochStore {
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         Ok(EpochStore {
             path: data_dir.join("epoch.json"),
+            saved: std::sync::Mutex::new(EpochRecord::default()),
         })
     }
 
@@ -24,6 +27,16 @@ impl EpochStore {
     /// primary. A corrupt file is an error, never a silent reset: forgetting
     /// an epoch could let this node act in one it already left.
     pub fn load(&self) -> Result<EpochRecord> {
+        let record = self.read()?;
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
+        Ok(record)
+    }
+
+    pub fn last_saved(&self) -> EpochRecord {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn read(&self) -> Result<EpochRecord> {
         match fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
                 format!(
@@ -50,6 +63,7 @@ impl EpochStore {
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
         Ok(())
     }
 }

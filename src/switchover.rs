@@ -29,6 +29,9 @@ enum Answer {
 
 struct Entry {
     op: OpId,
+    /// Asked here, run by the peer: its outcome arrives by message, which a
+    /// lost connection can lose.
+    relayed: bool,
     started: Instant,
     progress: SwitchoverProgress,
 }
@@ -40,7 +43,7 @@ pub struct Switchovers {
 }
 
 impl Switchovers {
-    fn begin(&self, op: OpId) {
+    fn begin(&self, op: OpId, relayed: bool) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if e.iter().any(|x| x.op == op) {
             return;
@@ -50,6 +53,7 @@ impl Switchovers {
         }
         e.push_back(Entry {
             op,
+            relayed,
             started: Instant::now(),
             progress: SwitchoverProgress {
                 op: op.to_string(),
@@ -98,7 +102,7 @@ impl Switchovers {
         elapsed_ms: u64,
         outcome: Option<Result<(), String>>,
     ) {
-        self.begin(op);
+        self.begin(op, true);
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = e.iter_mut().find(|x| x.op == op) {
             if !step.is_empty() {
@@ -114,8 +118,9 @@ impl Switchovers {
         }
     }
 
-    pub fn get(&self, op: &str) -> Option<SwitchoverProgress> {
-        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn get(&self, op: &str, stale: Duration) -> Option<SwitchoverProgress> {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        Self::close_lost(&mut e, stale);
         e.iter()
             .find(|x| x.progress.op == op)
             .map(|x| x.progress.clone())
@@ -126,11 +131,27 @@ impl Switchovers {
         e.back().map(|x| x.progress.clone())
     }
 
-    fn running(&self) -> Option<OpId> {
-        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+    /// The operation still running, if any. One that has had no outcome for
+    /// longer than `stale` (a relayed request whose answer was lost with a
+    /// connection) is closed as lost, so it cannot block every later one.
+    fn running(&self, stale: Duration) -> Option<OpId> {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        Self::close_lost(&mut e, stale);
         e.iter()
             .find(|x| x.progress.outcome.is_none())
             .map(|x| x.op)
+    }
+
+    fn close_lost(e: &mut VecDeque<Entry>, stale: Duration) {
+        for x in e.iter_mut() {
+            // Only relayed operations: one run here always reaches an outcome.
+            if x.relayed && x.progress.outcome.is_none() && x.started.elapsed() > stale {
+                let why = "lost track of it: no word from the primary; check `tandem status` on both nodes";
+                tracing::warn!(op = %x.op, "switchover {}: {why}", x.op);
+                x.progress.outcome = Some(Err(why.to_string()));
+                x.progress.total_ms = Some(x.started.elapsed().as_millis() as u64);
+            }
+        }
     }
 
     fn wait(&self, op: OpId) -> oneshot::Receiver<Answer> {
@@ -154,10 +175,16 @@ impl Switchovers {
     }
 }
 
+/// How long an operation may go without an outcome before it counts as lost:
+/// the drain and the answer each have `switchover_timeout_ms`.
+pub fn stale_after(node: &Node) -> Duration {
+    Duration::from_millis(node.cfg.timing.switchover_timeout_ms.saturating_mul(3))
+}
+
 /// The operator asks this node for a switchover. Returns the operation id to
 /// follow, or the named reasons it cannot start.
 pub async fn request(node: &Arc<Node>) -> Result<String, Vec<String>> {
-    if let Some(op) = node.switchovers.running() {
+    if let Some(op) = node.switchovers.running(stale_after(node)) {
         return Err(vec![format!("switchover {op} is still running")]);
     }
     let op = OpId(rand::rngs::OsRng.gen());
@@ -167,14 +194,14 @@ pub async fn request(node: &Arc<Node>) -> Result<String, Vec<String>> {
             if !why.is_empty() {
                 return Err(why);
             }
-            node.switchovers.begin(op);
+            node.switchovers.begin(op, false);
             tokio::spawn(run(node.clone(), op, false));
         }
         Role::Standby => {
             node.peer_link
                 .send(PeerMessage::SwitchoverRequest { op })
                 .map_err(|e| vec![e])?;
-            node.switchovers.begin(op);
+            node.switchovers.begin(op, true);
             node.switchovers.step(
                 op,
                 &format!("asked the primary, {}, to hand over", node.peer),
@@ -355,14 +382,14 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
                     outcome: Some(Err(why)),
                 });
             };
-            if let Some(running) = node.switchovers.running() {
+            if let Some(running) = node.switchovers.running(stale_after(node)) {
                 return refuse(format!("switchover {running} is still running"));
             }
             let why = prechecks(node).await;
             if !why.is_empty() {
                 return refuse(format!("refused: {}", why.join("; ")));
             }
-            node.switchovers.begin(op);
+            node.switchovers.begin(op, false);
             tokio::spawn(run(node.clone(), op, true));
         }
         PeerMessage::SwitchoverStep {
@@ -388,7 +415,18 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
                 }
             }
             let answer = if why.is_empty() {
-                match node.with_machine(|m, now| m.on_promote_request(now, op, epoch)) {
+                let promoted = node.with_machine(|m, now| m.on_promote_request(now, op, epoch));
+                // The new epoch is persisted inside that call; if the disk
+                // refused it the machine has rolled back and fenced.
+                let promoted = promoted.and_then(|e| {
+                    let now = node.with_machine(|m, _| (m.role(), m.epoch()));
+                    if now == (Role::Primary, e) {
+                        Ok(e)
+                    } else {
+                        Err(format!("{} could not persist epoch {e}", node.me))
+                    }
+                });
+                match promoted {
                     Ok(epoch) => PeerMessage::Promoted { op, epoch },
                     Err(why) => PeerMessage::Declined {
                         op,

@@ -603,3 +603,25 @@ fn serial_ports_follow_the_primary_role() {
     assert_eq!(&got, b"pong");
     assert_eq!(pair.status(0).unwrap()["serial"][0]["state"], "inactive");
 }
+
+#[test]
+fn a_stray_connection_to_the_replication_port_disturbs_nothing() {
+    use std::io::Write;
+    let mut pair = Pair::new(Options::default());
+    pair.start(0);
+    pair.start(1);
+    pair.wait_roles(0, SETTLE);
+    // A port scanner or a misdirected client connects to b's replication
+    // port (b accepts the link; a dials it), and another one sends garbage.
+    let idle = std::net::TcpStream::connect(pair.replication[1]).unwrap();
+    let mut noisy = std::net::TcpStream::connect(pair.replication[1]).unwrap();
+    noisy.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    // The pair's own link stays up, and a switchover (which needs it) works.
+    let out = pair.cli(0, &["switchover", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    pair.wait_roles(1, SETTLE);
+    let out = pair.cli(1, &["switchover", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    pair.wait_roles(0, SETTLE);
+    drop((idle, noisy));
+}

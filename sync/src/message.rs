@@ -20,8 +20,10 @@ use std::fmt;
 pub struct Epoch(pub u64);
 
 impl Epoch {
+    /// Saturating: an epoch of u64::MAX (which only a broken or forged peer
+    /// could send) must not wrap to 0 or panic.
     pub fn next(self) -> Epoch {
-        Epoch(self.0 + 1)
+        Epoch(self.0.saturating_add(1))
     }
 }
 

@@ -334,11 +334,15 @@ impl RoleMachine {
         if self.role == Role::Primary && self.lease_required() {
             at(self.lease_until);
         }
-        if let Some(t) = self.failover_due_ms() {
-            at(t);
-        }
-        if let Some(t) = self.tiebreaker_retry_ms {
-            at(t);
+        // While a tie-breaker retry waits, the (past) failover deadline
+        // must not wake the ticker: the retry time is the next moment.
+        match self.tiebreaker_retry_ms {
+            Some(t) => at(t),
+            None => {
+                if let Some(t) = self.failover_due_ms() {
+                    at(t);
+                }
+            }
         }
         for link in &self.links {
             if link.up || link.last_seen_ms.is_none() {
@@ -359,6 +363,7 @@ impl RoleMachine {
         (self.role == Role::Standby
             && self.armed
             && !self.hold
+            && !self.leaving
             && self.s.failover == Failover::Auto
             && !self.tiebreaker_pending)
             .then(|| self.holder_heard_ms.unwrap_or(self.started_ms) + self.s.dead_after_ms)
@@ -547,10 +552,17 @@ impl RoleMachine {
     }
 
     /// Two records for the same epoch name different holders: a forced
-    /// promotion, or two cold-start candidates at once.
+    /// promotion, or two claims made while the nodes could not hear each
+    /// other (one of them may have acted in it before a restart). Nobody may
+    /// act in a contested epoch except a node already acting in it: the
+    /// winner of the other cases starts a fresh epoch, which the loser adopts.
     fn meet_rival_claim(&mut self, now: Millis, hb: &Heartbeat) {
-        let theirs_wins = match (self.role, hb.role) {
-            (Role::Primary, Role::Primary) => {
+        if self.hold {
+            return;
+        }
+        let acting = |r: Role| matches!(r, Role::Primary | Role::Demoting);
+        match (acting(self.role), acting(hb.role)) {
+            (true, true) => {
                 let msg = format!(
                     "split brain: both nodes are primary in epoch {}; run `tandem promote --force` on the node whose data to keep",
                     hb.epoch
@@ -558,33 +570,35 @@ impl RoleMachine {
                 self.set_role(now, Role::Fenced, "split brain");
                 self.hold = true;
                 self.alarm(AlarmKind::SplitBrain, None, msg, true);
-                return;
             }
-            (Role::Primary | Role::Demoting, _) => false,
-            (_, Role::Primary | Role::Demoting) => true,
-            (Role::Promoting, Role::Promoting)
-            | (Role::Fenced | Role::Standby, Role::Fenced | Role::Standby) => {
-                self.s.me != self.s.first
+            // The peer, which is not acting, gives way to us.
+            (true, false) => {}
+            (false, true) => {
+                self.adopt(hb);
+                self.set_role(
+                    now,
+                    Role::Standby,
+                    &format!("following {} in epoch {}", self.s.peer, hb.epoch),
+                );
+                self.follow(now, hb);
             }
-            (Role::Promoting, _) => false,
-            (_, Role::Promoting) => true,
-        };
-        if !theirs_wins || self.hold {
-            return;
-        }
-        if self.role != Role::Fenced {
-            self.set_role(now, Role::Fenced, "the peer's claim on this epoch wins");
-        }
-        self.adopt(hb);
-        if matches!(hb.role, Role::Primary | Role::Promoting | Role::Demoting)
-            && hb.holder.as_deref() == Some(self.s.peer.as_str())
-        {
-            self.set_role(
-                now,
-                Role::Standby,
-                &format!("following {} in epoch {}", self.s.peer, hb.epoch),
-            );
-            self.follow(now, hb);
+            (false, false) => {
+                let mine_wins = match (self.role, hb.role) {
+                    (Role::Promoting, Role::Promoting) => self.s.me == self.s.first,
+                    (Role::Promoting, _) => true,
+                    (_, Role::Promoting) => false,
+                    _ => self.s.me == self.s.first,
+                };
+                if mine_wins {
+                    self.cold_promote(now, "another claim on this epoch; starting a fresh one");
+                } else if self.role != Role::Fenced {
+                    self.set_role(
+                        now,
+                        Role::Fenced,
+                        "another claim on this epoch; waiting for the peer's fresh one",
+                    );
+                }
+            }
         }
     }
 
@@ -719,7 +733,7 @@ impl RoleMachine {
 
     pub fn tiebreaker_result(&mut self, now: Millis, reachable: bool, detail: &str) {
         self.expire(now);
-        if !self.tiebreaker_pending || self.role != Role::Promoting {
+        if !self.tiebreaker_pending || self.role != Role::Promoting || self.leaving {
             return;
         }
         self.tiebreaker_pending = false;
@@ -782,7 +796,7 @@ impl RoleMachine {
     /// peer is not acting.
     pub fn force_promote(&mut self, now: Millis, who: &str) {
         self.expire(now);
-        if self.role == Role::Primary || self.broken {
+        if self.role == Role::Primary || self.broken || self.leaving {
             return;
         }
         // Outrank anything the peer was last seen with.
@@ -933,6 +947,8 @@ impl RoleMachine {
         let peer_holds = self.record.holder.as_deref() == Some(self.s.peer.as_str());
         let refuse = if self.broken {
             Some("this node cannot persist its epoch".to_string())
+        } else if self.leaving {
+            Some(format!("{} is shutting down", self.s.me))
         } else if self.role != Role::Standby || self.record.epoch != epoch || !peer_holds {
             Some(format!(
                 "{} is {} in epoch {}, not the standby of {} in epoch {}",
@@ -1002,14 +1018,23 @@ impl RoleMachine {
 
     /// The last [`Action::Persist`] did not reach the disk. The node fences
     /// and stays fenced: acting in an epoch it could forget is worse.
-    pub fn persist_failed(&mut self, now: Millis, error: &str) {
+    pub fn persist_failed(&mut self, now: Millis, error: &str, on_disk: EpochRecord) {
+        let lost = std::mem::replace(&mut self.record, on_disk);
         self.broken = true;
+        // A promotion for a switchover that did not reach the disk did not
+        // happen: the op's answer is "declined" from now on.
+        if let Some((op, e)) = self.promoted_for {
+            if e == lost.epoch {
+                self.promoted_for = None;
+                self.declined.insert(op);
+            }
+        }
         if self.role != Role::Fenced {
             self.set_role(now, Role::Fenced, "cannot persist the epoch");
         }
         let msg = format!(
             "cannot persist epoch {}: {error}; fenced until restart",
-            self.record.epoch
+            lost.epoch
         );
         self.alarm(AlarmKind::PersistFailed, None, msg, true);
     }
@@ -1020,7 +1045,10 @@ impl RoleMachine {
         if self.role != Role::Fenced && self.role != Role::Standby {
             self.set_role(now, Role::Fenced, "shutting down");
         }
+        // A leaving node is no failover candidate and takes no promotion.
         self.leaving = true;
+        self.armed = false;
+        self.tiebreaker_pending = false;
     }
 
     // ----- helpers -------------------------------------------------------

@@ -12,6 +12,8 @@ struct Script {
     up: [bool; 2],
     /// Heartbeats flow between the nodes.
     connected: bool,
+    /// Node i hears the other (for one-way cuts).
+    hears: [bool; 2],
     trace: String,
 }
 
@@ -37,6 +39,7 @@ impl Script {
             ],
             up: [true, true],
             connected: true,
+            hears: [true, true],
             trace: String::new(),
         }
     }
@@ -73,7 +76,7 @@ impl Script {
             }
             if t.is_multiple_of(100) && self.connected {
                 for i in 0..2 {
-                    if self.up[i] && self.up[1 - i] {
+                    if self.up[i] && self.up[1 - i] && self.hears[1 - i] {
                         let hb = self.nodes[i].heartbeat(t, 0);
                         let [a, b] = &mut self.nodes;
                         let to = if i == 0 { b } else { a };
@@ -245,5 +248,67 @@ fn a_switchover_declined_rolls_back_and_an_accepted_one_hands_over() {
         t=1100 a: demoting -> standby in 2: following b in epoch 2
         t=1100 b: persist epoch 2 holder b
         t=1100 b: standby -> primary in 2: switchover so-00000002
+    "#]]);
+}
+
+/// b fails over while a, restarted, claims the same epoch without acting in
+/// it; b then restarts. When they meet, neither acts in that epoch again:
+/// the pair moves to a fresh one.
+#[test]
+fn a_contested_epoch_is_never_acted_in_twice() {
+    let mut s = Script::new(Failover::Auto, false);
+    s.run(0, 1000);
+    s.trace.clear();
+    let restart = |s: &mut Script, i: usize, now: Millis| {
+        let disk = s.nodes[i].record().clone();
+        let settings = s.nodes[i].settings().clone();
+        s.nodes[i] = RoleMachine::new(settings, disk, now);
+    };
+    s.note(1000, "a restarts; from now on b does not hear a");
+    restart(&mut s, 0, 1000);
+    s.hears[1] = false;
+    s.run(1000, 2800);
+    s.note(2800, "every link cut");
+    s.connected = false;
+    s.run(2800, 3100);
+    s.note(3100, "b restarts");
+    restart(&mut s, 1, 3100);
+    s.run(3100, 3200);
+    s.note(3200, "links restored");
+    s.connected = true;
+    s.hears[1] = true;
+    s.run(3200, 3500);
+    s.check(expect![[r#"
+        t=1000 -- a restarts; from now on b does not hear a
+        t=1000 a: persist epoch 2 holder a
+        t=1000 a: fenced -> promoting in 2: this node holds the newest epoch and its peer is here
+        t=1900 b: ALARM LinkDown: heartbeat link 0 (udp://x) is down: silent for 1000 ms
+        t=2800 -- every link cut
+        t=2900 b: ALARM PeerSilent: peer a silent on every link for 2000 ms
+        t=2900 b: persist epoch 2 holder b
+        t=2900 b: standby -> primary in 2: failover: a silent on every link for 2000 ms
+        t=3100 -- b restarts
+        t=3200 -- links restored
+        t=3200 a: persist epoch 3 holder a
+        t=3300 b: persist epoch 3 holder a
+        t=3300 b: fenced -> standby in 3: following a in epoch 3
+        t=3300 a: promoting -> primary in 3: peer acknowledged epoch 3
+    "#]]);
+}
+
+#[test]
+fn a_standby_that_is_stopped_never_fails_over() {
+    let mut s = Script::new(Failover::Auto, false);
+    s.run(0, 1000);
+    s.trace.clear();
+    s.nodes[1].shutdown(1000);
+    s.record(1, 1000);
+    s.note(1000, "b is stopping; a crashes");
+    s.up[0] = false;
+    s.run(1000, 5000);
+    s.check(expect![[r#"
+        t=1000 -- b is stopping; a crashes
+        t=1900 b: ALARM LinkDown: heartbeat link 0 (udp://x) is down: silent for 1000 ms
+        t=2900 b: ALARM PeerSilent: peer a silent on every link for 2000 ms
     "#]]);
 }

@@ -67,6 +67,8 @@ pub struct Pair {
     pub control: [SocketAddr; 2],
     /// Each node's UDP heartbeat port (link 0).
     pub udp_ports: [u16; 2],
+    /// Each node's replication (TCP) address.
+    pub replication: [SocketAddr; 2],
     children: [Option<Child>; 2],
     helpers: Vec<Child>,
     /// An nftables table this test created to drop heartbeats.
@@ -191,6 +193,10 @@ switchover_timeout_ms = 5000
                 format!("127.0.0.1:{}", p[1]).parse().unwrap(),
             ],
             udp_ports: [p[4], p[5]],
+            replication: [
+                format!("127.0.0.1:{}", p[2]).parse().unwrap(),
+                format!("127.0.0.1:{}", p[3]).parse().unwrap(),
+            ],
             children: [None, None],
             helpers: Vec::new(),
             nft_table: None,
