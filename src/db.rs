@@ -40,6 +40,22 @@
 //! ([`PeerMessage::DbHello`]). The primary resends from there if its queue
 //! still holds the transactions, seeds the copy if the standby has none, and
 //! otherwise reports `needs resync` (the page-hash resync is not built yet).
+//!
+//! # The fence follows the role
+//!
+//! Local software may commit to this node's copy only while the node is
+//! `Primary`. In every other role (fenced after a lapsed lease, promoting,
+//! demoting, standby, shutting down) the engine holds SQLite's write lock:
+//! the standby's [`Replica`] holds it itself between applies; otherwise the
+//! engine's *fence* connection holds `BEGIN IMMEDIATE`. The fence is derived
+//! from the role the engine sees, never from who asked: the switchover's
+//! [`Resource::fence`] only waits for it (the switchover demotes first), and
+//! [`Resource::unfence`] does nothing, since every way back to primary (a
+//! rollback, a declined promotion, a regained lease) is a role change.
+//! A writer holding the lock delays the fence; the engine retries every
+//! [`POLL_EVERY`] and raises an alarm after [`FENCE_ALARM_AFTER`]. A primary
+//! that is fenced keeps its capture: what was committed before the fence
+//! took hold is still read and shipped.
 
 use crate::node::Node;
 use anyhow::Context;
@@ -78,13 +94,19 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const SWITCHOVER_LAG_TX_MAX: u64 = 1000;
 /// Inbox depth: a full inbox makes the replication reader wait (backpressure).
 const INBOX: usize = 64;
+/// One attempt at the fence's write lock waits at most this for a writer.
+const FENCE_ATTEMPT: Duration = Duration::from_millis(100);
+/// A fence not in place this long after it was wanted raises an alarm.
+const FENCE_ALARM_AFTER: Duration = Duration::from_secs(1);
+/// A switchover's fence step waits this long for the fence.
+const FENCE_WAIT: Duration = Duration::from_secs(5);
 
 /// What reaches an engine, in order.
 enum Input {
     Peer(PeerMessage),
     Precheck(oneshot::Sender<Vec<String>>),
+    /// Answered once the role-driven fence is in place, or after the wait.
     Fence(Duration, oneshot::Sender<Result<(), String>>),
-    Unfence(oneshot::Sender<()>),
     /// Ship everything; answered with the target position and a receiver
     /// that fires once the standby acknowledged it (barrier and drain).
     Barrier(oneshot::Sender<Result<Waiting, String>>),
@@ -194,17 +216,21 @@ impl Resource for DbEngine {
         self.ask(Input::Precheck).await.unwrap_or_else(|e| vec![e])
     }
 
+    /// The fence follows the role (the switchover has demoted this node
+    /// already): wait until it is in place, within bounds, since a writer's
+    /// open transaction delays it.
     async fn fence(&self) -> Result<(), ResourceError> {
-        // The write lock waits for a writer's open transaction, within bounds.
-        let wait = Duration::from_secs(5);
-        self.ask(|tx| Input::Fence(wait, tx))
+        self.ask(|tx| Input::Fence(FENCE_WAIT, tx))
             .await
             .and_then(|r| r)
             .map_err(|e| self.error(e))
     }
 
+    /// Nothing to do: the fence is lifted when, and only when, the role
+    /// becomes primary again (a rollback or a declined promotion does that).
+    /// Lifting it here would unlock a node that resumed fenced.
     async fn unfence(&self) -> Result<(), ResourceError> {
-        self.ask(Input::Unfence).await.map_err(|e| self.error(e))
+        Ok(())
     }
 
     async fn drain(&self, within: Duration) -> Result<Position, ResourceError> {
@@ -372,7 +398,6 @@ struct PrimarySide {
     /// The standby's last acknowledged position.
     acked: Option<DbPosition>,
     waiters: Vec<(TxId, oneshot::Sender<DbPosition>)>,
-    fence: Option<Connection>,
     seed: Option<SeedOut>,
     /// Txids at most this are inside a seed image: not queued.
     skip_to: TxId,
@@ -422,6 +447,24 @@ struct Actor {
     side: Side,
     role: Role,
     epoch: Epoch,
+    fence: Fence,
+}
+
+/// The engine's own hold on the write lock; see "The fence follows the role".
+#[derive(Default)]
+struct Fence {
+    /// A connection inside `BEGIN IMMEDIATE`, while the fence is in place.
+    conn: Option<Connection>,
+    /// Since when the fence is wanted and not in place.
+    wanted_since: Option<Instant>,
+    /// The last attempt, so that a writer holding the lock is not asked
+    /// again on every event.
+    tried_at: Option<Instant>,
+    /// Why the last attempt failed.
+    error: Option<String>,
+    alarmed: bool,
+    /// Switchover fence steps waiting for the fence: deadline and answer.
+    waiters: Vec<(Instant, oneshot::Sender<Result<(), String>>)>,
 }
 
 fn unix_ms() -> u64 {
@@ -449,12 +492,15 @@ impl Actor {
             side: Side::Idle,
             role: Role::Fenced,
             epoch: Epoch(0),
+            fence: Fence::default(),
         }
     }
 
+    /// Runs until the process ends: a graceful stop fences the node (its
+    /// role becomes fenced), and the fence must hold until the very end, so
+    /// the engine does not stop on the shutdown signal.
     async fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut roles = self.node.role_signal();
-        let mut shutdown = self.node.shutdown_signal();
         let mut connections = self.node.peer_link.connections();
         let wake = Arc::new(Notify::new());
         let _watcher = self.watch_wal(wake.clone());
@@ -462,13 +508,17 @@ impl Actor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (role, epoch) = *roles.borrow_and_update();
+            if role != self.role {
+                // A new role: try the fence at once, not at the next tick.
+                self.fence.tried_at = None;
+            }
             self.role = role;
             self.epoch = epoch;
             self.follow_role();
+            self.keep_fence();
             self.publish();
             tokio::select! {
                 r = roles.changed() => if r.is_err() { break },
-                _ = shutdown.changed() => break,
                 c = connections.changed() => {
                     if c.is_err() { break }
                     self.on_connected();
@@ -522,11 +572,14 @@ impl Actor {
 
     // ----- following the role -------------------------------------------
 
+    /// Open the side the role calls for. Fenced and promoting keep the side
+    /// they have (a primary's capture goes on reading what was committed
+    /// before the fence); [`Actor::keep_fence`] locks out writers.
     fn follow_role(&mut self) {
         let wanted = match self.role {
             Role::Primary | Role::Demoting => Role::Primary,
             Role::Standby => Role::Standby,
-            _ => return,
+            Role::Fenced | Role::Promoting => return,
         };
         match (&self.side, wanted) {
             (Side::Primary(_), Role::Primary) | (Side::Standby(_), Role::Standby) => return,
@@ -537,9 +590,15 @@ impl Actor {
             }
             _ => {}
         }
+        // Opening either side takes the write lock itself (the capture for a
+        // moment, the replica for good): each lets go of the fence first. It
+        // is taken again after this if the role still calls for it.
         let side = std::mem::replace(&mut self.side, Side::Idle);
         let opened = match wanted {
-            Role::Primary => self.become_primary(side),
+            Role::Primary => {
+                self.release_fence();
+                self.become_primary(side)
+            }
             _ => self.become_standby(side),
         };
         self.side = match opened {
@@ -565,6 +624,141 @@ impl Actor {
             }
             Side::Standby(_) => self.hello(),
             _ => {}
+        }
+    }
+
+    // ----- the fence -------------------------------------------------------
+
+    /// Whether local writers are locked out of the copy: by the fence, or by
+    /// the standby's replica, which holds the write lock between applies.
+    fn locked(&self) -> bool {
+        self.fence.conn.is_some() || matches!(&self.side, Side::Standby(s) if s.replica.is_some())
+    }
+
+    /// Whether the engine's own fence is called for: in every role but
+    /// primary, unless the standby side holds the lock itself (its replica
+    /// does; while it waits for a seed there is no copy yet, and the seeder
+    /// writes it).
+    fn fence_wanted(&self) -> bool {
+        self.role != Role::Primary && !matches!(self.side, Side::Standby(_))
+    }
+
+    fn release_fence(&mut self) {
+        if let Some(c) = self.fence.conn.take() {
+            // Should the role still call for it, take it again at once.
+            self.fence.tried_at = None;
+            let _ = c.execute_batch("ROLLBACK");
+            if self.role == Role::Primary {
+                tracing::info!(
+                    "database {}: unfenced (primary): local writers may commit",
+                    self.e.name
+                );
+            } else {
+                // A side is being opened, which takes the write lock itself.
+                tracing::debug!(
+                    "database {}: the fence hands over the write lock",
+                    self.e.name
+                );
+            }
+        }
+    }
+
+    fn fence_alarm(&mut self, message: Option<String>) {
+        if message.is_none() && !self.fence.alarmed {
+            return;
+        }
+        self.fence.alarmed = message.is_some();
+        self.node
+            .db_alarm(&format!("database {} fence", self.e.name), message);
+    }
+
+    /// Make the fence match the role: lifted while primary, in place in every
+    /// other role. A writer holding the lock delays it; it is tried again
+    /// every [`POLL_EVERY`], with an alarm after [`FENCE_ALARM_AFTER`]. Then
+    /// answer the switchover's fence steps.
+    fn keep_fence(&mut self) {
+        if !self.fence_wanted() {
+            self.release_fence();
+            self.fence.wanted_since = None;
+            self.fence.error = None;
+            self.fence_alarm(None);
+        } else if self.fence.conn.is_none() {
+            let since = *self.fence.wanted_since.get_or_insert_with(Instant::now);
+            let due = self
+                .fence
+                .tried_at
+                .is_none_or(|t| t.elapsed() >= POLL_EVERY);
+            if due {
+                self.fence.tried_at = Some(Instant::now());
+                match self.take_fence() {
+                    Ok(Some(c)) => {
+                        self.fence.conn = Some(c);
+                        self.fence.wanted_since = None;
+                        self.fence.error = None;
+                        tracing::info!(
+                            "database {}: fenced ({}): tandem holds the write lock",
+                            self.e.name,
+                            self.role
+                        );
+                        self.fence_alarm(None);
+                    }
+                    // No copy (yet): nothing to lock out.
+                    Ok(None) => self.fence.error = None,
+                    Err(e) => {
+                        let why = format!(
+                            "database {}: this node is {} and local writers must be locked out, \
+                             but the write lock cannot be taken ({e}); retrying",
+                            self.e.name, self.role
+                        );
+                        if since.elapsed() >= FENCE_ALARM_AFTER && !self.fence.alarmed {
+                            tracing::error!("{why}");
+                            self.fence_alarm(Some(why.clone()));
+                        }
+                        self.fence.error = Some(why);
+                    }
+                }
+            }
+        }
+        self.answer_fence_waiters();
+    }
+
+    /// A connection inside `BEGIN IMMEDIATE` on the copy, or `None` when
+    /// there is no copy.
+    fn take_fence(&self) -> Result<Option<Connection>, String> {
+        let path = &self.e.path;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|e| e.to_string())?;
+        c.busy_timeout(FENCE_ATTEMPT).map_err(|e| e.to_string())?;
+        c.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
+            format!(
+                "a writer held it for more than {} ms: {e}",
+                FENCE_ATTEMPT.as_millis()
+            )
+        })?;
+        Ok(Some(c))
+    }
+
+    fn answer_fence_waiters(&mut self) {
+        if self.fence.waiters.is_empty() {
+            return;
+        }
+        let locked = self.locked();
+        let now = Instant::now();
+        for (deadline, reply) in std::mem::take(&mut self.fence.waiters) {
+            if locked {
+                let _ = reply.send(Ok(()));
+            } else if now >= deadline {
+                let why = match &self.fence.error {
+                    Some(e) => e.clone(),
+                    None => format!("this node is {}: no fence is called for", self.role),
+                };
+                let _ = reply.send(Err(format!("not fenced in time: {why}")));
+            } else if !reply.is_closed() {
+                self.fence.waiters.push((deadline, reply));
+            }
         }
     }
 
@@ -641,7 +835,6 @@ impl Actor {
             peer: Peer::Unknown,
             acked: None,
             waiters: Vec::new(),
-            fence: None,
             seed: None,
             skip_to: TxId(0),
             checkpointed_to: base.txid,
@@ -667,9 +860,11 @@ impl Actor {
         // The primary's capture until now: its position becomes the copy's.
         if let Side::Primary(p) = side {
             let at = p.capture.position();
-            // Release the fence and the capture's connections first: the
-            // replica takes the write lock itself.
+            // Close the capture while the fence still holds, and let go of
+            // the fence just before the replica takes the write lock itself:
+            // the moment a local writer could slip in stays as short as can be.
             drop(p);
+            self.release_fence();
             let replica = tandem_standby::adopt(&path, at).context("adopting as a replica")?;
             let _ = std::fs::remove_file(&self.e.state_path);
             tracing::info!(
@@ -680,6 +875,8 @@ impl Actor {
             );
             return Ok(standby(Some(replica)));
         }
+        drop(side);
+        self.release_fence();
         if tandem_standby::replica::position_path(&path).exists() {
             let replica = Replica::open(&path)?;
             tracing::info!(
@@ -925,6 +1122,15 @@ impl Actor {
                 // The same request twice (our ask crossed its hello).
                 return;
             }
+            if self.fence.conn.is_some() || self.role != Role::Primary {
+                // A snapshot takes the write lock for a moment, and a node
+                // that is not primary has no business seeding anyway.
+                tracing::debug!(
+                    "database {name}: an empty standby asks for a seed; not while {}",
+                    self.role
+                );
+                return;
+            }
             // An empty standby: seed it from a snapshot.
             match p.capture.snapshot() {
                 Ok(snap) => {
@@ -1072,12 +1278,15 @@ impl Actor {
     fn checkpoint(&mut self, force: bool) {
         let name = self.e.name.clone();
         let wal_bytes_max = self.e.wal_bytes_max;
+        if self.role != Role::Primary {
+            // Fenced (or about to be): the capture's control connection
+            // could not take the write lock to move the pin, and nothing
+            // new is written anyway.
+            return;
+        }
         let Side::Primary(p) = &mut self.side else {
             return;
         };
-        if p.fence.is_some() {
-            return;
-        }
         // What the standby holds may be checkpointed; when it cannot follow
         // anyway, everything may (the WAL must stay bounded).
         let upto = match &p.peer {
@@ -1347,16 +1556,8 @@ impl Actor {
                 let _ = reply.send(self.precheck());
             }
             Input::Fence(wait, reply) => {
-                let _ = reply.send(self.fence(wait));
-            }
-            Input::Unfence(reply) => {
-                if let Side::Primary(p) = &mut self.side {
-                    if let Some(c) = p.fence.take() {
-                        let _ = c.execute_batch("ROLLBACK");
-                        tracing::info!("database {}: unfenced: writers may commit", self.e.name);
-                    }
-                }
-                let _ = reply.send(());
+                // Answered by `keep_fence`, at the latest when the wait ends.
+                self.fence.waiters.push((Instant::now() + wait, reply));
             }
             Input::Barrier(reply) => {
                 let _ = reply.send(self.start_barrier());
@@ -1442,31 +1643,6 @@ impl Actor {
         Vec::new()
     }
 
-    fn fence(&mut self, wait: Duration) -> Result<(), String> {
-        let path = self.e.path.clone();
-        let Side::Primary(p) = &mut self.side else {
-            return Err("not open as primary on this node".into());
-        };
-        if p.fence.is_some() {
-            return Ok(());
-        }
-        let c = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(|e| e.to_string())?;
-        c.busy_timeout(wait).map_err(|e| e.to_string())?;
-        c.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
-            format!(
-                "cannot take the write lock within {} ms (a writer holds it): {e}",
-                wait.as_millis()
-            )
-        })?;
-        p.fence = Some(c);
-        tracing::info!(
-            "database {}: fenced: tandem holds the write lock",
-            self.e.name
-        );
-        Ok(())
-    }
-
     fn start_barrier(&mut self) -> Result<Waiting, String> {
         let name = self.e.name.clone();
         if !matches!(self.role, Role::Primary | Role::Demoting) {
@@ -1550,7 +1726,6 @@ impl Actor {
                     .queue
                     .front()
                     .map_or(0, |q| q.captured.elapsed().as_millis() as u64));
-                v["fenced"] = json!(p.fence.is_some());
                 v["last_checkpoint"] = p.last_checkpoint.clone().unwrap_or_default();
                 if let Some(seed) = &p.seed {
                     v["seed"] = json!({
@@ -1590,6 +1765,12 @@ impl Actor {
                     });
                 }
             }
+        }
+        // Whether local writers are locked out: by the fence, or by the
+        // replica's own hold on the write lock.
+        v["fenced"] = json!(self.locked());
+        if let Some(why) = &self.fence.error {
+            v["fence_error"] = json!(why);
         }
         *e.status.lock().unwrap_or_else(|p| p.into_inner()) = v;
     }

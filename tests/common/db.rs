@@ -18,14 +18,20 @@ pub struct DbPair {
 }
 
 impl DbPair {
+    /// A pair in manual failover mode.
     pub fn new() -> DbPair {
+        DbPair::with_failover("manual")
+    }
+
+    /// A pair in the given failover mode ("auto" or "manual").
+    pub fn with_failover(failover: &'static str) -> DbPair {
         let roots = tempfile::Builder::new()
             .prefix("tandem-db-")
             .tempdir()
             .unwrap();
         let prefix = |n: &str| format!("path_prefix = \"{}/{n}\"", roots.path().display());
         let pair = Pair::new(Options {
-            failover: "manual",
+            failover,
             extra: format!(
                 "\n[[database]]\nname = \"hydro\"\npath = \"{DB_PATH}\"\nwal_bytes_max = \"8MiB\"\n"
             ),
@@ -188,4 +194,65 @@ pub fn integrity(db: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+const TRY_WRITE: &str = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=0.2, isolation_level=None)
+try:
+    c.execute("CREATE TABLE IF NOT EXISTS probe(v TEXT)")
+    c.execute("INSERT INTO probe VALUES ('local writer')")
+except sqlite3.Error as e:
+    print(e)
+    sys.exit(3)
+"#;
+
+/// One write to `db` from another process, as local software would do it,
+/// with a 200 ms busy timeout: `Err` with SQLite's message when refused.
+pub fn try_write(db: &Path) -> Result<(), String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(TRY_WRITE)
+        .arg(db)
+        .output()
+        .expect("python3 is required by the database tests");
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(3) => Err(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        _ => panic!(
+            "the python writer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+const HOLD_LOCK: &str = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+c.execute("CREATE TABLE IF NOT EXISTS held(v TEXT)")
+c.execute("INSERT INTO held VALUES ('never committed')")
+print("held", flush=True)
+sys.stdin.read()
+"#;
+
+/// A local writer that holds `db`'s write lock inside an open transaction
+/// until it is killed (its transaction is then rolled back). Returns once
+/// it holds the lock; stop it with `Child::kill` and `wait`.
+pub fn hold_write_lock(db: &Path) -> Child {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(HOLD_LOCK)
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is required by the database tests");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held", "the lock holder did not start");
+    child
 }
