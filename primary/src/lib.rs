@@ -6,5 +6,6 @@
 //!   WAL, numbers it and keeps the rolling checksum; owns checkpoints.
 
 pub mod capture;
+pub mod files;
 
 pub use capture::{Capture, CaptureError, Captured, CheckpointOutcome, OpenOutcome, Snapshot};

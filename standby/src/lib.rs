@@ -8,6 +8,7 @@
 //! - [`seed`]: seeding an empty copy chunk by chunk; adopting the old
 //!   primary's file as a replica after a switchover.
 
+pub mod files;
 pub mod position;
 pub mod replica;
 pub mod seed;

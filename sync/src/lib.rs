@@ -14,7 +14,10 @@
 //!   take part in a switchover.
 
 pub mod auth;
+pub mod chunk;
 pub mod dbsum;
+pub mod fileset;
+pub mod manifest;
 pub mod message;
 pub mod resource;
 pub mod role;

@@ -1,0 +1,639 @@
+//! A file set on the primary: scanning its root into a manifest, watching it
+//! for hints of change, and reading chunks for the standby.
+//!
+//! The manifest is the truth; notify events only say where to look. The
+//! order at startup is: create a [`FileSetWatcher`] (its watches are then in
+//! place), then [`FileSetScanner::scan`], then loop on
+//! [`FileSetWatcher::take_dirty`] and [`FileSetScanner::rescan`]. A change
+//! made during the scan is either seen by the scan or reported by the
+//! watcher afterwards, never lost. A Rescan flag (inotify queue overflow), a
+//! watch error or an event outside the root makes the whole set dirty.
+//!
+//! Scanning never follows symlinks: a symlink is recorded as one, and every
+//! file is opened with `O_NOFOLLOW` after checking that its parents are real
+//! directories. A file whose size, mtime or inode differ before and after it
+//! was read was being written; it is read again (a few times, then reported
+//! as unstable so the caller retries later). An unchanged file (same size,
+//! mtime and type as in the previous manifest) is not read again.
+
+use nix::libc::{ELOOP, O_NOFOLLOW};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tandem_sync::chunk::{ChunkRef, Chunker};
+use tandem_sync::fileset::SafePath;
+use tandem_sync::manifest::{Entry, EntryKind, FileSetFilter, Manifest, MODE_MASK};
+
+/// How many times a file that changes while being read is read again
+/// before it is reported as unstable.
+pub const READ_ATTEMPTS_MAX: usize = 4;
+/// Read buffer size.
+const READ_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Why something below the root was not put in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The name (or a symlink's target) is not valid UTF-8.
+    NotUtf8,
+    /// A fifo, socket or device.
+    Special,
+    /// Still changing after [`READ_ATTEMPTS_MAX`] reads: retry later.
+    Unstable,
+    /// Could not be read (permissions, I/O error).
+    Io(String),
+}
+
+/// Something not mirrored, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The path as found, lossily displayed.
+    pub path: String,
+    pub reason: SkipReason,
+}
+
+/// The result of a scan.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub manifest: Manifest,
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("file set root {0}: {1}")]
+    Root(PathBuf, io::Error),
+    #[error("file set root {0} is not a directory")]
+    RootNotDir(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadChunkError {
+    #[error("{0}: {1}")]
+    Io(SafePath, io::Error),
+    #[error("{0}: not a regular file inside the root")]
+    NotAFile(SafePath),
+    /// The bytes at the chunk's place no longer hash to it: the file changed
+    /// since it was scanned. Rescan it.
+    #[error("{0}: the file changed since it was scanned")]
+    Changed(SafePath),
+}
+
+/// Scans one file set's root.
+#[derive(Debug, Clone)]
+pub struct FileSetScanner {
+    root: PathBuf,
+    filter: FileSetFilter,
+}
+
+fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+/// Whether a file is unchanged since `entry` was made, by the quick check
+/// (size and mtime).
+fn quick_match(entry: &Entry, meta: &Metadata) -> bool {
+    matches!(&entry.kind, EntryKind::File { size, .. } if *size == meta.len())
+        && entry.mtime_ns == mtime_ns(meta)
+        && entry.mode == meta.permissions().mode() & MODE_MASK
+}
+
+impl FileSetScanner {
+    /// A scanner of `root`, which must be a directory.
+    pub fn new(root: &Path, filter: FileSetFilter) -> Result<Self, ScanError> {
+        let root = fs::canonicalize(root).map_err(|e| ScanError::Root(root.to_owned(), e))?;
+        let meta = fs::metadata(&root).map_err(|e| ScanError::Root(root.clone(), e))?;
+        if !meta.is_dir() {
+            return Err(ScanError::RootNotDir(root));
+        }
+        Ok(Self { root, filter })
+    }
+
+    /// The canonical root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &SafePath) -> PathBuf {
+        self.root.join(path.as_str())
+    }
+
+    /// Whether every strict ancestor of `path` is a real directory (not a
+    /// symlink) on disk.
+    fn parents_are_dirs(&self, path: &SafePath) -> bool {
+        path.ancestors()
+            .iter()
+            .all(|a| fs::symlink_metadata(self.full(a)).is_ok_and(|m| m.is_dir()))
+    }
+
+    /// Scan the whole root. Files unchanged since `previous` (same size,
+    /// mtime and mode) keep their chunk lists without being read.
+    pub fn scan(&self, previous: Option<&Manifest>) -> Result<Scan, ScanError> {
+        fs::symlink_metadata(&self.root).map_err(|e| ScanError::Root(self.root.clone(), e))?;
+        let mut scan = Scan::default();
+        let empty = Manifest::new();
+        self.walk(None, previous.unwrap_or(&empty), &mut scan);
+        Ok(scan)
+    }
+
+    /// Bring `manifest` up to date for what the watcher reported.
+    pub fn rescan(
+        &self,
+        manifest: &mut Manifest,
+        dirty: &DirtySet,
+    ) -> Result<Vec<Skipped>, ScanError> {
+        match dirty {
+            DirtySet::Everything => {
+                let scan = self.scan(Some(manifest))?;
+                *manifest = scan.manifest;
+                Ok(scan.skipped)
+            }
+            DirtySet::Paths(paths) => {
+                let mut skipped = Vec::new();
+                for p in paths {
+                    skipped.extend(self.rescan_path(manifest, p));
+                }
+                Ok(skipped)
+            }
+        }
+    }
+
+    /// Re-read one path (and everything below it) into the manifest.
+    pub fn rescan_path(&self, manifest: &mut Manifest, path: &SafePath) -> Vec<Skipped> {
+        // If an ancestor is no longer a real directory (or is excluded), the
+        // change is really that ancestor's.
+        let mut target = path.clone();
+        for a in path.ancestors() {
+            let is_dir = fs::symlink_metadata(self.full(&a)).is_ok_and(|m| m.is_dir());
+            if !is_dir || !self.filter.includes_dir(&a) {
+                target = a;
+                break;
+            }
+        }
+        let mut previous = Manifest::new();
+        let below: Vec<SafePath> = manifest
+            .iter()
+            .filter(|(p, _)| p.starts_with(&target))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in below {
+            if let Some(e) = manifest.remove(&p) {
+                previous.insert(p, e);
+            }
+        }
+        let mut scan = Scan {
+            manifest: std::mem::take(manifest),
+            skipped: Vec::new(),
+        };
+        let ancestors_included = target
+            .ancestors()
+            .iter()
+            .all(|a| self.filter.includes_dir(a));
+        if ancestors_included {
+            if let Ok(meta) = fs::symlink_metadata(self.full(&target)) {
+                self.visit(&target, &meta, &previous, &mut scan);
+            }
+            // Creating or removing `target` changed its parents' mtimes.
+            for a in target.ancestors() {
+                if let Ok(meta) = fs::symlink_metadata(self.full(&a)) {
+                    if meta.is_dir() {
+                        scan.manifest.insert(a, dir_entry(&meta));
+                    }
+                }
+            }
+        }
+        *manifest = scan.manifest;
+        scan.skipped
+    }
+
+    fn walk(&self, dir: Option<&SafePath>, previous: &Manifest, scan: &mut Scan) {
+        let full = dir.map_or_else(|| self.root.clone(), |d| self.full(d));
+        let entries = match fs::read_dir(&full) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                scan.skipped.push(Skipped {
+                    path: full.display().to_string(),
+                    reason: SkipReason::Io(e.to_string()),
+                });
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                scan.skipped.push(Skipped {
+                    path: entry.path().display().to_string(),
+                    reason: SkipReason::NotUtf8,
+                });
+                continue;
+            };
+            let path = match dir {
+                None => SafePath::parse(name),
+                Some(d) => d.join(name),
+            };
+            let Ok(path) = path else { continue };
+            if let Ok(meta) = fs::symlink_metadata(entry.path()) {
+                self.visit(&path, &meta, previous, scan);
+            }
+        }
+    }
+
+    fn visit(&self, path: &SafePath, meta: &Metadata, previous: &Manifest, scan: &mut Scan) {
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if self.filter.includes_dir(path) {
+                scan.manifest.insert(path.clone(), dir_entry(meta));
+                self.walk(Some(path), previous, scan);
+            }
+        } else if !self.filter.includes_file(path) {
+        } else if ft.is_symlink() {
+            match fs::read_link(self.full(path)) {
+                Ok(target) => match target.into_os_string().into_string() {
+                    Ok(target) if !target.is_empty() => {
+                        let entry = Entry {
+                            kind: EntryKind::Symlink { target },
+                            mode: meta.permissions().mode() & MODE_MASK,
+                            mtime_ns: mtime_ns(meta),
+                        };
+                        scan.manifest.insert(path.clone(), entry);
+                    }
+                    _ => scan.skipped.push(Skipped {
+                        path: path.to_string(),
+                        reason: SkipReason::NotUtf8,
+                    }),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => scan.skipped.push(Skipped {
+                    path: path.to_string(),
+                    reason: SkipReason::Io(e.to_string()),
+                }),
+            }
+        } else if ft.is_file() {
+            if let Some(prev) = previous.get(path) {
+                if quick_match(prev, meta) {
+                    scan.manifest.insert(path.clone(), prev.clone());
+                    return;
+                }
+            }
+            match self.read_file(path) {
+                Ok(Some(entry)) => {
+                    scan.manifest.insert(path.clone(), entry);
+                }
+                Ok(None) => {}
+                Err(reason) => scan.skipped.push(Skipped {
+                    path: path.to_string(),
+                    reason,
+                }),
+            }
+        } else {
+            scan.skipped.push(Skipped {
+                path: path.to_string(),
+                reason: SkipReason::Special,
+            });
+        }
+    }
+
+    /// Read and chunk one regular file, again if it changed while being
+    /// read. `Ok(None)`: it is gone (or no longer a regular file).
+    fn read_file(&self, path: &SafePath) -> Result<Option<Entry>, SkipReason> {
+        let full = self.full(path);
+        for _ in 0..READ_ATTEMPTS_MAX {
+            let mut file = match open_nofollow(&full) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                // ELOOP: it became a symlink; the watcher will say so.
+                Err(e) if e.raw_os_error() == Some(ELOOP) => return Ok(None),
+                Err(e) => return Err(SkipReason::Io(e.to_string())),
+            };
+            let before = file.metadata().map_err(|e| SkipReason::Io(e.to_string()))?;
+            if !before.is_file() {
+                return Ok(None);
+            }
+            let mut chunker = Chunker::new();
+            let mut chunks = Vec::new();
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0u8; READ_BUFFER_BYTES];
+            let mut size = 0u64;
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(SkipReason::Io(e.to_string())),
+                };
+                hasher.update(&buf[..n]);
+                chunks.extend(chunker.push(&buf[..n]));
+                size += n as u64;
+            }
+            chunks.extend(chunker.finish());
+            let after = file.metadata().map_err(|e| SkipReason::Io(e.to_string()))?;
+            // The path must still name the file that was read.
+            let still_there = fs::symlink_metadata(&full)
+                .is_ok_and(|m| m.ino() == after.ino() && m.dev() == after.dev());
+            let stable = size == before.len()
+                && size == after.len()
+                && mtime_ns(&before) == mtime_ns(&after)
+                && before.ctime() == after.ctime()
+                && before.ctime_nsec() == after.ctime_nsec();
+            if stable && still_there {
+                return Ok(Some(Entry {
+                    kind: EntryKind::File {
+                        size,
+                        hash: *hasher.finalize().as_bytes(),
+                        chunks,
+                    },
+                    mode: after.permissions().mode() & MODE_MASK,
+                    mtime_ns: mtime_ns(&after),
+                }));
+            }
+        }
+        Err(SkipReason::Unstable)
+    }
+
+    /// The bytes of one chunk of a file, checked against its hash.
+    pub fn read_chunk(&self, path: &SafePath, chunk: &ChunkRef) -> Result<Vec<u8>, ReadChunkError> {
+        if !self.parents_are_dirs(path) {
+            return Err(ReadChunkError::NotAFile(path.clone()));
+        }
+        let file =
+            open_nofollow(&self.full(path)).map_err(|e| ReadChunkError::Io(path.clone(), e))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(ReadChunkError::NotAFile(path.clone()));
+        }
+        let mut buf = vec![0u8; chunk.len as usize];
+        match file.read_exact_at(&mut buf, chunk.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(ReadChunkError::Changed(path.clone()))
+            }
+            Err(e) => return Err(ReadChunkError::Io(path.clone(), e)),
+        }
+        if !chunk.verify(&buf) {
+            return Err(ReadChunkError::Changed(path.clone()));
+        }
+        Ok(buf)
+    }
+}
+
+fn dir_entry(meta: &Metadata) -> Entry {
+    Entry {
+        kind: EntryKind::Dir,
+        mode: meta.permissions().mode() & MODE_MASK,
+        mtime_ns: mtime_ns(meta),
+    }
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)
+}
+
+/// What changed since the last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirtySet {
+    /// These paths (empty: nothing).
+    Paths(BTreeSet<SafePath>),
+    /// Anything may have changed: rescan the whole set.
+    Everything,
+}
+
+impl DirtySet {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, DirtySet::Paths(p) if p.is_empty())
+    }
+
+    fn add(&mut self, effect: EventEffect) {
+        match (self, effect) {
+            (DirtySet::Everything, _) | (_, EventEffect::Nothing) => {}
+            (s, EventEffect::Everything) => *s = DirtySet::Everything,
+            (DirtySet::Paths(set), EventEffect::Paths(p)) => set.extend(p),
+        }
+    }
+}
+
+/// What one notify event means for the set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventEffect {
+    Nothing,
+    Paths(Vec<SafePath>),
+    Everything,
+}
+
+/// Classify one notify result: a hint about paths, or a reason to rescan
+/// everything (Rescan flag, error, an event about the root itself or outside
+/// it). Access events (open, read, close without write) change nothing.
+pub fn classify(root: &Path, event: &notify::Result<notify::Event>) -> EventEffect {
+    let event = match event {
+        Err(_) => return EventEffect::Everything,
+        Ok(e) => e,
+    };
+    if event.need_rescan() {
+        return EventEffect::Everything;
+    }
+    if matches!(event.kind, EventKind::Access(_)) {
+        return EventEffect::Nothing;
+    }
+    let mut paths = Vec::new();
+    for p in &event.paths {
+        let Ok(rel) = p.strip_prefix(root) else {
+            return EventEffect::Everything;
+        };
+        if rel.as_os_str().is_empty() {
+            // The root itself: its own mtime or mode, or it went away.
+            return EventEffect::Everything;
+        }
+        // A name that is not UTF-8 (or not a valid path) is not mirrored.
+        if let Some(Ok(sp)) = rel.to_str().map(SafePath::parse) {
+            paths.push(sp);
+        }
+    }
+    EventEffect::Paths(paths)
+}
+
+#[derive(Debug)]
+struct WatchState {
+    dirty: DirtySet,
+    /// The last watch error, for status.
+    last_error: Option<String>,
+}
+
+/// Why watching could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(
+        "too many inotify watches for {0}: raise the limit with `sysctl -w fs.inotify.max_user_watches=N` \
+         (and persist it in /etc/sysctl.d); until then the set is reconciled by periodic scans"
+    )]
+    Limit(PathBuf),
+    #[error("watching {0}: {1}")]
+    Notify(PathBuf, notify::Error),
+}
+
+/// Watches a file set's root recursively and collects dirty paths.
+pub struct FileSetWatcher {
+    state: Arc<(Mutex<WatchState>, Condvar)>,
+    // Dropping the watcher removes the watches.
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl std::fmt::Debug for FileSetWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSetWatcher").finish_non_exhaustive()
+    }
+}
+
+fn lock(state: &Mutex<WatchState>) -> std::sync::MutexGuard<'_, WatchState> {
+    // A panic while holding this lock cannot leave the state inconsistent
+    // (every update is a single assignment or extend), so take it anyway.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FileSetWatcher {
+    /// Install the watches on `root` (recursively; new directories are
+    /// watched as they appear). Call this before the startup scan.
+    pub fn new(root: &Path) -> Result<Self, WatchError> {
+        // Events name canonical paths; a root given another way would make
+        // every event look like one from outside the root.
+        let root = &fs::canonicalize(root)
+            .map_err(|e| WatchError::Notify(root.to_owned(), notify::Error::io(e)))?;
+        let state = Arc::new((
+            Mutex::new(WatchState {
+                dirty: DirtySet::Paths(BTreeSet::new()),
+                last_error: None,
+            }),
+            Condvar::new(),
+        ));
+        let handler_state = Arc::clone(&state);
+        let handler_root = root.to_owned();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let effect = classify(&handler_root, &event);
+                let (m, cv) = &*handler_state;
+                let mut s = lock(m);
+                if let Err(e) = &event {
+                    s.last_error = Some(match e.kind {
+                        // A directory created after startup could not be watched.
+                        notify::ErrorKind::MaxFilesWatch => {
+                            WatchError::Limit(handler_root.clone()).to_string()
+                        }
+                        _ => e.to_string(),
+                    });
+                }
+                if effect != EventEffect::Nothing {
+                    s.dirty.add(effect);
+                    cv.notify_all();
+                }
+            })
+            .map_err(|e| WatchError::Notify(root.to_owned(), e))?;
+        watcher
+            .watch(root, RecursiveMode::Recursive)
+            .map_err(|e| match e.kind {
+                notify::ErrorKind::MaxFilesWatch => WatchError::Limit(root.to_owned()),
+                _ => WatchError::Notify(root.to_owned(), e),
+            })?;
+        Ok(Self {
+            state,
+            _watcher: watcher,
+        })
+    }
+
+    /// What became dirty since the last call; resets it.
+    pub fn take_dirty(&self) -> DirtySet {
+        let mut s = lock(&self.state.0);
+        std::mem::replace(&mut s.dirty, DirtySet::Paths(BTreeSet::new()))
+    }
+
+    /// Wait until something is dirty or `timeout` passes; true if dirty.
+    pub fn wait_dirty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.state;
+        let mut s = lock(m);
+        while s.dirty.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = cv
+                .wait_timeout(s, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        true
+    }
+
+    /// Mark the whole set dirty (a periodic reconcile, or a test forcing the
+    /// overflow path).
+    pub fn mark_everything(&self) {
+        let (m, cv) = &*self.state;
+        lock(m).dirty = DirtySet::Everything;
+        cv.notify_all();
+    }
+
+    /// The last watch error reported by notify, if any.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.state.0).last_error.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_a_symlink_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        let err = open_nofollow(&dir.path().join("l")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(ELOOP), "{err}");
+        assert!(open_nofollow(&dir.path().join("f")).is_ok());
+    }
+
+    #[test]
+    fn classify_events() {
+        let root = Path::new("/r");
+        let ev = |kind, paths: &[&str]| {
+            let mut e = notify::Event::new(kind);
+            for p in paths {
+                e = e.add_path(PathBuf::from(p));
+            }
+            Ok(e)
+        };
+        let overflow =
+            Ok(notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan));
+        assert_eq!(classify(root, &overflow), EventEffect::Everything);
+        assert_eq!(
+            classify(root, &Err(notify::Error::generic("boom"))),
+            EventEffect::Everything
+        );
+        let create = ev(
+            EventKind::Create(notify::event::CreateKind::File),
+            &["/r/a/b"],
+        );
+        assert_eq!(
+            classify(root, &create),
+            EventEffect::Paths(vec![SafePath::parse("a/b").unwrap()])
+        );
+        let access = ev(
+            EventKind::Access(notify::event::AccessKind::Read),
+            &["/r/a"],
+        );
+        assert_eq!(classify(root, &access), EventEffect::Nothing);
+        let outside = ev(
+            EventKind::Remove(notify::event::RemoveKind::Any),
+            &["/elsewhere"],
+        );
+        assert_eq!(classify(root, &outside), EventEffect::Everything);
+        let itself = ev(EventKind::Remove(notify::event::RemoveKind::Any), &["/r"]);
+        assert_eq!(classify(root, &itself), EventEffect::Everything);
+    }
+}

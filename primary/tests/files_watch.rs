@@ -1,0 +1,215 @@
+//! The primary's side of a file set with real files: scanning, the watcher
+//! as a source of hints (incremental rescans converge on a full scan),
+//! overflow handling, files written while being read, and chunk reads that
+//! notice a file changed since its scan.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_primary::files::{DirtySet, FileSetScanner, FileSetWatcher, ReadChunkError, SkipReason};
+use tandem_sync::fileset::SafePath;
+use tandem_sync::manifest::{EntryKind, FileSetFilter, Manifest};
+
+fn p(s: &str) -> SafePath {
+    SafePath::parse(s).unwrap()
+}
+
+/// Apply the watcher's hints until the manifest equals a full scan, or fail
+/// at the deadline.
+fn converge(scanner: &FileSetScanner, watcher: &FileSetWatcher, manifest: &mut Manifest) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        watcher.wait_dirty(Duration::from_millis(200));
+        let dirty = watcher.take_dirty();
+        scanner.rescan(manifest, &dirty).unwrap();
+        let truth = scanner.scan(None).unwrap().manifest;
+        if *manifest == truth {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence: {:?}",
+            manifest.differing_paths(&truth)
+        );
+    }
+}
+
+#[test]
+fn watcher_hints_keep_the_manifest_equal_to_a_full_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
+    let root = scanner.root().to_owned();
+    // Watches first, then the startup scan.
+    let watcher = FileSetWatcher::new(&root).unwrap();
+    fs::create_dir(root.join("pre")).unwrap();
+    let mut manifest = scanner.scan(None).unwrap().manifest;
+
+    // A burst of changes, including a directory created with content before
+    // its own watch can exist, a rename, a delete and a symlink.
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::write(root.join("a/b/c/deep"), b"deep").unwrap();
+    fs::write(root.join("a/f"), vec![1u8; 100_000]).unwrap();
+    std::os::unix::fs::symlink("a/f", root.join("link")).unwrap();
+    converge(&scanner, &watcher, &mut manifest);
+    assert!(manifest.get(&p("a/b/c/deep")).is_some());
+
+    fs::rename(root.join("a"), root.join("pre/a2")).unwrap();
+    fs::remove_file(root.join("link")).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("pre/a2/f"))
+        .unwrap();
+    f.write_all(b"appended").unwrap();
+    drop(f);
+    converge(&scanner, &watcher, &mut manifest);
+    assert!(manifest.get(&p("a")).is_none());
+    assert!(matches!(
+        manifest.get(&p("pre/a2/f")).unwrap().kind,
+        EntryKind::File { size: 100_008, .. }
+    ));
+    assert!(watcher.last_error().is_none());
+}
+
+#[test]
+fn an_overflow_marks_everything_and_a_full_rescan_reconciles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
+    let root = scanner.root().to_owned();
+    let watcher = FileSetWatcher::new(&root).unwrap();
+    let mut manifest = scanner.scan(None).unwrap().manifest;
+    for i in 0..50 {
+        fs::write(root.join(format!("f{i}")), format!("{i}")).unwrap();
+    }
+    // The overflow path (inotify's IN_Q_OVERFLOW arrives as a Rescan flag,
+    // which `classify` maps to the same state; see its unit test).
+    watcher.mark_everything();
+    assert_eq!(watcher.take_dirty(), DirtySet::Everything);
+    scanner
+        .rescan(&mut manifest, &DirtySet::Everything)
+        .unwrap();
+    assert_eq!(manifest, scanner.scan(None).unwrap().manifest);
+    assert_eq!(manifest.len(), 50);
+}
+
+#[test]
+fn a_file_appended_while_being_read_is_never_recorded_torn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
+    let path = scanner.root().join("growing");
+    fs::write(&path, vec![0u8; 2 * 1024 * 1024]).unwrap();
+    // The writer appends a bounded amount (so scans stay short) and says
+    // when it is done; the scanner scans until then.
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (path, done) = (path.clone(), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            for n in 0..2048u32 {
+                f.write_all(&[n as u8; 4096]).unwrap();
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    let mut seen = Vec::new();
+    let mut unstable = 0;
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let scan = scanner.scan(None).unwrap();
+        if let Some(e) = scan.manifest.get(&p("growing")) {
+            seen.push(e.clone());
+        } else {
+            assert_eq!(scan.skipped.len(), 1);
+            assert_eq!(scan.skipped[0].reason, SkipReason::Unstable);
+            unstable += 1;
+        }
+        if finished {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(
+        !seen.is_empty(),
+        "the scan after the writer finished records the file ({unstable} unstable)"
+    );
+    // Appends never rewrite a prefix, so every recorded entry must be the
+    // hash of a prefix of the final file.
+    let bytes = fs::read(&path).unwrap();
+    for e in &seen {
+        let EntryKind::File { size, hash, chunks } = &e.kind else {
+            panic!()
+        };
+        assert_eq!(*blake3::hash(&bytes[..*size as usize]).as_bytes(), *hash);
+        assert_eq!(chunks.last().map_or(0, |c| c.end()), *size);
+    }
+    let last = scanner.scan(None).unwrap();
+    let EntryKind::File { size, .. } = last.manifest.get(&p("growing")).unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(size, bytes.len() as u64);
+}
+
+#[test]
+fn read_chunk_verifies_and_notices_a_changed_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
+    let root = scanner.root().to_owned();
+    fs::write(root.join("f"), vec![7u8; 300_000]).unwrap();
+    let m = scanner.scan(None).unwrap().manifest;
+    let chunks = m.get(&p("f")).unwrap().chunks().to_vec();
+    for c in &chunks {
+        assert!(c.verify(&scanner.read_chunk(&p("f"), c).unwrap()));
+    }
+    fs::write(root.join("f"), vec![8u8; 300_000]).unwrap();
+    assert!(matches!(
+        scanner.read_chunk(&p("f"), &chunks[0]),
+        Err(ReadChunkError::Changed(_))
+    ));
+    fs::write(root.join("short"), b"x").unwrap();
+    assert!(matches!(
+        scanner.read_chunk(&p("short"), &chunks[0]),
+        Err(ReadChunkError::Changed(_))
+    ));
+    // A symlink is never read through.
+    std::os::unix::fs::symlink("f", root.join("l")).unwrap();
+    assert!(scanner.read_chunk(&p("l"), &chunks[0]).is_err());
+}
+
+#[test]
+fn filters_special_files_and_non_utf8_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::create_dir_all(root.join("cache/x")).unwrap();
+    fs::write(root.join("cache/x/f.txt"), b"excluded").unwrap();
+    fs::create_dir(root.join("docs")).unwrap();
+    fs::write(root.join("docs/a.txt"), b"a").unwrap();
+    fs::write(root.join("docs/a.bin"), b"b").unwrap();
+    fs::write(root.join("docs/a.tmp"), b"c").unwrap();
+    fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"bad\xffname.txt")),
+        b"d",
+    )
+    .unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo.txt"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let filter = FileSetFilter::new(&["**/*.txt"], &["cache", "**/*.tmp"]).unwrap();
+    let scan = FileSetScanner::new(root, filter)
+        .unwrap()
+        .scan(None)
+        .unwrap();
+    let paths: BTreeSet<String> = scan.manifest.iter().map(|(p, _)| p.to_string()).collect();
+    assert_eq!(
+        paths,
+        BTreeSet::from(["docs".to_owned(), "docs/a.txt".to_owned()])
+    );
+    let reasons: Vec<&SkipReason> = scan.skipped.iter().map(|s| &s.reason).collect();
+    assert_eq!(reasons.len(), 2, "{:?}", scan.skipped);
+    assert!(reasons.contains(&&SkipReason::NotUtf8));
+    assert!(reasons.contains(&&SkipReason::Special));
+}

@@ -1,0 +1,677 @@
+//! A file set on the standby: applying the primary's changes to the local
+//! copy, atomically, durably and never outside the root.
+//!
+//! [`FileSetReplica`] holds the manifest its tree is believed to match and
+//! applies one [`Change`] at a time:
+//!
+//! - **Files** are assembled into a temp file in the same directory
+//!   (`.tandem-partial.<name>`), chunk by chunk at their offsets: a chunk
+//!   already there from an interrupted earlier attempt is kept (so a partial
+//!   transfer resumes), then one found locally by hash (the old version of
+//!   the file, or any other file of the set) is copied, and only the rest is
+//!   asked of the [`ChunkSource`]. Every chunk is checked against its hash,
+//!   and the whole-file blake3 over the bytes written in order against the
+//!   manifest's. Then mode and mtime, fsync, rename over the target, fsync of
+//!   the directory.
+//! - **Renames** are renames; deletes, directories (empty ones too), symlinks,
+//!   modes and mtimes are mirrored. Every operation keeps its parent
+//!   directory's mtime as it was, since directory mtimes come from the
+//!   manifest, not from the order the standby happened to write in.
+//! - **Confinement.** Paths are [`SafePath`]s (lexically inside the root).
+//!   Before any operation every parent component is checked with
+//!   `symlink_metadata` to be a real directory, not a symlink, so a symlink in
+//!   the standby's tree can never redirect a write outside the root. The last
+//!   component is never followed either: files are opened with
+//!   `O_NOFOLLOW`, times are set with `AT_SYMLINK_NOFOLLOW`, and
+//!   rename/unlink/rmdir act on the link itself. (The check and the use are
+//!   separate system calls; a local process racing the apply on the standby
+//!   is not defended against. openat-based resolution would close that.)
+//! - **Quarantine.** Before changing a path, its current state is compared
+//!   with what the change expects there (the old entry, or nothing): type,
+//!   and for a file size and mtime, for a symlink its target. Something else
+//!   was changed locally on the standby: it is moved to
+//!   `<data_dir>/quarantine/<epoch>-<unix time>/<relpath>` and reported,
+//!   never deleted (when the data directory is on another filesystem, it is
+//!   copied there durably, then removed). A path that already holds the
+//!   change's new state is left as it is, so replaying a change after a
+//!   restart is harmless.
+
+use nix::libc::O_NOFOLLOW;
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tandem_sync::chunk::{ChunkHash, ChunkRef};
+use tandem_sync::fileset::SafePath;
+use tandem_sync::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
+
+/// Temp files being assembled start with this; a scanner of the standby's
+/// tree should leave them out.
+pub const PARTIAL_PREFIX: &str = ".tandem-partial.";
+
+/// Where the chunks the standby does not have come from (the replication
+/// link, or in tests the primary's scanner in-process).
+pub trait ChunkSource {
+    /// The bytes of `chunk` of the new version of `path`.
+    fn fetch(&mut self, path: &SafePath, chunk: &ChunkRef) -> io::Result<Vec<u8>>;
+}
+
+impl<F: FnMut(&SafePath, &ChunkRef) -> io::Result<Vec<u8>>> ChunkSource for F {
+    fn fetch(&mut self, path: &SafePath, chunk: &ChunkRef) -> io::Result<Vec<u8>> {
+        self(path, chunk)
+    }
+}
+
+/// Why a change was not applied. The tree is left as it was before the
+/// change, except for a temp file that a retry will resume from.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A parent of the path is not a real directory inside the root (a
+    /// symlink, a file, or missing): the change is refused.
+    #[error("{0}: refused, parent {1} is not a directory inside the root")]
+    Confinement(SafePath, String),
+    #[error("{0}: {1}")]
+    Io(SafePath, io::Error),
+    #[error("{0}: fetching chunk at {1}: {2}")]
+    Fetch(SafePath, u64, io::Error),
+    #[error("{0}: the chunk at {1} does not match its hash")]
+    BadChunk(SafePath, u64),
+    #[error("{0}: the assembled file does not match the manifest's hash")]
+    FileHash(SafePath),
+    #[error("{0}: the change is inconsistent: {1}")]
+    Invalid(SafePath, &'static str),
+}
+
+/// Opening a replica failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("file set root {0}: {1}")]
+    Root(PathBuf, io::Error),
+    #[error("quarantine directory {0} is inside the file set's root {1}")]
+    QuarantineInsideRoot(PathBuf, PathBuf),
+}
+
+/// Something moved to quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub path: SafePath,
+    pub moved_to: PathBuf,
+}
+
+/// Bytes moved while applying, for status and the benchmark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub chunks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub chunks_reused: u64,
+    pub bytes_reused: u64,
+    pub files_written: u64,
+    pub renames: u64,
+}
+
+/// The standby's copy of one file set.
+#[derive(Debug)]
+pub struct FileSetReplica {
+    root: PathBuf,
+    quarantine_root: PathBuf,
+    epoch: u64,
+    manifest: Manifest,
+    /// Where a chunk can be found locally; checked on use, so a stale entry
+    /// only costs a fetch.
+    index: HashMap<ChunkHash, (SafePath, ChunkRef)>,
+    quarantine_dir: Option<PathBuf>,
+    quarantined: Vec<Quarantined>,
+    stats: ApplyStats,
+}
+
+fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+fn system_time(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH.checked_sub(d).unwrap_or(UNIX_EPOCH)
+    }
+}
+
+fn open_nofollow(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)
+}
+
+fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Set an entry's mtime without following a symlink.
+fn set_mtime_nofollow(path: &Path, ns: i64) -> io::Result<()> {
+    let mtime = TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Set mode (not for symlinks) and mtime on what is at `path`, checked to be
+/// of the entry's type.
+fn set_meta(path: &Path, entry: &Entry) -> io::Result<()> {
+    if !matches!(entry.kind, EntryKind::Symlink { .. }) {
+        let f = open_nofollow(path)?;
+        f.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+    }
+    set_mtime_nofollow(path, entry.mtime_ns)
+}
+
+/// Whether what is on disk at `full` (with metadata `meta`) is `entry`, by
+/// the quick check: type, and size and mtime for a file, target for a link.
+/// Directories match on type alone: their mtime follows their content.
+fn state_matches(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
+    let ft = meta.file_type();
+    match &entry.kind {
+        EntryKind::Dir => ft.is_dir(),
+        EntryKind::File { size, .. } => {
+            ft.is_file() && meta.len() == *size && mtime_ns(meta) == entry.mtime_ns
+        }
+        EntryKind::Symlink { target } => {
+            ft.is_symlink() && fs::read_link(full).is_ok_and(|t| t.as_os_str() == target.as_str())
+        }
+    }
+}
+
+/// Whether it is the entry exactly, mode and mtime included (for skipping a
+/// change already applied).
+fn state_is(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
+    state_matches(full, meta, entry)
+        && match entry.kind {
+            EntryKind::Dir => meta.permissions().mode() & MODE_MASK == entry.mode,
+            EntryKind::File { .. } => meta.permissions().mode() & MODE_MASK == entry.mode,
+            EntryKind::Symlink { .. } => mtime_ns(meta) == entry.mtime_ns,
+        }
+}
+
+fn partial_name(name: &str) -> String {
+    let n = format!("{PARTIAL_PREFIX}{name}");
+    if n.len() <= 255 {
+        n
+    } else {
+        format!("{PARTIAL_PREFIX}{}", blake3::hash(name.as_bytes()).to_hex())
+    }
+}
+
+impl FileSetReplica {
+    /// The replica of the set at `root`, whose tree matches `manifest`
+    /// (scanned by the node at startup, or kept from the last run).
+    /// Quarantined entries go below `<data_dir>/quarantine/`.
+    pub fn open(
+        root: &Path,
+        data_dir: &Path,
+        epoch: u64,
+        manifest: Manifest,
+    ) -> Result<Self, OpenError> {
+        let root = fs::canonicalize(root).map_err(|e| OpenError::Root(root.to_owned(), e))?;
+        let quarantine_root = fs::canonicalize(data_dir)
+            .unwrap_or_else(|_| data_dir.to_owned())
+            .join("quarantine");
+        if quarantine_root.starts_with(&root) {
+            return Err(OpenError::QuarantineInsideRoot(quarantine_root, root));
+        }
+        let index = manifest.chunk_index();
+        Ok(Self {
+            root,
+            quarantine_root,
+            epoch,
+            manifest,
+            index,
+            quarantine_dir: None,
+            quarantined: Vec::new(),
+            stats: ApplyStats::default(),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn stats(&self) -> ApplyStats {
+        self.stats
+    }
+
+    /// What was quarantined since the last call.
+    pub fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
+    }
+
+    /// The full path of `path`, after checking that every parent component
+    /// is a real directory (not a symlink) inside the root.
+    fn resolve(&self, path: &SafePath) -> Result<PathBuf, ApplyError> {
+        for a in path.ancestors() {
+            let ok = fs::symlink_metadata(self.root.join(a.as_str())).is_ok_and(|m| m.is_dir());
+            if !ok {
+                return Err(ApplyError::Confinement(path.clone(), a.to_string()));
+            }
+        }
+        Ok(self.root.join(path.as_str()))
+    }
+
+    /// The directory holding `path` (the root for a top-level path).
+    fn parent_dir(&self, path: &SafePath) -> PathBuf {
+        path.parent()
+            .map_or_else(|| self.root.clone(), |p| self.root.join(p.as_str()))
+    }
+
+    /// Apply one change. On success the replica's manifest includes it.
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        source: &mut dyn ChunkSource,
+    ) -> Result<(), ApplyError> {
+        // Remember the parents' mtimes: every operation below changes them,
+        // the manifest decides them.
+        let mut parents: Vec<SafePath> = Vec::new();
+        match change {
+            Change::Rename { from, to, .. } => {
+                parents.extend(from.parent());
+                parents.extend(to.parent());
+            }
+            other => parents.extend(other.path().parent()),
+        }
+        parents.dedup();
+        let mut saved = Vec::new();
+        for p in &parents {
+            let full = self.resolve(p)?;
+            if let Ok(m) = fs::symlink_metadata(&full) {
+                if m.is_dir() {
+                    saved.push((full, mtime_ns(&m)));
+                }
+            }
+        }
+        let result = self.apply_inner(change, source);
+        for (full, ns) in saved {
+            // Best effort: the directory may have been removed by the change
+            // itself (a delete of its last child does not remove it, but a
+            // quarantine may have moved things around).
+            let _ = set_mtime_nofollow(&full, ns);
+        }
+        result?;
+        self.manifest.apply(change);
+        if let Change::Create { path, entry }
+        | Change::Modify {
+            path, new: entry, ..
+        } = change
+        {
+            for c in entry.chunks() {
+                self.index.insert(c.hash, (path.clone(), *c));
+            }
+        }
+        if let Change::Rename { to, new, .. } = change {
+            for c in new.chunks() {
+                self.index.insert(c.hash, (to.clone(), *c));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_inner(
+        &mut self,
+        change: &Change,
+        source: &mut dyn ChunkSource,
+    ) -> Result<(), ApplyError> {
+        match change {
+            Change::Create { path, entry } => self.put(path, None, entry, source),
+            Change::Modify { path, old, new } => {
+                if old.is_dir() || !old.kind_eq(new) {
+                    return Err(ApplyError::Invalid(
+                        path.clone(),
+                        "modify must keep a file or symlink's type",
+                    ));
+                }
+                self.put(path, Some(old), new, source)
+            }
+            Change::Meta { path, old, new } => {
+                let full = self.resolve(path)?;
+                match fs::symlink_metadata(&full) {
+                    Ok(m) if state_matches(&full, &m, old) || state_matches(&full, &m, new) => {
+                        set_meta(&full, new).map_err(|e| ApplyError::Io(path.clone(), e))
+                    }
+                    // Changed locally (or missing): quarantine, then rebuild.
+                    _ => self.put(path, Some(old), new, source),
+                }
+            }
+            Change::Delete { path, old } => self.delete(path, old),
+            Change::Rename { from, to, old, new } => self.rename(from, to, old, new, source),
+        }
+    }
+
+    /// Make `path` hold `new`. `old` is what should be there now (None:
+    /// nothing); anything else there is quarantined first.
+    fn put(
+        &mut self,
+        path: &SafePath,
+        old: Option<&Entry>,
+        new: &Entry,
+        source: &mut dyn ChunkSource,
+    ) -> Result<(), ApplyError> {
+        let full = self.resolve(path)?;
+        let io = |e| ApplyError::Io(path.clone(), e);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if state_is(&full, &m, new) && (new.is_dir() || mtime_ns(&m) == new.mtime_ns) => {
+                // Already applied (a replay after a restart).
+                return set_meta(&full, new).map_err(io);
+            }
+            Ok(m) if new.is_dir() && m.is_dir() => {
+                // A directory is a directory: adopt it, whatever it holds.
+                return set_meta(&full, new).map_err(io);
+            }
+            Ok(m) => {
+                let expected = old.is_some_and(|o| state_matches(&full, &m, o) && !o.is_dir());
+                if !expected {
+                    self.quarantine(path, &full)?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let parent = self.parent_dir(path);
+        match &new.kind {
+            EntryKind::Dir => {
+                fs::create_dir(&full).map_err(io)?;
+                set_meta(&full, new).map_err(io)?;
+            }
+            EntryKind::Symlink { target } => {
+                let tmp = parent.join(partial_name(path.file_name()));
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(target, &tmp).map_err(io)?;
+                set_mtime_nofollow(&tmp, new.mtime_ns).map_err(io)?;
+                fs::rename(&tmp, &full).map_err(io)?;
+            }
+            EntryKind::File { .. } => self.write_file(path, &full, &parent, new, source)?,
+        }
+        fsync_dir(&parent).map_err(io)
+    }
+
+    /// Assemble a file in its temp file, verify, make durable, rename.
+    fn write_file(
+        &mut self,
+        path: &SafePath,
+        full: &Path,
+        parent: &Path,
+        new: &Entry,
+        source: &mut dyn ChunkSource,
+    ) -> Result<(), ApplyError> {
+        let EntryKind::File { size, hash, chunks } = &new.kind else {
+            return Err(ApplyError::Invalid(path.clone(), "not a file"));
+        };
+        let io = |e| ApplyError::Io(path.clone(), e);
+        let tmp = parent.join(partial_name(path.file_name()));
+        // A symlink or directory where the temp file goes is not ours to follow.
+        if let Ok(m) = fs::symlink_metadata(&tmp) {
+            if !m.is_file() {
+                return Err(ApplyError::Invalid(
+                    path.clone(),
+                    "temp file name is taken by a non-file",
+                ));
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io)?;
+        let partial_len = file.metadata().map_err(io)?.len();
+        let mut hasher = blake3::Hasher::new();
+        for c in chunks {
+            let bytes = self.chunk_bytes(path, c, &file, partial_len, source)?;
+            hasher.update(&bytes);
+        }
+        file.set_len(*size).map_err(io)?;
+        if hasher.finalize().as_bytes() != hash {
+            // The chunks were each right but do not make this file: the
+            // manifest entry itself is inconsistent. Leave nothing behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(ApplyError::FileHash(path.clone()));
+        }
+        file.set_permissions(fs::Permissions::from_mode(new.mode))
+            .map_err(io)?;
+        file.set_modified(system_time(new.mtime_ns)).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        fs::rename(&tmp, full).map_err(io)?;
+        self.stats.files_written += 1;
+        Ok(())
+    }
+
+    /// The bytes of chunk `c` of the new `path`, written into `file` at its
+    /// offset unless they are there already.
+    fn chunk_bytes(
+        &mut self,
+        path: &SafePath,
+        c: &ChunkRef,
+        file: &File,
+        partial_len: u64,
+        source: &mut dyn ChunkSource,
+    ) -> Result<Vec<u8>, ApplyError> {
+        let io = |e| ApplyError::Io(path.clone(), e);
+        let mut buf = vec![0u8; c.len as usize];
+        // 1. Already in the temp file from an earlier attempt.
+        if c.end() <= partial_len
+            && file.read_exact_at(&mut buf, c.offset).is_ok()
+            && c.verify(&buf)
+        {
+            self.stats.chunks_reused += 1;
+            self.stats.bytes_reused += u64::from(c.len);
+            return Ok(buf);
+        }
+        // 2. Somewhere in the local tree.
+        if let Some(bytes) = self.local_chunk(c) {
+            file.write_all_at(&bytes, c.offset).map_err(io)?;
+            self.stats.chunks_reused += 1;
+            self.stats.bytes_reused += u64::from(c.len);
+            return Ok(bytes);
+        }
+        // 3. From the primary.
+        let bytes = source
+            .fetch(path, c)
+            .map_err(|e| ApplyError::Fetch(path.clone(), c.offset, e))?;
+        if !c.verify(&bytes) {
+            return Err(ApplyError::BadChunk(path.clone(), c.offset));
+        }
+        file.write_all_at(&bytes, c.offset).map_err(io)?;
+        self.stats.chunks_fetched += 1;
+        self.stats.bytes_fetched += u64::from(c.len);
+        Ok(bytes)
+    }
+
+    fn local_chunk(&self, c: &ChunkRef) -> Option<Vec<u8>> {
+        let (path, at) = self.index.get(&c.hash)?;
+        let full = self.resolve(path).ok()?;
+        let f = open_nofollow(&full).ok()?;
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
+        let mut buf = vec![0u8; at.len as usize];
+        f.read_exact_at(&mut buf, at.offset).ok()?;
+        c.verify(&buf).then_some(buf)
+    }
+
+    fn delete(&mut self, path: &SafePath, old: &Entry) -> Result<(), ApplyError> {
+        let full = self.resolve(path)?;
+        let io = |e| ApplyError::Io(path.clone(), e);
+        let meta = match fs::symlink_metadata(&full) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        if !state_matches(&full, &meta, old) {
+            self.quarantine(path, &full)?;
+        } else if meta.is_dir() {
+            match fs::remove_dir(&full) {
+                Ok(()) => {}
+                // Something the manifest does not know was put there locally.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => {
+                    self.quarantine(path, &full)?
+                }
+                Err(e) => return Err(io(e)),
+            }
+        } else {
+            fs::remove_file(&full).map_err(io)?;
+        }
+        fsync_dir(&self.parent_dir(path)).map_err(io)
+    }
+
+    fn rename(
+        &mut self,
+        from: &SafePath,
+        to: &SafePath,
+        old: &Entry,
+        new: &Entry,
+        source: &mut dyn ChunkSource,
+    ) -> Result<(), ApplyError> {
+        if !old.same_content(new) || old.is_dir() {
+            return Err(ApplyError::Invalid(
+                to.clone(),
+                "a rename keeps a file's content",
+            ));
+        }
+        let from_full = self.resolve(from)?;
+        let to_full = self.resolve(to)?;
+        let from_ok =
+            fs::symlink_metadata(&from_full).is_ok_and(|m| state_matches(&from_full, &m, old));
+        if !from_ok {
+            // Replayed after it was done, or the source changed locally:
+            // quarantine what is there and build the target from chunks.
+            if let Ok(m) = fs::symlink_metadata(&to_full) {
+                if state_matches(&to_full, &m, new) {
+                    return set_meta(&to_full, new).map_err(|e| ApplyError::Io(to.clone(), e));
+                }
+            }
+            if fs::symlink_metadata(&from_full).is_ok() {
+                self.quarantine(from, &from_full)?;
+            }
+            return self.put(to, None, new, source);
+        }
+        if fs::symlink_metadata(&to_full).is_ok() {
+            self.quarantine(to, &to_full)?;
+        }
+        let io = |e| ApplyError::Io(to.clone(), e);
+        fs::rename(&from_full, &to_full).map_err(io)?;
+        set_meta(&to_full, new).map_err(io)?;
+        fsync_dir(&self.parent_dir(to)).map_err(io)?;
+        fsync_dir(&self.parent_dir(from)).map_err(io)?;
+        self.stats.renames += 1;
+        Ok(())
+    }
+
+    /// Move what is at `path` to this run's quarantine directory.
+    fn quarantine(&mut self, path: &SafePath, full: &Path) -> Result<(), ApplyError> {
+        let io = |e| ApplyError::Io(path.clone(), e);
+        let dir = match &self.quarantine_dir {
+            Some(d) => d.clone(),
+            None => {
+                let secs = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let d = self.quarantine_root.join(format!("{}-{secs}", self.epoch));
+                self.quarantine_dir = Some(d.clone());
+                d
+            }
+        };
+        let mut dest = dir.join(path.as_str());
+        if let Some(p) = dest.parent() {
+            fs::create_dir_all(p).map_err(io)?;
+        }
+        // The same path quarantined twice in one run keeps both.
+        let mut n = 1;
+        while fs::symlink_metadata(&dest).is_ok() {
+            dest = dir.join(format!("{path}.{n}"));
+            n += 1;
+        }
+        match fs::rename(full, &dest) {
+            Ok(()) => {}
+            // The data directory is on another filesystem: copy, make the
+            // copy durable, then remove the original.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                copy_tree(full, &dest).map_err(io)?;
+                let meta = fs::symlink_metadata(full).map_err(io)?;
+                if meta.is_dir() {
+                    fs::remove_dir_all(full).map_err(io)?;
+                } else {
+                    fs::remove_file(full).map_err(io)?;
+                }
+            }
+            Err(e) => return Err(io(e)),
+        }
+        if let Some(p) = dest.parent() {
+            fsync_dir(p).map_err(io)?;
+        }
+        self.quarantined.push(Quarantined {
+            path: path.clone(),
+            moved_to: dest,
+        });
+        Ok(())
+    }
+}
+
+/// Copy a file, symlink or directory tree without following symlinks,
+/// fsyncing what it writes (for a quarantine across filesystems).
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+    } else if ft.is_dir() {
+        fs::create_dir(to)?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+        fs::set_permissions(to, meta.permissions())?;
+        fsync_dir(to)?;
+    } else if ft.is_file() {
+        let mut src = open_nofollow(from)?;
+        let mut dst = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(O_NOFOLLOW)
+            .open(to)?;
+        io::copy(&mut src, &mut dst)?;
+        dst.set_permissions(meta.permissions())?;
+        dst.set_modified(system_time(mtime_ns(&meta)))?;
+        dst.sync_all()?;
+    }
+    // Anything else (a fifo, a socket, a device) is not copied: it holds no
+    // data, and is removed with the rest.
+    Ok(())
+}
+
+trait KindEq {
+    fn kind_eq(&self, other: &Entry) -> bool;
+}
+
+impl KindEq for Entry {
+    fn kind_eq(&self, other: &Entry) -> bool {
+        std::mem::discriminant(&self.kind) == std::mem::discriminant(&other.kind)
+    }
+}

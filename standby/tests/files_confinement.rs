@@ -1,0 +1,271 @@
+//! Security: changes from a hostile or confused peer stay inside the file
+//! set's root. `..` and absolute paths cannot even be decoded; a symlink in
+//! the standby's tree is never followed, as a parent or as the last
+//! component; a chunk that does not match its hash is refused. A sentinel
+//! directory outside the root is checked to be untouched after every attempt.
+
+use serde::Serialize;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use tandem_standby::files::{ApplyError, FileSetReplica};
+use tandem_sync::chunk::{chunk_bytes, ChunkRef};
+use tandem_sync::fileset::SafePath;
+use tandem_sync::manifest::{Change, Entry, EntryKind, Manifest};
+
+fn p(s: &str) -> SafePath {
+    SafePath::parse(s).unwrap()
+}
+
+fn file_entry(bytes: &[u8]) -> Entry {
+    Entry {
+        kind: EntryKind::File {
+            size: bytes.len() as u64,
+            hash: *blake3::hash(bytes).as_bytes(),
+            chunks: chunk_bytes(bytes),
+        },
+        mode: 0o644,
+        mtime_ns: 1_000_000_000,
+    }
+}
+
+fn dir_entry() -> Entry {
+    Entry {
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        mtime_ns: 1_000_000_000,
+    }
+}
+
+/// A snapshot of everything below `dir`: paths, types, contents, modes and
+/// symlink targets.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            let what = if m.is_dir() {
+                stack.push(e.path());
+                "dir".to_owned()
+            } else if m.file_type().is_symlink() {
+                format!("link {:?}", fs::read_link(e.path()).unwrap())
+            } else {
+                format!("file {:?}", fs::read(e.path()).unwrap())
+            };
+            use std::os::unix::fs::MetadataExt;
+            out.push((e.path(), format!("{what} {:o} {}", m.mode(), m.mtime())));
+        }
+    }
+    out.sort();
+    out
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+    replica: FileSetReplica,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let outside = tmp.path().join("outside");
+    let data = tmp.path().join("data");
+    for d in [&root, &outside, &data] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::write(outside.join("sentinel"), b"do not touch").unwrap();
+    fs::create_dir(outside.join("sub")).unwrap();
+    // A local symlink on the standby pointing outside the root, as a
+    // directory and as a file.
+    std::os::unix::fs::symlink(&outside, root.join("evil")).unwrap();
+    std::os::unix::fs::symlink(outside.join("sentinel"), root.join("evil_file")).unwrap();
+    // The replica's manifest claims they are a directory and a file, so that
+    // the peer's changes look legitimate to it.
+    let mut m = Manifest::new();
+    m.insert(p("evil"), dir_entry());
+    m.insert(p("evil/sentinel"), file_entry(b"do not touch"));
+    m.insert(p("evil_file"), file_entry(b"do not touch"));
+    let replica = FileSetReplica::open(&root, &data, 3, m).unwrap();
+    Setup {
+        _tmp: tmp,
+        root,
+        outside,
+        replica,
+    }
+}
+
+fn no_fetch() -> impl FnMut(&SafePath, &ChunkRef) -> io::Result<Vec<u8>> {
+    |_, _| Err(io::Error::other("no chunks in this test"))
+}
+
+#[derive(Serialize)]
+enum HostileChange {
+    Create { path: String, entry: Entry },
+}
+
+#[test]
+fn dot_dot_and_absolute_paths_cannot_be_decoded() {
+    for bad in ["../x", "/etc/passwd", "a/../../x", "a//b", "./a", ""] {
+        let bytes = postcard::to_allocvec(&HostileChange::Create {
+            path: bad.into(),
+            entry: file_entry(b"x"),
+        })
+        .unwrap();
+        assert!(
+            postcard::from_bytes::<Change>(&bytes).is_err(),
+            "{bad:?} was accepted"
+        );
+    }
+    let ok = postcard::to_allocvec(&HostileChange::Create {
+        path: "a/b".into(),
+        entry: file_entry(b"x"),
+    })
+    .unwrap();
+    assert!(
+        postcard::from_bytes::<Change>(&ok).is_ok(),
+        "the hostile encoding matches the real one"
+    );
+}
+
+#[test]
+fn a_symlinked_parent_is_refused_and_nothing_outside_changes() {
+    let mut s = setup();
+    let before = snapshot(&s.outside);
+    let bytes = b"payload".to_vec();
+    let entry = file_entry(&bytes);
+    let attempts = vec![
+        Change::Create {
+            path: p("evil/new"),
+            entry: entry.clone(),
+        },
+        Change::Create {
+            path: p("evil/newdir"),
+            entry: dir_entry(),
+        },
+        Change::Create {
+            path: p("evil/sub/deeper"),
+            entry: entry.clone(),
+        },
+        Change::Modify {
+            path: p("evil/sentinel"),
+            old: file_entry(b"do not touch"),
+            new: entry.clone(),
+        },
+        Change::Delete {
+            path: p("evil/sentinel"),
+            old: file_entry(b"do not touch"),
+        },
+        Change::Delete {
+            path: p("evil/sub"),
+            old: dir_entry(),
+        },
+        Change::Meta {
+            path: p("evil/sentinel"),
+            old: file_entry(b"do not touch"),
+            new: Entry {
+                mode: 0o777,
+                ..file_entry(b"do not touch")
+            },
+        },
+        Change::Rename {
+            from: p("evil/sentinel"),
+            to: p("stolen"),
+            old: file_entry(b"do not touch"),
+            new: file_entry(b"do not touch"),
+        },
+    ];
+    for c in &attempts {
+        let mut fetch = |_: &SafePath, _: &ChunkRef| Ok(bytes.clone());
+        let err = s.replica.apply(c, &mut fetch).unwrap_err();
+        assert!(matches!(err, ApplyError::Confinement(..)), "{c:?}: {err}");
+        assert_eq!(snapshot(&s.outside), before, "{c:?} touched the outside");
+    }
+    assert!(!s.root.join("stolen").exists());
+}
+
+#[test]
+fn a_symlink_as_the_last_component_is_replaced_never_followed() {
+    let mut s = setup();
+    let before = snapshot(&s.outside);
+    let bytes = b"new content".to_vec();
+    // The manifest says evil_file is a file; it is a symlink to the
+    // sentinel. Writing must replace the link (after quarantining it), not
+    // write through it.
+    let c = Change::Modify {
+        path: p("evil_file"),
+        old: file_entry(b"do not touch"),
+        new: file_entry(&bytes),
+    };
+    let mut fetch = |_: &SafePath, _: &ChunkRef| Ok(bytes.clone());
+    s.replica.apply(&c, &mut fetch).unwrap();
+    assert_eq!(snapshot(&s.outside), before);
+    let m = fs::symlink_metadata(s.root.join("evil_file")).unwrap();
+    assert!(m.is_file());
+    assert_eq!(fs::read(s.root.join("evil_file")).unwrap(), bytes);
+    let q = s.replica.take_quarantined();
+    assert_eq!(q.len(), 1);
+    assert!(fs::symlink_metadata(&q[0].moved_to)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // Deleting "evil" (the manifest's directory, really a symlink) moves the
+    // link away; the directory it pointed to is untouched.
+    let c = Change::Delete {
+        path: p("evil"),
+        old: dir_entry(),
+    };
+    s.replica.apply(&c, &mut no_fetch()).unwrap();
+    assert!(fs::symlink_metadata(s.root.join("evil")).is_err());
+    assert_eq!(snapshot(&s.outside), before);
+    // A Meta on a symlink pointing outside never changes the target's mode.
+    std::os::unix::fs::symlink(s.outside.join("sentinel"), s.root.join("l")).unwrap();
+    let link = Entry {
+        kind: EntryKind::Symlink {
+            target: s.outside.join("sentinel").to_str().unwrap().into(),
+        },
+        mode: 0o777,
+        mtime_ns: 5,
+    };
+    let c = Change::Meta {
+        path: p("l"),
+        old: link.clone(),
+        new: Entry {
+            mtime_ns: 7,
+            ..link
+        },
+    };
+    s.replica.apply(&c, &mut no_fetch()).unwrap();
+    assert_eq!(snapshot(&s.outside), before);
+}
+
+#[test]
+fn a_chunk_that_does_not_match_its_hash_is_refused() {
+    let mut s = setup();
+    let c = Change::Create {
+        path: p("f"),
+        entry: file_entry(b"the real bytes"),
+    };
+    let mut lying = |_: &SafePath, _: &ChunkRef| Ok(b"other bytes!!!".to_vec());
+    let err = s.replica.apply(&c, &mut lying).unwrap_err();
+    assert!(matches!(err, ApplyError::BadChunk(..)), "{err}");
+    assert!(!s.root.join("f").exists());
+
+    // Chunks that each verify but do not make the file's hash.
+    let mut entry = file_entry(b"the real bytes");
+    if let EntryKind::File { hash, .. } = &mut entry.kind {
+        hash[0] ^= 1;
+    }
+    let c = Change::Create {
+        path: p("g"),
+        entry,
+    };
+    let mut honest = |_: &SafePath, _: &ChunkRef| Ok(b"the real bytes".to_vec());
+    let err = s.replica.apply(&c, &mut honest).unwrap_err();
+    assert!(matches!(err, ApplyError::FileHash(..)), "{err}");
+    assert!(!s.root.join("g").exists());
+}
