@@ -155,6 +155,23 @@ impl Client {
         self.call(r).await
     }
 
+    /// Print each step of switchover `op` as it happens and return its
+    /// outcome. A slow switchover is never called failed while it runs.
+    pub async fn follow_switchover(&self, op: &str) -> Result<Result<(), String>> {
+        let mut shown = 0;
+        loop {
+            let p = self.switchover_progress(op).await?;
+            for s in &p.steps[shown..] {
+                println!("  {:>6} ms  {}", s.elapsed_ms, s.step);
+            }
+            shown = p.steps.len();
+            match p.outcome {
+                None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Some(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
     pub async fn promote(&self, force: bool, who: &str) -> Result<Status> {
         let body = PromoteRequest {
             force,

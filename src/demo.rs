@@ -130,18 +130,8 @@ async fn show(dir: &std::path::Path) -> Result<()> {
         println!("\n$ tandem switchover --yes   (on {from})");
         let t0 = Instant::now();
         let op = client.switchover().await?;
-        let mut shown = 0;
-        loop {
-            let p = client.switchover_progress(&op).await?;
-            for s in &p.steps[shown..] {
-                println!("  {:>6} ms  {}", s.elapsed_ms, s.step);
-            }
-            shown = p.steps.len();
-            match p.outcome {
-                None => tokio::time::sleep(Duration::from_millis(10)).await,
-                Some(Ok(())) => break,
-                Some(Err(e)) => bail!("the demo switchover failed: {e}"),
-            }
+        if let Err(e) = client.follow_switchover(&op).await? {
+            bail!("the demo switchover failed: {e}");
         }
         let (p, s) = wait_for_roles(&clients, Some(from), Duration::from_secs(10)).await?;
         println!(

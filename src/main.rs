@@ -215,15 +215,7 @@ fn load(target: &Target) -> Result<(Config, String)> {
 fn client(target: &Target) -> Result<control::Client> {
     let (cfg, me) = load(target)?;
     let node = cfg.node(&me).context("own node")?;
-    let token = match &cfg.control.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the control token {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let token = control_token(&cfg)?;
     Ok(control::Client::new(node.control, token))
 }
 
@@ -245,15 +237,7 @@ async fn run(target: Target) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.pair.key_file.display()))?;
     let node_cfg = cfg.node(&me).context("own node")?.clone();
     let peer_cfg = cfg.peer_of(&me).context("peer node")?.clone();
-    let token = match &cfg.control.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read the control token {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let token = control_token(&cfg)?;
     let listener = tokio::net::TcpListener::bind(node_cfg.control)
         .await
         .with_context(|| format!("cannot listen on the control address {}", node_cfg.control))?;
@@ -314,31 +298,20 @@ async fn switchover(target: &Target, yes: bool) -> Result<i32> {
         }
     };
     println!("switchover {op} started");
-    let mut shown = 0;
-    // Report each step as it happens; never call a slow switchover failed
-    // while it is still running.
-    loop {
-        let p = client.switchover_progress(&op).await?;
-        for s in &p.steps[shown..] {
-            println!("  {:>6} ms  {}", s.elapsed_ms, s.step);
+    match client.follow_switchover(&op).await? {
+        Ok(()) => {
+            println!(
+                "switchover {op} done in {} ms",
+                started.elapsed().as_millis()
+            );
+            Ok(0)
         }
-        shown = p.steps.len();
-        match p.outcome {
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-            Some(Ok(())) => {
-                println!(
-                    "switchover {op} done in {} ms",
-                    started.elapsed().as_millis()
-                );
-                return Ok(0);
-            }
-            Some(Err(why)) => {
-                println!(
-                    "switchover {op} FAILED after {} ms: {why}",
-                    started.elapsed().as_millis()
-                );
-                return Ok(1);
-            }
+        Err(why) => {
+            println!(
+                "switchover {op} FAILED after {} ms: {why}",
+                started.elapsed().as_millis()
+            );
+            Ok(1)
         }
     }
 }
@@ -390,6 +363,19 @@ async fn barrier(target: &Target, db: Option<&str>, timeout: Duration, json: boo
             Ok(if timed_out { 3 } else { 1 })
         }
     }
+}
+
+/// The control API token, if the config names a token file.
+fn control_token(cfg: &Config) -> Result<Option<String>> {
+    cfg.control
+        .token_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .with_context(|| format!("cannot read the control token {}", path.display()))
+        })
+        .transpose()
 }
 
 fn keygen(out: Option<&Path>, force: bool) -> Result<()> {
