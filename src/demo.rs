@@ -158,7 +158,10 @@ async fn wait_for_roles(
             if let Ok(s) = c.status().await {
                 // Settled only when each node also sees its peer that way.
                 let peer_view = (s.peer.role.unwrap_or_default(), s.peer.epoch);
-                roles.push((name.clone(), s.role, s.epoch, peer_view));
+                // And a switchover needs the replication link up.
+                if s.replication_connected {
+                    roles.push((name.clone(), s.role, s.epoch, peer_view));
+                }
             }
         }
         if let [(a, ra, ea, va), (b, rb, eb, vb)] = roles.as_slice() {

@@ -625,3 +625,21 @@ fn a_stray_connection_to_the_replication_port_disturbs_nothing() {
     pair.wait_roles(0, SETTLE);
     drop((idle, noisy));
 }
+
+#[test]
+fn the_demo_agrees_on_roles_and_survives_switchovers() {
+    let out = std::process::Command::new(BIN)
+        .arg("demo")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("a is primary and b its standby"), "{text}");
+    assert!(text.contains(": b is primary, a its standby"), "{text}");
+    assert!(text.contains(": a is primary, b its standby"), "{text}");
+    assert!(text.ends_with("both nodes stopped\n"), "{text}");
+}
