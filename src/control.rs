@@ -6,7 +6,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tandem_ops::{
-    BarrierRefusal, BarrierRequest, NodeHandle, PromoteRequest, Refusal, Status, SwitchoverProgress,
+    BarrierRefusal, BarrierRequest, NodeHandle, PromoteRequest, Refusal, Status,
+    SwitchoverProgress, VerifyRequest,
 };
 use tandem_sync::message::Role;
 
@@ -60,6 +61,13 @@ impl NodeHandle for Handle {
                 crate::db::BarrierError::TimedOut(w) => BarrierRefusal::TimedOut(vec![w]),
                 crate::db::BarrierError::Refused(w) => BarrierRefusal::Refused(vec![w]),
             })
+    }
+
+    async fn verify(&self, req: VerifyRequest) -> Result<serde_json::Value, Vec<String>> {
+        let within = std::time::Duration::from_millis(req.timeout_ms.unwrap_or(60_000));
+        crate::db::verify(&self.0, req.db.as_deref(), within)
+            .await
+            .map_err(|w| vec![w])
     }
 }
 
@@ -170,6 +178,23 @@ impl Client {
                 Some(outcome) => return Ok(outcome),
             }
         }
+    }
+
+    /// `POST /verify`; the HTTP wait is bounded a little past the verify's.
+    pub async fn verify(
+        &self,
+        db: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<serde_json::Value> {
+        let mut query = vec![("timeout_ms", timeout.as_millis().to_string())];
+        if let Some(db) = db {
+            query.push(("db", db.to_string()));
+        }
+        let r = self
+            .req(reqwest::Method::POST, "/verify")
+            .query(&query)
+            .timeout(timeout + std::time::Duration::from_secs(5));
+        self.call(r).await
     }
 
     pub async fn promote(&self, force: bool, who: &str) -> Result<Status> {

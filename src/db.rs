@@ -41,6 +41,31 @@
 //! still holds the transactions, seeds the copy if the standby has none, and
 //! otherwise reports `needs resync` (the page-hash resync is not built yet).
 //!
+//! # Verify
+//!
+//! `tandem verify` compares both copies at the same txid. The primary takes
+//! a read snapshot at the end of what was committed (its txid and the
+//! capture's checksum), hashes every page of it from scratch on a thread of
+//! its own, and sends [`PeerMessage::DbVerify`] behind the last transaction
+//! of the snapshot: the standby reads its inbox in order, so it is at that
+//! txid when it checks its copy ([`Replica::verify`]: checksum from every
+//! page, `PRAGMA integrity_check`, range hashes) and answers. When the sums
+//! differ, the range hashes (blake3 over 256 page hashes) name the page
+//! ranges that differ. A standby that could not open its copy answers from
+//! the file as it is. On the standby, verify asks the primary to run it.
+//!
+//! # The WAL stays under its cap
+//!
+//! Past a quarter of `wal_bytes_max` of log in use, the engine backfills
+//! every frame and moves the pin so that the log restarts at its beginning
+//! (the file stops growing); past half of it, the file is also cut by a
+//! TRUNCATE checkpoint ([`Capture::truncate`]). Every lock wait is bounded
+//! (tens of ms; a failed attempt is retried 20 ms later). What the standby
+//! is owed stays in the queue, so while it is away (or past half the cap
+//! even while it streams) frames it has not acknowledged are checkpointed
+//! too; past the queue's own cap it is let go and the standby needs a
+//! resync.
+//!
 //! # The fence follows the role
 //!
 //! Local software may commit to this node's copy only while the node is
@@ -61,15 +86,16 @@ use crate::node::Node;
 use anyhow::Context;
 use rusqlite::Connection;
 use serde_json::json;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_config::Database;
 use tandem_primary::{Capture, Snapshot};
 use tandem_standby::{Replica, ReplicaError, Seeder};
-use tandem_sync::dbsum::{DbPosition, DbSum, TxId};
-use tandem_sync::message::{DbSeed, DbTx, Epoch, PeerMessage, Position, Role};
+use tandem_sync::dbsum::{differing_ranges, DbPosition, DbSum, PageHashes, TxId, RANGE_PAGES};
+use tandem_sync::message::{DbSeed, DbTx, DbVerified, Epoch, PeerMessage, Position, Role};
 use tandem_sync::resource::{Resource, ResourceError};
 use tandem_sync::wal::{Salts, Transaction};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -92,6 +118,25 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// A switchover waits for a standby at most this many transactions behind.
 const SWITCHOVER_LAG_TX_MAX: u64 = 1000;
+/// Once the log in use is past this share of `wal_bytes_max` (per cent),
+/// every frame is backfilled and the pin moved so that the log restarts at
+/// its beginning: early enough that a writer going on meanwhile stays under
+/// the cap.
+const RESTART_AT_PERCENT: u64 = 25;
+/// A WAL file past this share of the cap is cut (a TRUNCATE checkpoint);
+/// and past it, frames a streaming standby has not acknowledged yet are
+/// checkpointed too (the queue still holds what it is owed).
+const CUT_AT_PERCENT: u64 = 50;
+/// A TRUNCATE checkpoint waits at most this for each lock it needs; after
+/// an attempt that failed, twice as long as the last, up to
+/// [`TRUNCATE_WAIT_MAX`] (waiting for tandem's write lock costs writers
+/// nothing; a writer that never pauses can win it many times in a row).
+const TRUNCATE_WAIT: Duration = Duration::from_millis(30);
+const TRUNCATE_WAIT_MAX: Duration = Duration::from_millis(240);
+/// After an attempt that could not cut the WAL, the next one waits this.
+const TRUNCATE_RETRY: Duration = Duration::from_millis(20);
+/// A verify relayed from the standby waits this long for the answers.
+const VERIFY_WAIT: Duration = Duration::from_secs(60);
 /// Inbox depth: a full inbox makes the replication reader wait (backpressure).
 const INBOX: usize = 64;
 /// One attempt at the fence's write lock waits at most this for a writer.
@@ -111,6 +156,18 @@ enum Input {
     /// that fires once the standby acknowledged it (barrier and drain).
     Barrier(oneshot::Sender<Result<Waiting, String>>),
     Confirm(Position, oneshot::Sender<Result<(), String>>),
+    /// `tandem verify` on the primary: take a read snapshot, ask the standby
+    /// to check its copy once it is at the snapshot's txid.
+    Verify(oneshot::Sender<Result<VerifyStart, String>>),
+}
+
+/// A verify under way on the primary: the snapshot's position, its page
+/// hashes (read on a thread of their own), and the standby's answer.
+struct VerifyStart {
+    at: DbPosition,
+    primary: oneshot::Receiver<Result<PageHashes, String>>,
+    standby: oneshot::Receiver<DbVerified>,
+    id: u64,
 }
 
 struct Waiting {
@@ -128,6 +185,11 @@ pub struct DbEngine {
     inbox: mpsc::Sender<Input>,
     inbox_rx: Mutex<Option<mpsc::Receiver<Input>>>,
     status: Mutex<serde_json::Value>,
+    verify_seq: AtomicU64,
+    /// Primary: verifies waiting for the standby's `DbVerified`, by id.
+    verified: Mutex<HashMap<u64, oneshot::Sender<DbVerified>>>,
+    /// Standby: verifies relayed to the primary, waiting for its report.
+    reports: Mutex<HashMap<u64, oneshot::Sender<String>>>,
 }
 
 impl DbEngine {
@@ -146,6 +208,9 @@ impl DbEngine {
             queue_bytes_max: db.spool_bytes_max.min(QUEUE_BYTES_MAX),
             inbox,
             inbox_rx: Mutex::new(Some(rx)),
+            verify_seq: AtomicU64::new(1),
+            verified: Mutex::new(HashMap::new()),
+            reports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -199,6 +264,263 @@ impl DbEngine {
             ))),
         }
     }
+}
+
+impl DbEngine {
+    /// `tandem verify` of this database, run on the primary: see
+    /// [`PeerMessage::DbVerify`]. The report is a JSON object; see
+    /// [`compose_verify`].
+    pub async fn verify(&self, within: Duration) -> Result<serde_json::Value, String> {
+        let started = Instant::now();
+        let start = self.ask(Input::Verify).await??;
+        let primary = match tokio::time::timeout(within, start.primary).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("reading the primary's copy stopped".to_string()),
+            Err(_) => Err(format!(
+                "reading the primary's copy took more than {} ms",
+                within.as_millis()
+            )),
+        };
+        let left = within.saturating_sub(started.elapsed());
+        let standby = match tokio::time::timeout(left, start.standby).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err("the standby did not answer (the connection was lost)".to_string()),
+            Err(_) => Err(format!(
+                "the standby did not answer within {} ms",
+                within.as_millis()
+            )),
+        };
+        lock(&self.verified).remove(&start.id);
+        Ok(compose_verify(&self.name, start.at, primary, standby))
+    }
+
+    /// `tandem verify` on the standby: the primary runs it and reports.
+    async fn verify_via_primary(
+        &self,
+        node: &Node,
+        within: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let id = self.verify_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.reports).insert(id, tx);
+        let sent = node.peer_link.send(PeerMessage::DbVerifyRequest {
+            db: self.name.clone(),
+            id,
+        });
+        let out = match sent {
+            Err(e) => Err(format!("cannot reach the primary: {e}")),
+            Ok(()) => match tokio::time::timeout(within, rx).await {
+                Ok(Ok(text)) => serde_json::from_str(&text)
+                    .map_err(|e| format!("malformed verify report from the primary: {e}")),
+                Ok(Err(_)) => Err("the primary's report was lost".to_string()),
+                Err(_) => Err(format!(
+                    "the primary did not report within {} ms",
+                    within.as_millis()
+                )),
+            },
+        };
+        lock(&self.reports).remove(&id);
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The verify report of one database: the primary's position `at` (from a
+/// read snapshot), its pages' hashes read from scratch, and the standby's
+/// own check. `identical` only when both files sum to the same value at the
+/// same txid, each matches the position tandem records for it, and the
+/// standby's integrity check is clean; `complete` when both sides were read.
+fn compose_verify(
+    db: &str,
+    at: DbPosition,
+    primary: Result<PageHashes, String>,
+    standby: Result<DbVerified, String>,
+) -> serde_json::Value {
+    let mut differences: Vec<String> = Vec::new();
+    let mut complete = true;
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    let p_sum = match &primary {
+        Ok(h) => {
+            if h.sum() != at.sum {
+                differences.push(format!(
+                    "the primary's file sums to {} at txid {}, but its capture counts {}",
+                    h.sum(),
+                    at.txid,
+                    at.sum
+                ));
+            }
+            Some(h.sum())
+        }
+        Err(e) => {
+            complete = false;
+            differences.push(format!("the primary's copy could not be read: {e}"));
+            None
+        }
+    };
+    let mut standby_json = serde_json::Value::Null;
+    match &standby {
+        Err(e) => {
+            complete = false;
+            differences.push(e.clone());
+        }
+        Ok(v) => {
+            if let Some(e) = &v.error {
+                differences.push(format!("the standby: {e}"));
+            }
+            match v.position {
+                None => differences.push("the standby has no open copy".into()),
+                Some(pos) if pos.txid != at.txid => differences.push(format!(
+                    "the standby is at txid {}, the primary at txid {}",
+                    pos.txid, at.txid
+                )),
+                Some(pos) if pos.sum != at.sum => differences.push(format!(
+                    "at txid {} the standby records checksum {}, the primary {}",
+                    at.txid, pos.sum, at.sum
+                )),
+                Some(_) => {}
+            }
+            match (v.sum_from_pages, v.position) {
+                (None, _) => complete = false,
+                (Some(s), Some(pos)) if s != pos.sum => differences.push(format!(
+                    "the standby's file sums to {s}, not to the checksum {} tandem records for it                      at txid {}: it was written outside tandem",
+                    pos.sum, pos.txid
+                )),
+                _ => {}
+            }
+            if let (Some(s), Some(ps), Ok(h)) = (v.sum_from_pages, p_sum, &primary) {
+                if s != ps {
+                    differences.push(format!(
+                        "the files differ: the standby's sums to {s}, the primary's to {ps}"
+                    ));
+                    ranges = differing_ranges(
+                        &h.range_hashes(v.range_pages),
+                        h.page_count(),
+                        &v.ranges,
+                        v.page_count,
+                        v.range_pages,
+                    );
+                }
+            }
+            if v.sum_from_pages.is_some() && v.integrity != ["ok"] {
+                let lines: Vec<&str> = v.integrity.iter().take(10).map(String::as_str).collect();
+                differences.push(format!(
+                    "integrity_check on the standby: {}",
+                    lines.join("; ")
+                ));
+            }
+            standby_json = json!({
+                "position": pos_json(v.position),
+                "sum_from_pages": v.sum_from_pages.map(|s| s.to_hex()),
+                "page_count": v.page_count,
+                "integrity": v.integrity,
+                "error": v.error,
+            });
+        }
+    }
+    json!({
+        "db": db,
+        "identical": differences.is_empty(),
+        "complete": complete,
+        "txid": at.txid.0,
+        "primary": {
+            "position": pos_json(Some(at)),
+            "sum_from_pages": p_sum.map(|s| s.to_hex()),
+            "page_count": primary.as_ref().map_or(0, |h| h.page_count()),
+        },
+        "standby": standby_json,
+        "differences": differences,
+        "differing_pages": ranges.iter().map(|(a, b)| json!({"first": a, "last": b})).collect::<Vec<_>>(),
+    })
+}
+
+/// `tandem verify`: on the primary, each database compares itself with the
+/// standby; on the standby, the primary is asked to.
+pub async fn verify(
+    node: &Arc<Node>,
+    db: Option<&str>,
+    within: Duration,
+) -> Result<serde_json::Value, String> {
+    let role = node.role();
+    if !matches!(role, Role::Primary | Role::Standby) {
+        return Err(format!(
+            "this node ({}) is {role}: verify compares a primary's copy with its standby's,              run it when the pair is up",
+            node.me
+        ));
+    }
+    let chosen: Vec<&Arc<DbEngine>> = node
+        .databases
+        .iter()
+        .filter(|e| db.is_none_or(|d| d == e.name))
+        .collect();
+    if chosen.is_empty() {
+        return Err(match db {
+            Some(d) => format!("no database {d} in the config"),
+            None => "no database is configured".into(),
+        });
+    }
+    let started = Instant::now();
+    let mut out = Vec::new();
+    for e in chosen {
+        let left = within.saturating_sub(started.elapsed());
+        let report = if role == Role::Primary {
+            e.verify(left).await
+        } else {
+            e.verify_via_primary(node, left).await
+        };
+        out.push(report.map_err(|w| format!("database {}: {w}", e.name))?);
+    }
+    let identical = out.iter().all(|r| r["identical"] == true);
+    let complete = out.iter().all(|r| r["complete"] == true);
+    Ok(json!({
+        "identical": identical,
+        "complete": complete,
+        "databases": out,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// The human report of `tandem verify`.
+pub fn render_verify(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for d in v["databases"].as_array().into_iter().flatten() {
+        let name = d["db"].as_str().unwrap_or("?");
+        let sum = d["primary"]["position"]["sum"].as_str().unwrap_or("?");
+        if d["identical"] == true {
+            let _ = writeln!(
+                out,
+                "database {name}: IDENTICAL at txid {} (checksum {sum}); standby integrity_check ok",
+                d["txid"]
+            );
+            continue;
+        }
+        let verdict = if d["complete"] == true {
+            "DIFFERENT"
+        } else {
+            "NOT VERIFIED"
+        };
+        let _ = writeln!(
+            out,
+            "database {name}: {verdict} (primary at txid {}, checksum {sum})",
+            d["txid"]
+        );
+        for w in d["differences"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  - {}", w.as_str().unwrap_or("?"));
+        }
+        let ranges: Vec<String> = d["differing_pages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| format!("{}-{}", r["first"], r["last"]))
+            .collect();
+        if !ranges.is_empty() {
+            let _ = writeln!(out, "  pages that differ: {}", ranges.join(", "));
+        }
+    }
+    out
 }
 
 pub enum BarrierError {
@@ -299,6 +621,26 @@ pub fn start(node: &Arc<Node>) {
 
 /// Route a database message from the peer to its engine.
 pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
+    // Answers to a waiting verify go straight to the waiter.
+    match msg {
+        PeerMessage::DbVerified(v) => {
+            if let Some(e) = node.databases.iter().find(|e| e.name == v.db) {
+                if let Some(w) = lock(&e.verified).remove(&v.id) {
+                    let _ = w.send(v);
+                }
+            }
+            return;
+        }
+        PeerMessage::DbVerifyReport { db, id, report } => {
+            if let Some(e) = node.databases.iter().find(|e| e.name == db) {
+                if let Some(w) = lock(&e.reports).remove(&id) {
+                    let _ = w.send(report);
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
     let db = match &msg {
         PeerMessage::DbTx(t) => &t.db,
         PeerMessage::DbSeed(s) => &s.db,
@@ -306,7 +648,9 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
         | PeerMessage::DbHello { db, .. }
         | PeerMessage::DbAsk { db }
         | PeerMessage::DbSeedAck { db, .. }
-        | PeerMessage::DbRefused { db, .. } => db,
+        | PeerMessage::DbRefused { db, .. }
+        | PeerMessage::DbVerify { db, .. }
+        | PeerMessage::DbVerifyRequest { db, .. } => db,
         _ => return,
     };
     match node.databases.iter().find(|e| &e.name == db) {
@@ -405,6 +749,19 @@ struct PrimarySide {
     last_checkpoint: Option<serde_json::Value>,
     checkpoint_at: Instant,
     asked_at: Option<Instant>,
+    /// Verifies to send to the standby once everything up to their txid is
+    /// shipped: id and the primary's snapshot position.
+    verify_out: Vec<(u64, DbPosition)>,
+    /// The last TRUNCATE checkpoint tried, and the last that cut the WAL.
+    truncate_tried: Option<Instant>,
+    last_truncate: Option<serde_json::Value>,
+    truncations: u64,
+    resets: u64,
+    truncate_wait: Duration,
+    /// Attempts that did not reset the WAL, by reason.
+    reset_failures: std::collections::BTreeMap<String, u64>,
+    /// Why the last attempt did not cut the WAL (cleared when one does).
+    truncate_failed: Option<String>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -527,7 +884,10 @@ impl Actor {
                     Some(i) => self.handle(i),
                     None => break,
                 },
-                _ = wake.notified() => self.poll_and_ship(),
+                _ = wake.notified() => {
+                    self.poll_and_ship();
+                    self.bound_wal();
+                }
                 _ = tick.tick() => self.on_tick(),
             }
         }
@@ -841,6 +1201,14 @@ impl Actor {
             last_checkpoint: None,
             checkpoint_at: Instant::now(),
             asked_at: None,
+            verify_out: Vec::new(),
+            truncate_tried: None,
+            last_truncate: None,
+            truncations: 0,
+            resets: 0,
+            truncate_wait: TRUNCATE_WAIT,
+            reset_failures: Default::default(),
+            truncate_failed: None,
         })))
     }
 
@@ -942,6 +1310,7 @@ impl Actor {
                 }
                 self.poll_and_ship();
                 self.checkpoint(false);
+                self.bound_wal();
             }
             Side::Standby(s) => {
                 // The primary asks while it does not know where we stand;
@@ -1017,6 +1386,130 @@ impl Actor {
     }
 
     fn ship(&mut self) {
+        self.ship_txs();
+        self.flush_verifies();
+    }
+
+    /// Send the verifies whose txid is shipped (in order after it), or at
+    /// once when the standby is not streaming (it will not be at that txid,
+    /// and says where it is).
+    fn flush_verifies(&mut self) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        let streaming = p.peer == Peer::Streaming;
+        let shipped_to = p.shipped_to;
+        let mut i = 0;
+        while i < p.verify_out.len() {
+            let (id, at) = p.verify_out[i];
+            if streaming && shipped_to < at.txid {
+                i += 1;
+                continue;
+            }
+            p.verify_out.swap_remove(i);
+            let _ = self.node.peer_link.send(PeerMessage::DbVerify {
+                db: self.e.name.clone(),
+                id,
+                at,
+            });
+        }
+    }
+
+    /// `tandem verify` on the primary: a read snapshot at the end of what
+    /// was committed, its pages hashed on a thread of its own, and a
+    /// `DbVerify` queued behind the transactions up to it.
+    fn start_verify(&mut self) -> Result<VerifyStart, String> {
+        let name = self.e.name.clone();
+        if !matches!(self.role, Role::Primary) {
+            return Err(format!(
+                "this node is {}: verify runs on the primary",
+                self.role
+            ));
+        }
+        self.poll_and_ship();
+        let Side::Primary(p) = &mut self.side else {
+            return Err(format!("database {name} is not open as primary"));
+        };
+        let snap = p
+            .capture
+            .snapshot()
+            .map_err(|e| format!("cannot take a read snapshot: {e}"))?;
+        let at = snap.position;
+        let (ptx, primary) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("verify-{name}"))
+            .spawn(move || {
+                let _ = ptx.send(snap.page_hashes().map_err(|e| e.to_string()));
+            })
+            .map_err(|e| format!("cannot start the verify thread: {e}"))?;
+        let id = self.e.verify_seq.fetch_add(1, Ordering::Relaxed);
+        let (stx, standby) = oneshot::channel();
+        lock(&self.e.verified).insert(id, stx);
+        p.verify_out.push((id, at));
+        // The snapshot held back what it read: queue and ship it.
+        self.poll_and_ship();
+        Ok(VerifyStart {
+            at,
+            primary,
+            standby,
+            id,
+        })
+    }
+
+    /// The standby's side of a verify: check the copy from scratch.
+    fn answer_verify(&mut self, id: u64) {
+        let name = self.e.name.clone();
+        let mut v = DbVerified {
+            db: name.clone(),
+            id,
+            position: None,
+            sum_from_pages: None,
+            page_count: 0,
+            integrity: Vec::new(),
+            range_pages: RANGE_PAGES,
+            ranges: Vec::new(),
+            error: None,
+        };
+        let mut fill = |hashes: &PageHashes, integrity: Vec<String>| {
+            v.sum_from_pages = Some(hashes.sum());
+            v.page_count = hashes.page_count();
+            v.ranges = hashes.range_hashes(RANGE_PAGES);
+            v.integrity = integrity;
+        };
+        match &self.side {
+            Side::Standby(s) => {
+                if let CopyState::NeedsResync(w) | CopyState::Diverged(w) = &s.state {
+                    v.error = Some(w.clone());
+                }
+                match &s.replica {
+                    Some(r) => match r.verify() {
+                        Ok(check) => {
+                            fill(&check.hashes, check.integrity);
+                            v.position = Some(check.position);
+                        }
+                        Err(e) => v.error = Some(format!("cannot read the copy: {e}")),
+                    },
+                    None => v.error = Some("no copy yet (waiting for a seed, or seeding)".into()),
+                }
+            }
+            Side::Failed(_, why, _) => {
+                v.error = Some(why.clone());
+                if self.e.path.exists() {
+                    match tandem_standby::replica::inspect(&self.e.path) {
+                        Ok((hashes, integrity)) => fill(&hashes, integrity),
+                        Err(e) => {
+                            v.error = Some(format!("{why}; and the file cannot be read: {e}"))
+                        }
+                    }
+                }
+            }
+            Side::Primary(_) => v.error = Some("this node acts as primary too".into()),
+            Side::Idle => v.error = Some(format!("this node is {}: no copy is open", self.role)),
+        }
+        let _ = self.node.peer_link.send(PeerMessage::DbVerified(v));
+    }
+
+    fn ship_txs(&mut self) {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
@@ -1303,13 +1796,90 @@ impl Actor {
             Ok(o) => {
                 p.checkpointed_to = upto;
                 p.last_checkpoint = Some(json!({
-                    "at_unix_ms": unix_ms(), "upto_txid": upto.0,
+                    "mode": "passive", "at_unix_ms": unix_ms(), "upto_txid": upto.0,
                     "wal_frames": o.wal_frames, "backfilled_frames": o.backfilled_frames,
                     "log_may_restart": o.pin_moved,
                 }));
             }
             Err(e) => tracing::warn!("database {name}: checkpoint: {e}"),
         }
+    }
+
+    /// Keep the WAL under `wal_bytes_max`: past [`RESTART_AT_PERCENT`] of
+    /// it the log is made to restart, past [`CUT_AT_PERCENT`] the file is
+    /// cut, by a time-bounded TRUNCATE checkpoint ([`Capture::truncate`]). What
+    /// the standby is owed stays in the queue (memory, bounded by
+    /// `spool_bytes_max`; past that it is let go and the standby needs a
+    /// resync), so the WAL need not keep it while the standby is away. While
+    /// a standby streams, only acknowledged frames are checkpointed, until
+    /// the WAL is past [`CUT_AT_PERCENT`] of the cap.
+    fn bound_wal(&mut self) {
+        let name = self.e.name.clone();
+        let cap = self.e.wal_bytes_max;
+        if self.role != Role::Primary {
+            // Fenced: nothing new is written; the write lock is the fence's.
+            return;
+        }
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        // The file keeps its size when the log restarts: what is in use is
+        // what the capture read. Past a quarter of the cap the log is made
+        // to restart; a file past half of it is cut.
+        let wal = p.capture.wal_bytes();
+        let used = p.capture.wal_end().min(wal);
+        let cut = wal > cap / 100 * CUT_AT_PERCENT;
+        if (used <= cap / 100 * RESTART_AT_PERCENT && !cut)
+            || p.truncate_tried.is_some_and(|t| t.elapsed() < TRUNCATE_RETRY)
+            // A seed's read snapshot holds the WAL until the seed is sent.
+            || p.seed.is_some()
+        {
+            return;
+        }
+        p.truncate_tried = Some(Instant::now());
+        let away = p.peer != Peer::Streaming || !self.node.peer_link.is_connected();
+        let owed_kept = away || wal > cap / 100 * CUT_AT_PERCENT;
+        let upto = p.base.txid;
+        let wait = p.truncate_wait;
+        p.truncate_wait = (wait * 2).min(TRUNCATE_WAIT_MAX);
+        match p.capture.truncate(upto, owed_kept, wait, cut) {
+            Ok(o) if o.log_may_restart => {
+                p.truncate_wait = TRUNCATE_WAIT;
+                p.resets += 1;
+                p.truncations += u64::from(o.truncated);
+                p.checkpointed_to = p.capture.position().txid;
+                let v = json!({
+                    "mode": if o.truncated { "truncate" } else { "restart" },
+                    "at_unix_ms": unix_ms(),
+                    "upto_txid": p.checkpointed_to.0,
+                    "wal_bytes_before": o.wal_bytes_before, "wal_bytes_after": o.wal_bytes_after,
+                    "standby_acknowledged_all": !owed_kept,
+                });
+                tracing::debug!("database {name}: WAL reset: {v}");
+                if o.truncated {
+                    p.last_truncate = Some(v.clone());
+                }
+                p.last_checkpoint = Some(v);
+                p.truncate_failed = None;
+            }
+            Ok(o) => {
+                let why = format!(
+                    "the WAL ({wal} bytes, cap {cap}) could not be cut yet: {}",
+                    o.not_because.clone().unwrap_or_default()
+                );
+                tracing::debug!("database {name}: {why}");
+                *p.reset_failures
+                    .entry(o.not_because.clone().unwrap_or_default())
+                    .or_default() += 1;
+                p.truncate_failed = Some(why);
+            }
+            Err(e) => {
+                tracing::warn!("database {name}: TRUNCATE checkpoint: {e}");
+                p.truncate_failed = Some(e.to_string());
+            }
+        }
+        // What the truncation read under its lock is queued now.
+        self.poll_and_ship();
     }
 
     // ----- standby ---------------------------------------------------------
@@ -1565,6 +2135,9 @@ impl Actor {
             Input::Confirm(expected, reply) => {
                 let _ = reply.send(self.confirm(&expected));
             }
+            Input::Verify(reply) => {
+                let _ = reply.send(self.start_verify());
+            }
         }
     }
 
@@ -1580,6 +2153,24 @@ impl Actor {
                 epoch, position, ..
             } => self.on_hello(epoch, position),
             PeerMessage::DbAck { txid, sum, .. } => self.on_ack(txid, sum),
+            PeerMessage::DbVerify { id, .. } => self.answer_verify(id),
+            PeerMessage::DbVerifyRequest { id, .. } => {
+                // Run the verify as the primary, off the engine's loop (it
+                // sends to this engine's inbox and waits for the standby).
+                let (e, node) = (self.e.clone(), self.node.clone());
+                tokio::spawn(async move {
+                    let report = match e.verify(VERIFY_WAIT).await {
+                        Ok(v) => v,
+                        Err(w) => json!({"db": e.name, "identical": false, "complete": false,
+                                         "differences": [w]}),
+                    };
+                    let _ = node.peer_link.send(PeerMessage::DbVerifyReport {
+                        db: e.name.clone(),
+                        id,
+                        report: report.to_string(),
+                    });
+                });
+            }
             PeerMessage::DbSeedAck {
                 next_pgno, done, ..
             } => {
@@ -1699,6 +2290,7 @@ impl Actor {
         let wal_bytes = std::fs::metadata(wal_path(&e.path)).map_or(0, |m| m.len());
         let mut v = json!({
             "name": e.name, "path": e.path.display().to_string(), "wal_bytes": wal_bytes,
+            "wal_bytes_max": e.wal_bytes_max,
         });
         match &self.side {
             Side::Idle => v["mode"] = json!("inactive"),
@@ -1727,6 +2319,11 @@ impl Actor {
                     .front()
                     .map_or(0, |q| q.captured.elapsed().as_millis() as u64));
                 v["last_checkpoint"] = p.last_checkpoint.clone().unwrap_or_default();
+                v["last_truncate"] = p.last_truncate.clone().unwrap_or_default();
+                v["wal_truncations"] = json!(p.truncations);
+                v["wal_resets"] = json!(p.resets);
+                v["wal_reset_failures"] = json!(p.reset_failures);
+                v["wal_truncate_failed"] = json!(p.truncate_failed);
                 if let Some(seed) = &p.seed {
                     v["seed"] = json!({
                         "pages_total": seed.snap.page_count,

@@ -100,6 +100,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare both copies of the databases (on either node): checksums at
+    /// the same txid, integrity_check on the standby, and which page ranges
+    /// differ. Exits 0 when identical, 1 when they differ, 2 when no
+    /// comparison could be made.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        /// Only this database (default: every configured database).
+        #[arg(long)]
+        db: Option<String>,
+        /// Give up after this long: 500ms, 5s, 2m (a bare number is ms).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print the control API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a new 256-bit pair key (copy the same file to both servers).
     Keygen {
         /// Where to write it (mode 0600); standard output if omitted.
@@ -191,6 +208,12 @@ async fn dispatch(command: Command) -> Result<i32> {
             timeout,
             json,
         } => barrier(&target, db.as_deref(), timeout, json).await,
+        Command::Verify {
+            target,
+            db,
+            timeout,
+            json,
+        } => verify(&target, db.as_deref(), timeout, json).await,
         Command::Keygen { out, force } => keygen(out.as_deref(), force).map(|()| 0),
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -376,6 +399,27 @@ fn control_token(cfg: &Config) -> Result<Option<String>> {
                 .with_context(|| format!("cannot read the control token {}", path.display()))
         })
         .transpose()
+}
+
+async fn verify(target: &Target, db: Option<&str>, timeout: Duration, json: bool) -> Result<i32> {
+    let client = client(target)?;
+    let v = match client.verify(db, timeout).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("verify {e:#}");
+            return Ok(2);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", db::render_verify(&v));
+    }
+    Ok(match (v["identical"].as_bool(), v["complete"].as_bool()) {
+        (Some(true), _) => 0,
+        (_, Some(false)) => 2,
+        _ => 1,
+    })
 }
 
 fn keygen(out: Option<&Path>, force: bool) -> Result<()> {

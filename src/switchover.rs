@@ -456,7 +456,11 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
         | PeerMessage::DbAsk { .. }
         | PeerMessage::DbSeed(_)
         | PeerMessage::DbSeedAck { .. }
-        | PeerMessage::DbRefused { .. } => crate::db::on_peer_message(node, msg).await,
+        | PeerMessage::DbRefused { .. }
+        | PeerMessage::DbVerify { .. }
+        | PeerMessage::DbVerified(_)
+        | PeerMessage::DbVerifyRequest { .. }
+        | PeerMessage::DbVerifyReport { .. } => crate::db::on_peer_message(node, msg).await,
         PeerMessage::Abandon { op } => {
             let answer = match node.with_machine(|m, _| m.on_abandon(op)) {
                 Outcome::Promoted(epoch) => PeerMessage::Promoted { op, epoch },

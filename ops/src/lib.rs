@@ -135,6 +135,22 @@ pub trait NodeHandle: Send + Sync + 'static {
             "this node has no databases to wait for".into(),
         ]))
     }
+
+    /// Compare both copies of every database (or the one named): checksums
+    /// at the same txid, `PRAGMA integrity_check` on the standby, the page
+    /// ranges that differ. The answer says `identical`; refused with named
+    /// reasons when no comparison can be made here.
+    async fn verify(&self, req: VerifyRequest) -> Result<serde_json::Value, Vec<String>> {
+        let _ = req;
+        Err(vec!["this node has no databases to verify".into()])
+    }
+}
+
+/// `POST /verify?db=NAME&timeout_ms=N`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct VerifyRequest {
+    pub db: Option<String>,
+    pub timeout_ms: Option<u64>,
 }
 
 /// `POST /barrier?db=NAME&timeout_ms=N`.
@@ -169,6 +185,7 @@ pub fn router(node: Arc<dyn NodeHandle>, token: Option<String>) -> Router {
         .route("/switchover/{op}", get(switchover_progress))
         .route("/promote", post(promote))
         .route("/barrier", post(barrier))
+        .route("/verify", post(verify))
         .with_state(api)
 }
 
@@ -271,6 +288,20 @@ async fn barrier(
         Ok(v) => Json(v).into_response(),
         Err(BarrierRefusal::TimedOut(reasons)) => refuse(StatusCode::GATEWAY_TIMEOUT, reasons),
         Err(BarrierRefusal::Refused(reasons)) => refuse(StatusCode::CONFLICT, reasons),
+    }
+}
+
+async fn verify(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(req): Query<VerifyRequest>,
+) -> Response {
+    if let Some(r) = api.refusal(&headers) {
+        return r;
+    }
+    match api.node.verify(req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(reasons) => refuse(StatusCode::CONFLICT, reasons),
     }
 }
 

@@ -94,6 +94,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Every page's hash, read from scratch from the snapshot (not the
+    /// capture's running table): what `tandem verify` compares.
+    pub fn page_hashes(&self) -> Result<PageHashes, CaptureError> {
+        read_pages(&self.conn, self.page_size as usize)
+    }
+
     /// Up to `max` pages from `first` on, in ascending order.
     pub fn pages(&self, first: u32, max: u32) -> Result<Vec<(u32, Vec<u8>)>, CaptureError> {
         let mut stmt = self
@@ -151,6 +157,20 @@ pub struct CheckpointOutcome {
     pub backfilled_frames: i64,
     /// Whether the pin moved to the acknowledged end (so the log may restart).
     pub pin_moved: bool,
+}
+
+/// What [`Capture::truncate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncateOutcome {
+    /// The WAL file was cut to zero bytes.
+    pub truncated: bool,
+    /// Every frame was backfilled and the pin holds read mark 0: the next
+    /// write restarts the log at its beginning (the file stops growing).
+    pub log_may_restart: bool,
+    pub wal_bytes_before: u64,
+    pub wal_bytes_after: u64,
+    /// Why not, when it was not.
+    pub not_because: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -336,6 +356,12 @@ impl Capture {
         Ok(Self::load_state(state_path)?.map(|(p, _)| p))
     }
 
+    /// Where the log read so far ends in the WAL file: the part of the file
+    /// in use (the file itself keeps its size when the log restarts).
+    pub fn wal_end(&self) -> u64 {
+        self.reader.next_offset()
+    }
+
     /// Bytes in the WAL file now (0 when there is none).
     pub fn wal_bytes(&self) -> u64 {
         std::fs::metadata(&self.wal).map_or(0, |m| m.len())
@@ -453,7 +479,13 @@ impl Capture {
         let (mut wal_frames, mut backfilled_frames) = self.passive()?;
         let mut pin_moved = false;
         if self.unacked.is_empty() && self.held_back.is_empty() {
-            if self.control.execute_batch("BEGIN IMMEDIATE").is_err() {
+            // A writer that never pauses would keep the default busy handler
+            // waiting its whole timeout; try often, briefly.
+            spin_for(PIN_MOVE_WAIT);
+            self.control.busy_handler(Some(spin))?;
+            let locked = self.control.execute_batch("BEGIN IMMEDIATE");
+            self.control.busy_timeout(Duration::from_millis(500))?;
+            if locked.is_err() {
                 return Ok(CheckpointOutcome {
                     wal_frames,
                     backfilled_frames,
@@ -487,6 +519,166 @@ impl Capture {
             backfilled_frames,
             pin_moved,
         })
+    }
+
+    /// A time-bounded TRUNCATE checkpoint: every captured frame backfilled
+    /// and the WAL file cut to zero bytes, so that it stays under its cap
+    /// whatever the writers do. Writers wait at most about `wait`, twice
+    /// (tandem's write lock, then the checkpoint's); when a lock is not free
+    /// in time nothing is changed and the caller tries again later.
+    ///
+    /// `acked` is what the standby holds. Unless `owed_kept` (the caller
+    /// keeps what the standby is owed in its own queue, or has let it go),
+    /// nothing is done while a captured transaction is unacknowledged.
+    ///
+    /// Why no unread frame can be lost: the pin is moved, as in
+    /// [`Capture::checkpoint`], under tandem's write lock with the WAL read
+    /// to its end, and after a PASSIVE checkpoint that backfilled it all, so
+    /// the pin holds read mark 0. The TRUNCATE then runs on the checkpointer
+    /// after the write lock is released: should a writer have appended
+    /// frames in between, backfilling them needs read mark 0 exclusively,
+    /// which the pin holds, so the TRUNCATE gives up (busy) after `wait`
+    /// and the frames stay for the next poll. It cuts the file only when
+    /// nothing beyond the pin exists.
+    ///
+    /// Without `cut`, it stops once the log may restart (every frame
+    /// backfilled, the pin at read mark 0): the next write then starts over
+    /// at the beginning of the file, which stops growing; that is cheaper
+    /// for writers than a file that shrinks and grows again.
+    pub fn truncate(
+        &mut self,
+        acked: TxId,
+        owed_kept: bool,
+        wait: Duration,
+        cut: bool,
+    ) -> Result<TruncateOutcome, CaptureError> {
+        let before = self.wal_bytes();
+        let not = |why: &str, after: u64| TruncateOutcome {
+            truncated: false,
+            log_may_restart: false,
+            wal_bytes_before: before,
+            wal_bytes_after: after,
+            not_because: Some(why.to_string()),
+        };
+        while self.unacked.front().is_some_and(|t| *t <= acked) {
+            self.unacked.pop_front();
+        }
+        if owed_kept {
+            self.unacked.clear();
+        } else if !self.unacked.is_empty() || !self.held_back.is_empty() {
+            return Ok(not("transactions are not acknowledged yet", before));
+        }
+        // A short hold of the write lock to move the pin to the end, the
+        // bulk of the backfill without it, then a second short hold that
+        // backfills the rest (what came in between) before pinning again.
+        if let Err(why) = self.move_pin_locked(owed_kept, false, wait)? {
+            return Ok(not(why, self.wal_bytes()));
+        }
+        self.passive()?;
+        match self.move_pin_locked(owed_kept, true, wait)? {
+            Ok(true) => {}
+            Ok(false) => return Ok(not("another reader holds WAL frames", self.wal_bytes())),
+            Err(why) => return Ok(not(why, self.wal_bytes())),
+        }
+        if !cut {
+            return Ok(TruncateOutcome {
+                truncated: false,
+                log_may_restart: true,
+                wal_bytes_before: before,
+                wal_bytes_after: self.wal_bytes(),
+                not_because: None,
+            });
+        }
+        // Holding the writer lock, the TRUNCATE waits for readers: keep
+        // that short, whatever the wait for tandem's own lock was.
+        spin_for(wait.min(Duration::from_millis(30)));
+        self.checkpointer.busy_handler(Some(spin))?;
+        let done: Result<(i64, i64, i64), _> =
+            self.checkpointer
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+        self.checkpointer.busy_timeout(Duration::from_millis(500))?;
+        let after = self.wal_bytes();
+        match done {
+            Ok((0, _, _)) => Ok(TruncateOutcome {
+                truncated: true,
+                log_may_restart: true,
+                wal_bytes_before: before,
+                wal_bytes_after: after,
+                not_because: None,
+            }),
+            // The log may still restart: every frame was backfilled and the
+            // pin holds read mark 0; only the file keeps its size for now.
+            Ok(_) => Ok(TruncateOutcome {
+                log_may_restart: true,
+                ..not("a writer or reader was in the way", after)
+            }),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Ok(TruncateOutcome {
+                    log_may_restart: true,
+                    ..not("a writer or reader was in the way", after)
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Under tandem's write lock (waited for with [`spin`]): read the WAL to
+    /// its end and move the pin there; with `backfill`, after a PASSIVE
+    /// checkpoint, so that when everything was backfilled the pin holds read
+    /// mark 0. `Ok(Ok(all backfilled))` when the pin moved, `Ok(Err(why))`
+    /// when nothing was done.
+    fn move_pin_locked(
+        &mut self,
+        owed_kept: bool,
+        backfill: bool,
+        wait: Duration,
+    ) -> Result<Result<bool, &'static str>, CaptureError> {
+        spin_for(wait);
+        self.control.busy_handler(Some(spin))?;
+        let locked = self.control.execute_batch("BEGIN IMMEDIATE");
+        self.control.busy_timeout(Duration::from_millis(500))?;
+        if locked.is_err() {
+            return Ok(Err("a writer held the write lock"));
+        }
+        let moved = (|| -> Result<Result<bool, &'static str>, CaptureError> {
+            let fresh = self.read_new()?;
+            if !fresh.is_empty() {
+                self.held_back.extend(fresh);
+                if !owed_kept {
+                    return Ok(Err("new transactions are not acknowledged yet"));
+                }
+                self.unacked.clear();
+            }
+            self.pin.execute_batch("COMMIT")?;
+            let full = if backfill {
+                let (log, done) = self.passive()?;
+                done >= log
+            } else {
+                false
+            };
+            self.pin.execute_batch("BEGIN")?;
+            self.pin
+                .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                    r.get::<_, i64>(0)
+                })?;
+            Ok(Ok(full))
+        })();
+        self.control.execute_batch("COMMIT")?;
+        let moved = moved?;
+        if moved.is_ok() {
+            self.image_available = false;
+            // The state records the pin for a restarted capture; an older
+            // record is still a true one (the first of the two moves skips
+            // the fsyncs).
+            if backfill {
+                self.save_state()?;
+            }
+        }
+        Ok(moved)
     }
 
     fn passive(&self) -> Result<(i64, i64), CaptureError> {
@@ -547,6 +739,38 @@ impl Capture {
         };
         write_state(&self.state_path, &s)
     }
+}
+
+/// How long [`Capture::checkpoint`] tries for the write lock to move the pin.
+const PIN_MOVE_WAIT: Duration = Duration::from_millis(50);
+
+const SPIN_EVERY: Duration = Duration::from_micros(50);
+
+thread_local! {
+    /// When [`spin`] gives up, on this thread (SQLite calls the busy handler
+    /// on the thread that runs the statement).
+    static SPIN_UNTIL: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Arm [`spin`] for the next `wait`.
+fn spin_for(wait: Duration) {
+    SPIN_UNTIL.with(|d| d.set(Some(std::time::Instant::now() + wait)));
+}
+
+/// A busy handler that retries every 50 µs until the time [`spin_for`]
+/// set. A writer that never pauses takes the write lock again within
+/// microseconds of its commit, so SQLite's default handler (which sleeps 1,
+/// 2, 5... ms between tries) almost never finds it free; trying often finds
+/// the gap between one commit and the next `BEGIN`, and the writer then
+/// waits at most for the (short) hold.
+fn spin(_retries: i32) -> bool {
+    let until = SPIN_UNTIL.with(|d| d.get());
+    if until.is_none_or(|u| std::time::Instant::now() >= u) {
+        return false;
+    }
+    std::thread::sleep(SPIN_EVERY);
+    true
 }
 
 fn write_state(state_path: &Path, s: &State) -> Result<(), CaptureError> {

@@ -104,6 +104,9 @@ pub struct Verification {
     pub sum_from_pages: DbSum,
     /// `PRAGMA integrity_check`'s lines; `["ok"]` when sound.
     pub integrity: Vec<String>,
+    /// Every page's hash as read from the file (what verify compares in
+    /// ranges with the primary's).
+    pub hashes: PageHashes,
 }
 
 impl Verification {
@@ -421,20 +424,29 @@ impl Replica {
     /// `PRAGMA integrity_check`, both on a separate connection (the applying
     /// one may hold a stale schema).
     pub fn verify(&self) -> Result<Verification, ReplicaError> {
-        let reader = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        reader.busy_timeout(LOCK_WAIT)?;
-        reader.execute_batch("BEGIN")?;
-        let sum_from_pages = read_pages(&reader, self.hashes.page_size())?.sum();
-        let mut stmt = reader.prepare("PRAGMA integrity_check")?;
-        let integrity = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(stmt);
-        reader.execute_batch("COMMIT")?;
+        let (hashes, integrity) = inspect(&self.path)?;
         Ok(Verification {
             position: self.position,
-            sum_from_pages,
+            sum_from_pages: hashes.sum(),
             integrity,
+            hashes,
         })
     }
+}
+
+/// Every page's hash and `PRAGMA integrity_check`'s lines of the database at
+/// `path`, read in one read transaction of a new read-only connection, as
+/// local software would see it: whether or not tandem holds it open.
+pub fn inspect(path: &Path) -> Result<(PageHashes, Vec<String>), ReplicaError> {
+    let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    reader.busy_timeout(LOCK_WAIT)?;
+    reader.execute_batch("BEGIN")?;
+    let hashes = read_pages(&reader, page_size_of(&reader)?)?;
+    let mut stmt = reader.prepare("PRAGMA integrity_check")?;
+    let integrity = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    reader.execute_batch("COMMIT")?;
+    Ok((hashes, integrity))
 }

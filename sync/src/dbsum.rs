@@ -273,6 +273,24 @@ impl PageHashes {
         sum
     }
 
+    /// One hash per range of `pages_per_range` pages (the last range may be
+    /// shorter): blake3 over the range's page hashes. Two copies whose range
+    /// hashes differ differ somewhere in that range; a page-hash comparison
+    /// (verify, resync) first compares these, then only inside the ranges
+    /// that differ.
+    pub fn range_hashes(&self, pages_per_range: u32) -> Vec<PageHash> {
+        self.hashes
+            .chunks(pages_per_range.max(1) as usize)
+            .map(|range| {
+                let mut h = blake3::Hasher::new();
+                for page in range {
+                    h.update(page);
+                }
+                *h.finalize().as_bytes()
+            })
+            .collect()
+    }
+
     /// The table of a whole database, from every page in ascending order.
     pub fn of_pages<'a>(
         page_size: usize,
@@ -284,6 +302,36 @@ impl PageHashes {
         }
         t
     }
+}
+
+/// Pages per range of [`PageHashes::range_hashes`] when comparing copies.
+pub const RANGE_PAGES: u32 = 256;
+
+/// The page ranges `(first, last)` (inclusive, 1-based) where two copies'
+/// range hashes (over `pages_per_range` pages) differ, adjacent ranges
+/// merged, and the ranges one copy has beyond the other's end.
+pub fn differing_ranges(
+    ours: &[PageHash],
+    ours_pages: u32,
+    theirs: &[PageHash],
+    theirs_pages: u32,
+    pages_per_range: u32,
+) -> Vec<(u32, u32)> {
+    let per = pages_per_range.max(1);
+    let end = ours_pages.max(theirs_pages);
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for i in 0..ours.len().max(theirs.len()) {
+        if ours.get(i).is_some() && ours.get(i) == theirs.get(i) {
+            continue;
+        }
+        let first = (i as u32).saturating_mul(per).saturating_add(1);
+        let last = first.saturating_add(per - 1).min(end);
+        match out.last_mut() {
+            Some(prev) if prev.1.saturating_add(1) == first => prev.1 = last,
+            _ => out.push((first, last)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -340,6 +388,31 @@ mod tests {
         s.apply(2, Some(&[3u8; 8]), None);
         assert_eq!(s, DbSum::of_pages([(1, &[1u8; 8][..])]));
         assert_eq!(DbSum::from_hex(&s.to_hex()), Some(s));
+    }
+
+    #[test]
+    fn differing_ranges_name_the_pages_that_differ() {
+        let page = |b: u8| vec![b; 64];
+        let mut a = PageHashes::new(64);
+        for p in 1..=10 {
+            a.set(p, &page(p as u8));
+        }
+        let mut b = a.clone();
+        assert_eq!(
+            differing_ranges(&a.range_hashes(4), 10, &b.range_hashes(4), 10, 4),
+            vec![]
+        );
+        b.set(6, &page(99));
+        assert_eq!(
+            differing_ranges(&a.range_hashes(4), 10, &b.range_hashes(4), 10, 4),
+            vec![(5, 8)]
+        );
+        b.set(1, &page(99));
+        b.set(12, &page(12));
+        assert_eq!(
+            differing_ranges(&a.range_hashes(4), 10, &b.range_hashes(4), 12, 4),
+            vec![(1, 12)]
+        );
     }
 
     #[test]

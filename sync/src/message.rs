@@ -188,6 +188,38 @@ pub enum PeerMessage {
     /// Standby to primary: it cannot follow (diverged, a seed that failed);
     /// the primary reports it and stops shipping until the next hello.
     DbRefused { db: String, reason: String },
+    /// Primary to standby, sent after every part of transaction `at.txid`
+    /// (so the standby, reading in order, is at `at` when it reads this):
+    /// check the copy from scratch (checksum from every page, `PRAGMA
+    /// integrity_check`, range hashes) and answer with `DbVerified`.
+    DbVerify { db: String, id: u64, at: DbPosition },
+    /// Standby to primary: the answer to `DbVerify`.
+    DbVerified(DbVerified),
+    /// Standby to primary: an operator on the standby asked for a verify;
+    /// run it and answer with `DbVerifyReport`.
+    DbVerifyRequest { db: String, id: u64 },
+    /// Primary to standby: the outcome of a `DbVerifyRequest`, as the JSON
+    /// the control API returns (an object with `identical`, or `error`).
+    DbVerifyReport { db: String, id: u64, report: String },
+}
+
+/// The standby's own check of its copy (see [`PeerMessage::DbVerify`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DbVerified {
+    pub db: String,
+    pub id: u64,
+    /// Where tandem says the copy stands; `None` when it has no open copy.
+    pub position: Option<DbPosition>,
+    /// The checksum recomputed from every page of the file, if it was read.
+    pub sum_from_pages: Option<DbSum>,
+    pub page_count: u32,
+    /// `PRAGMA integrity_check`'s lines (`["ok"]` when sound).
+    pub integrity: Vec<String>,
+    /// [`crate::dbsum::PageHashes::range_hashes`] over `range_pages` pages.
+    pub range_pages: u32,
+    pub ranges: Vec<[u8; 32]>,
+    /// Why the copy could not be (fully) checked, or why it is not followed.
+    pub error: Option<String>,
 }
 
 /// One part of a captured transaction (see [`PeerMessage::DbTx`]).

@@ -25,6 +25,11 @@ impl DbPair {
 
     /// A pair in the given failover mode ("auto" or "manual").
     pub fn with_failover(failover: &'static str) -> DbPair {
+        DbPair::with_settings(failover, "wal_bytes_max = \"8MiB\"")
+    }
+
+    /// A pair whose `[[database]]` has these extra settings (TOML lines).
+    pub fn with_settings(failover: &'static str, settings: &str) -> DbPair {
         let roots = tempfile::Builder::new()
             .prefix("tandem-db-")
             .tempdir()
@@ -32,9 +37,7 @@ impl DbPair {
         let prefix = |n: &str| format!("path_prefix = \"{}/{n}\"", roots.path().display());
         let pair = Pair::new(Options {
             failover,
-            extra: format!(
-                "\n[[database]]\nname = \"hydro\"\npath = \"{DB_PATH}\"\nwal_bytes_max = \"8MiB\"\n"
-            ),
+            extra: format!("\n[[database]]\nname = \"hydro\"\npath = \"{DB_PATH}\"\n{settings}\n"),
             node_extra: [prefix("a"), prefix("b")],
             ..Options::default()
         });

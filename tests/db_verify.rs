@@ -1,0 +1,138 @@
+//! `tandem verify`, whole-binary: after a workload (and while one runs) both
+//! copies are reported identical from either node; a write slipped into the
+//! standby's file while its tandem was stopped is reported, with the pages
+//! that differ.
+
+mod common;
+
+use common::db::{run_writer, spawn_writer, DbPair};
+use common::wait_for;
+use serde_json::Value;
+use std::process::Command;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// `tandem verify --json` on node i: (exit code, report).
+fn verify(p: &DbPair, i: usize) -> (i32, Value) {
+    let out = p.pair.cli(
+        i,
+        &["verify", "--db", "hydro", "--timeout", "30s", "--json"],
+    );
+    let code = out.status.code().unwrap_or(-1);
+    let body = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "verify printed no JSON (exit {code}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, body)
+}
+
+#[test]
+fn both_copies_are_identical_after_and_during_a_workload() {
+    let mut p = DbPair::new();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 1, 200);
+
+    // On the primary and on the standby (which asks the primary).
+    for i in [0, 1] {
+        let (code, v) = verify(&p, i);
+        assert_eq!(code, 0, "verify on node {i}: {v}");
+        let d = &v["databases"][0];
+        assert_eq!(d["identical"], true, "{d}");
+        assert!(d["txid"].as_u64().unwrap() >= 200, "{d}");
+        assert_eq!(d["standby"]["integrity"], serde_json::json!(["ok"]), "{d}");
+        assert_eq!(
+            d["primary"]["sum_from_pages"], d["standby"]["sum_from_pages"],
+            "{d}"
+        );
+        assert_eq!(d["differing_pages"], serde_json::json!([]), "{d}");
+    }
+
+    // While a writer goes on: the standby checks its copy at exactly the
+    // primary's snapshot txid (the request travels behind that transaction).
+    let mut writer = spawn_writer(&p.db(0), 2, 400, 2.0);
+    for round in 0..3 {
+        let (code, v) = verify(&p, round % 2);
+        assert_eq!(code, 0, "verify during writes, round {round}: {v}");
+    }
+    assert!(writer.wait().unwrap().success());
+
+    // Human output.
+    let out = p.pair.cli(0, &["verify"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("database hydro: IDENTICAL at txid"), "{text}");
+}
+
+#[test]
+fn a_write_slipped_into_the_standby_copy_is_reported_with_its_pages() {
+    let mut p = DbPair::new();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 3, 100);
+    p.barrier_txid(0);
+    p.wait_same_position(Duration::from_secs(5));
+
+    // The standby's tandem stops; local software writes its copy.
+    p.pair.stop(1);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute(\"INSERT INTO t(v) VALUES ('slipped in')\"); c.commit(); c.close()",
+        )
+        .arg(p.db(1))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+
+    // The standby's engine refuses the copy at open: its content matches no
+    // position tandem recorded for it.
+    let s = wait_for(SETTLE, "the standby reports its copy unusable", || {
+        let s = p.db_status(1)?;
+        s["error"].as_str().is_some().then_some(s)
+    });
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("it was written outside tandem"),
+        "{s}"
+    );
+
+    // verify says exactly what differs, from either node.
+    for i in [0, 1] {
+        let (code, v) = verify(&p, i);
+        assert_eq!(code, 1, "verify on node {i} must report a difference: {v}");
+        let d = &v["databases"][0];
+        assert_eq!(d["identical"], false, "{d}");
+        assert_eq!(d["complete"], true, "{d}");
+        let differences = d["differences"].to_string();
+        assert!(differences.contains("written outside tandem"), "{d}");
+        assert!(differences.contains("the files differ"), "{d}");
+        assert_ne!(
+            d["primary"]["sum_from_pages"], d["standby"]["sum_from_pages"],
+            "{d}"
+        );
+        // The database is small: the pages that differ are in its first
+        // range of 256 pages.
+        let ranges = d["differing_pages"].as_array().unwrap();
+        assert_eq!(ranges.len(), 1, "{d}");
+        assert_eq!(ranges[0]["first"], 1, "{d}");
+        assert_eq!(d["standby"]["integrity"], serde_json::json!(["ok"]), "{d}");
+    }
+    let out = p.pair.cli(0, &["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("database hydro: DIFFERENT"), "{text}");
+    assert!(text.contains("pages that differ: 1-"), "{text}");
+}

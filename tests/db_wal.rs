@@ -1,0 +1,136 @@
+//! The bounded WAL, whole-binary: with a 1 MiB `wal_bytes_max` and the
+//! standby down, a writer that never pauses inserts for about 20 s; the
+//! primary's `-wal` file, sampled every 50 ms, never grows past the cap
+//! (plus slack, see [`SLACK`]). The standby then comes back and catches up
+//! from what the primary kept for it, row for row.
+
+mod common;
+
+use common::db::{dump, integrity, run_writer, DbPair};
+use common::wait_for;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SETTLE: Duration = Duration::from_secs(20);
+const CAP: u64 = 1 << 20;
+/// How long the engine may take, at worst, between the WAL passing its
+/// restart threshold (a quarter of the cap) and the log restarting or the
+/// file being cut. One attempt: three lock waits (two holds of tandem's
+/// write lock, 30 ms each at first, one for the TRUNCATE), two PASSIVE
+/// checkpoints and a state file write with their fsyncs (about 10 ms each
+/// measured on this kind of VM disk): about 150 ms. A writer that never
+/// pauses can win the write lock against the first attempt and the retry
+/// 20 ms later (which then waits 60 ms); the third waits 120 ms. 400 ms
+/// covers that. The writer adds its rate times this to the WAL meanwhile;
+/// that, plus one transaction, is the slack over the cap.
+const REACTION: Duration = Duration::from_millis(400);
+
+/// Sustained inserts for `secs` seconds, no pause; prints the row count.
+const SUSTAINED: &str = r#"
+import os, sqlite3, sys, time
+db, secs = sys.argv[1], float(sys.argv[2])
+c = sqlite3.connect(db, timeout=30, isolation_level=None)
+c.execute("PRAGMA busy_timeout=30000")
+c.execute("CREATE TABLE IF NOT EXISTS w(id INTEGER PRIMARY KEY, v TEXT, b BLOB)")
+end = time.time() + secs
+n = 0
+while time.time() < end:
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("INSERT INTO w(v, b) VALUES (?, ?)", ("r%d" % n, os.urandom(200)))
+    c.execute("COMMIT")
+    n += 1
+print(n)
+"#;
+
+fn wal_size(p: &DbPair) -> u64 {
+    let mut wal = p.db(0).into_os_string();
+    wal.push("-wal");
+    std::fs::metadata(wal).map_or(0, |m| m.len())
+}
+
+#[test]
+fn the_wal_stays_under_its_cap_with_the_standby_down_and_it_catches_up() {
+    let mut p = DbPair::with_settings("manual", "wal_bytes_max = \"1MiB\"");
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 1, 20);
+    p.barrier_txid(0);
+
+    p.pair.stop(1);
+    let writer = Command::new("python3")
+        .arg("-c")
+        .arg(SUSTAINED)
+        .arg(p.db(0))
+        .arg("20")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is required by the database tests");
+    // Sample the WAL's size while the writer runs (a measurement, not a wait).
+    let started = Instant::now();
+    let mut max = 0u64;
+    let mut samples = 0u64;
+    let mut writer = writer;
+    let status = loop {
+        max = max.max(wal_size(&p));
+        samples += 1;
+        if let Some(s) = writer.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the writer failed");
+    let mut rows = String::new();
+    std::io::Read::read_to_string(&mut writer.stdout.take().unwrap(), &mut rows).unwrap();
+    let rows: u64 = rows.trim().parse().unwrap();
+    eprintln!(
+        "{rows} transactions in {:?}; WAL at most {max} bytes over {samples} samples",
+        started.elapsed()
+    );
+    assert!(
+        rows > 1000,
+        "the writer did too little to test anything: {rows}"
+    );
+    // The writer's rate, in WAL bytes: every page it wrote went through the
+    // WAL as a frame (page + 24 bytes) and is in the primary's queue.
+    let s = p.db_status(0).unwrap();
+    let page_bytes = s["lag_bytes"].as_u64().unwrap();
+    let frames = page_bytes / 4096;
+    let wal_rate = (frames * 4120) as f64 / started.elapsed().as_secs_f64();
+    let one_tx = frames.div_ceil(rows) * 4120;
+    let slack = one_tx + (wal_rate * REACTION.as_secs_f64()) as u64;
+    eprintln!(
+        "WAL rate {:.1} MB/s, one transaction {one_tx} bytes: slack {slack} bytes; \
+         {} resets, {} cuts, attempts that failed: {}",
+        wal_rate / 1e6,
+        s["wal_resets"],
+        s["wal_truncations"],
+        s["wal_reset_failures"]
+    );
+    assert!(
+        max <= CAP + slack,
+        "the WAL reached {max} bytes, over its cap of {CAP} (+{slack} slack): {s}"
+    );
+    assert!(s["wal_resets"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["wal_bytes_max"], CAP, "{s}");
+
+    // The standby comes back and catches up.
+    p.pair.start(1);
+    p.wait_streaming(0, Duration::from_secs(60));
+    // Each transaction is applied and fsynced on its own: give it time.
+    let end = p.db_status(0).unwrap()["local"]["txid"].as_u64().unwrap();
+    wait_for(Duration::from_secs(180), "the standby caught up", || {
+        (p.db_status(1)?["local"]["txid"].as_u64()? >= end).then_some(())
+    });
+    let txid = p.barrier_txid(0);
+    let (at, _) = p.wait_same_position(Duration::from_secs(10));
+    assert_eq!(at, txid);
+    assert!(txid >= 20 + rows, "txid {txid} covers every transaction");
+    assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
+    assert_eq!(integrity(&p.db(1)), "ok");
+    wait_for(SETTLE, "the WAL still under its cap", || {
+        (wal_size(&p) <= CAP).then_some(())
+    });
+}
