@@ -37,9 +37,25 @@
 //!
 //! On every new replication connection, and when the primary asks
 //! ([`PeerMessage::DbAsk`]), the standby says where it stands
-//! ([`PeerMessage::DbHello`]). The primary resends from there if its queue
-//! still holds the transactions, seeds the copy if the standby has none, and
-//! otherwise reports `needs resync` (the page-hash resync is not built yet).
+//! ([`PeerMessage::DbHello`], with its copy's page-range hashes). The
+//! primary resends from there if its queue still holds the transactions and
+//! seeds the copy if the standby has none. A copy that is on the primary's
+//! line of history ([`tandem_sync::lineage`]) but behind what the queue holds
+//! is *resynced by page hashes*: the primary takes a snapshot, compares its
+//! range hashes with the copy's, sends its page hashes of the ranges that
+//! differ ([`PeerMessage::DbResyncPlan`]), the standby asks for the pages
+//! whose hashes differ ([`PeerMessage::DbResyncNeed`]), and they come as seed
+//! chunks, applied in one transaction checked against the snapshot's sum.
+//!
+//! A copy that holds transactions the primary's line never had (an old
+//! primary killed before its standby received its last transactions, or a
+//! local write) is *quarantined*: moved whole into `<data_dir>/quarantine/`
+//! (beside the database if that is another file system), never overwritten,
+//! with an alarm naming the directory and the txids beyond the common point;
+//! then the standby is seeded anew. The history (which epoch began after
+//! which position) is kept in `<data_dir>/databases/<name>.history` on both
+//! nodes: the primary records each epoch it begins and gives the list to its
+//! standby with every [`PeerMessage::DbAsk`].
 //!
 //! # Verify
 //!
@@ -95,7 +111,10 @@ use tandem_config::Database;
 use tandem_primary::{Capture, Snapshot};
 use tandem_standby::{Replica, ReplicaError, Seeder};
 use tandem_sync::dbsum::{differing_ranges, DbPosition, DbSum, PageHashes, TxId, RANGE_PAGES};
-use tandem_sync::message::{DbSeed, DbTx, DbVerified, Epoch, PeerMessage, Position, Role};
+use tandem_sync::lineage::{judge, record_start, EpochStart, Lineage};
+use tandem_sync::message::{
+    CopyRanges, DbResyncPlan, DbSeed, DbTx, DbVerified, Epoch, PeerMessage, Position, Role,
+};
 use tandem_sync::resource::{Resource, ResourceError};
 use tandem_sync::wal::{Salts, Transaction};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -109,6 +128,8 @@ const QUEUE_BYTES_MAX: u64 = 256 << 20;
 /// Transactions shipped and not yet acknowledged, at most (flow control: the
 /// replication link's outbox holds 1024 messages).
 const IN_FLIGHT_TX_MAX: u64 = 256;
+/// Page hashes per `DbResyncPlan` (2 MiB of hashes).
+const PLAN_PAGES: u32 = 65536;
 /// Pages per seed chunk, and chunks in flight.
 const SEED_CHUNK_PAGES: u32 = 256;
 const SEED_WINDOW_CHUNKS: u32 = 8;
@@ -180,6 +201,10 @@ pub struct DbEngine {
     pub name: String,
     path: PathBuf,
     state_path: PathBuf,
+    /// This database's [`EpochStart`]s, as JSON.
+    history_path: PathBuf,
+    /// Where diverged copies are moved, whole.
+    quarantine_dir: PathBuf,
     wal_bytes_max: u64,
     queue_bytes_max: u64,
     inbox: mpsc::Sender<Input>,
@@ -200,6 +225,10 @@ impl DbEngine {
             state_path: data_dir
                 .join("databases")
                 .join(format!("{}.capture", db.name)),
+            history_path: data_dir
+                .join("databases")
+                .join(format!("{}.history", db.name)),
+            quarantine_dir: data_dir.join("quarantine"),
             status: Mutex::new(json!({
                 "name": db.name, "path": path.display().to_string(), "mode": "inactive",
             })),
@@ -644,9 +673,12 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
     let db = match &msg {
         PeerMessage::DbTx(t) => &t.db,
         PeerMessage::DbSeed(s) => &s.db,
+        PeerMessage::DbResyncPlan(p) => &p.db,
         PeerMessage::DbAck { db, .. }
         | PeerMessage::DbHello { db, .. }
-        | PeerMessage::DbAsk { db }
+        | PeerMessage::DbAsk { db, .. }
+        | PeerMessage::DbResyncNeed { db, .. }
+        | PeerMessage::DbQuarantine { db, .. }
         | PeerMessage::DbSeedAck { db, .. }
         | PeerMessage::DbRefused { db, .. }
         | PeerMessage::DbVerify { db, .. }
@@ -719,6 +751,8 @@ enum Peer {
     Unknown,
     Streaming,
     Seeding,
+    /// A page-hash resync is under way (`PrimarySide::resync`).
+    Resyncing,
     NeedsResync(String),
     Diverged(String),
 }
@@ -727,6 +761,20 @@ struct SeedOut {
     snap: Snapshot,
     next: u32,
     acked_next: u32,
+}
+
+/// A page-hash resync on the primary: the snapshot it is taken from, its
+/// page hashes, and the pages the standby asked for.
+struct ResyncOut {
+    snap: Snapshot,
+    /// Pages asked for by `DbResyncNeed`, in order; all asked once `complete`.
+    need: Vec<u32>,
+    complete: bool,
+    /// `need[..next]` are sent, `need[..acked]` written by the standby.
+    next: usize,
+    acked: usize,
+    /// Whether the closing chunk (`last`) was sent.
+    closed: bool,
 }
 
 struct PrimarySide {
@@ -743,6 +791,7 @@ struct PrimarySide {
     acked: Option<DbPosition>,
     waiters: Vec<(TxId, oneshot::Sender<DbPosition>)>,
     seed: Option<SeedOut>,
+    resync: Option<ResyncOut>,
     /// Txids at most this are inside a seed image: not queued.
     skip_to: TxId,
     checkpointed_to: TxId,
@@ -768,8 +817,19 @@ struct PrimarySide {
 enum CopyState {
     Streaming,
     Seeding,
+    /// Taking the pages of a page-hash resync to `at`, to apply them in one
+    /// transaction.
+    Resyncing(Box<ResyncIn>),
     NeedsResync(String),
     Diverged(String),
+}
+
+#[derive(Clone, PartialEq)]
+struct ResyncIn {
+    at: DbPosition,
+    page_count: u32,
+    pages: Vec<(u32, Vec<u8>)>,
+    bytes: u64,
 }
 
 struct Partial {
@@ -805,6 +865,8 @@ struct Actor {
     role: Role,
     epoch: Epoch,
     fence: Fence,
+    /// This database's line of history (see [`tandem_sync::lineage`]).
+    history: Vec<EpochStart>,
 }
 
 /// The engine's own hold on the write lock; see "The fence follows the role".
@@ -828,6 +890,51 @@ fn unix_ms() -> u64 {
     crate::node::unix_ms()
 }
 
+/// The history recorded at `path`; none when there is no file. A file that
+/// cannot be read is reported and treated as no history: copies are then
+/// judged by txid and checksum alone, as before any epoch change.
+fn load_history(path: &Path) -> Vec<EpochStart> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::error!("{}: {e}; ignoring this history", path.display());
+            Vec::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::error!("{}: {e}; ignoring this history", path.display());
+            Vec::new()
+        }
+    }
+}
+
+/// Writes the history durably (temp file, fsync, rename, directory fsync).
+fn save_history(path: &Path, history: &[EpochStart]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("history.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(history).unwrap_or_default())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The files that make up the SQLite database at `db`, and tandem's
+/// position sidecar beside it.
+fn copy_files(db: &Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm", ".tandem-position"]
+        .iter()
+        .map(|suffix| {
+            let mut s = db.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
+        })
+        .collect()
+}
+
 fn wal_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_owned();
     s.push("-wal");
@@ -843,6 +950,7 @@ fn pos_json(p: Option<DbPosition>) -> serde_json::Value {
 
 impl Actor {
     fn new(node: Arc<Node>, e: Arc<DbEngine>) -> Actor {
+        let history = load_history(&e.history_path);
         Actor {
             node,
             e,
@@ -850,6 +958,7 @@ impl Actor {
             role: Role::Fenced,
             epoch: Epoch(0),
             fence: Fence::default(),
+            history,
         }
     }
 
@@ -1186,6 +1295,21 @@ impl Actor {
             }
         };
         let base = capture.position();
+        // This line now continues in our epoch from `base`.
+        if record_start(&mut self.history, self.epoch, base) {
+            if let Err(e) = save_history(&self.e.history_path, &self.history) {
+                // Without it a copy that diverged before this point is
+                // judged by txid and checksum alone: say so.
+                let why = format!(
+                    "database {}: cannot record the start of epoch {} in {}: {e}",
+                    self.e.name,
+                    self.epoch,
+                    self.e.history_path.display()
+                );
+                tracing::error!("{why}");
+                self.alarm(Some(why));
+            }
+        }
         Ok(Side::Primary(Box::new(PrimarySide {
             capture,
             base,
@@ -1196,6 +1320,7 @@ impl Actor {
             acked: None,
             waiters: Vec::new(),
             seed: None,
+            resync: None,
             skip_to: TxId(0),
             checkpointed_to: base.txid,
             last_checkpoint: None,
@@ -1263,8 +1388,12 @@ impl Actor {
             return Ok(standby(None));
         }
         if self.e.state_path.exists() {
-            // This node was primary when it stopped.
-            let (capture, _) = Capture::open(&path, &self.e.state_path, self.epoch)?;
+            // This node was primary when it stopped. What it committed since
+            // its last record was committed in the epoch it then served,
+            // not in this one: stamped so, a copy that diverged is seen to.
+            let served =
+                Capture::saved_position(&self.e.state_path)?.map_or(self.epoch, |p| p.epoch);
+            let (capture, _) = Capture::open(&path, &self.e.state_path, served)?;
             let at = capture.position();
             drop(capture);
             let replica = tandem_standby::adopt(&path, at)?;
@@ -1285,11 +1414,15 @@ impl Actor {
                 p.peer = Peer::Unknown;
                 p.shipped_to = p.base.txid;
                 p.seed = None;
+                p.resync = None;
                 self.ask_standby();
             }
             Side::Standby(s) => {
                 s.partial = None;
                 s.seeder = None;
+                if matches!(s.state, CopyState::Resyncing(_)) {
+                    s.state = CopyState::Streaming;
+                }
                 if s.replica.is_none() {
                     s.state = CopyState::Streaming;
                 }
@@ -1334,6 +1467,7 @@ impl Actor {
             p.asked_at = Some(Instant::now());
             let _ = self.node.peer_link.send(PeerMessage::DbAsk {
                 db: self.e.name.clone(),
+                history: self.history.clone(),
             });
         }
     }
@@ -1376,10 +1510,12 @@ impl Actor {
             p.queue_bytes = 0;
             p.base = p.capture.position();
             p.shipped_to = p.base.txid;
-            if p.peer != Peer::Unknown {
+            if p.peer == Peer::Streaming {
+                // Its next hello (asked now) starts a page-hash resync.
                 p.peer = Peer::NeedsResync(why.clone());
                 self.node
                     .db_alarm(&format!("database {}", self.e.name), Some(why));
+                self.ask_standby();
             }
         }
         self.ship();
@@ -1517,6 +1653,10 @@ impl Actor {
             self.ship_seed();
             return;
         }
+        if p.peer == Peer::Resyncing {
+            self.ship_resync();
+            return;
+        }
         if p.peer != Peer::Streaming {
             return;
         }
@@ -1600,7 +1740,7 @@ impl Actor {
         }
     }
 
-    fn on_hello(&mut self, epoch: Epoch, position: Option<DbPosition>) {
+    fn on_hello(&mut self, epoch: Epoch, position: Option<DbPosition>, ranges: Option<CopyRanges>) {
         let name = self.e.name.clone();
         let Side::Primary(p) = &mut self.side else {
             return;
@@ -1650,7 +1790,29 @@ impl Actor {
             }
             return;
         };
+        if p.peer == Peer::Resyncing && p.resync.is_some() {
+            // The same request twice (our ask crossed its hello); a new
+            // connection would have reset the resync.
+            return;
+        }
         p.seed = None;
+        p.resync = None;
+        if let Lineage::Diverged {
+            common,
+            first,
+            last,
+        } = judge(&self.history, at)
+        {
+            let why = format!(
+                "database {name}: the standby's copy (txid {}, epoch {}) holds transactions {first}..={last} that this primary's line never had (common point: txid {common} at most)",
+                at.txid, at.epoch
+            );
+            self.quarantine_peer(why);
+            return;
+        }
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
         let known_sum = if at.txid == p.base.txid {
             Some(p.base.sum)
         } else {
@@ -1693,17 +1855,195 @@ impl Actor {
                 self.alarm(None);
                 self.ship();
             }
+            Err(Peer::Diverged(why)) => self.quarantine_peer(why),
             Err(peer) => {
                 let (Peer::Diverged(why) | Peer::NeedsResync(why)) = &peer else {
                     return;
                 };
-                tracing::error!("{why}");
+                tracing::warn!("{why}");
                 let why = why.clone();
                 p.peer = peer;
                 // Nobody will acknowledge these: barriers fail at once.
                 p.waiters.clear();
-                self.alarm(Some(why));
+                match ranges {
+                    Some(ranges) => self.start_resync(ranges),
+                    None => self.alarm(Some(why)),
+                }
             }
+        }
+    }
+
+    /// The standby's copy diverged: have it quarantined (it then asks for a
+    /// seed). Barriers fail until it follows again.
+    fn quarantine_peer(&mut self, why: String) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        tracing::error!("{why}");
+        p.peer = Peer::Diverged(why.clone());
+        p.waiters.clear();
+        let _ = self.node.peer_link.send(PeerMessage::DbQuarantine {
+            db: self.e.name.clone(),
+            epoch: self.epoch,
+            reason: why.clone(),
+        });
+        self.alarm(Some(why));
+    }
+
+    /// A page-hash resync of a standby copy that is behind what the queue
+    /// holds: a snapshot, its page hashes compared range by range with the
+    /// copy's `ranges`, and the primary's page hashes of the ranges that
+    /// differ sent as plans; the standby asks for the pages that differ.
+    ///
+    /// The snapshot's page hashes are read here, on the engine's thread:
+    /// about a second per GiB, during which this database's capture waits
+    /// (writers do not).
+    fn start_resync(&mut self, ranges: CopyRanges) {
+        let name = self.e.name.clone();
+        if self.fence.conn.is_some() || self.role != Role::Primary {
+            return;
+        }
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        let started = Instant::now();
+        let (snap, hashes) = match p
+            .capture
+            .snapshot()
+            .and_then(|snap| snap.page_hashes().map(|h| (snap, h)))
+        {
+            Ok(x) => x,
+            Err(e) => {
+                let why = format!("database {name}: cannot take a resync snapshot: {e}");
+                tracing::error!("{why}");
+                p.peer = Peer::NeedsResync(why.clone());
+                self.alarm(Some(why));
+                return;
+            }
+        };
+        let at = snap.position;
+        let differ = if ranges.page_size == snap.page_size {
+            differing_ranges(
+                &hashes.range_hashes(RANGE_PAGES),
+                snap.page_count,
+                &ranges.hashes,
+                ranges.page_count,
+                RANGE_PAGES,
+            )
+        } else {
+            // Another page size: the standby cannot patch its copy and
+            // takes a seed instead (it sees the size in the plan).
+            Vec::new()
+        };
+        let mut plans: Vec<(u32, Vec<[u8; 32]>)> = Vec::new();
+        for (first, last) in differ {
+            let last = last.min(snap.page_count);
+            let mut pgno = first;
+            while pgno <= last {
+                let end = last.min(pgno.saturating_add(PLAN_PAGES - 1));
+                let hs = (pgno..=end)
+                    .map(|n| hashes.get(n).copied().unwrap_or_default())
+                    .collect();
+                plans.push((pgno, hs));
+                pgno = end.saturating_add(1);
+            }
+        }
+        if plans.is_empty() {
+            plans.push((1, Vec::new()));
+        }
+        tracing::info!(
+            "database {name}: resyncing the standby by page hashes at txid {}: {} of {} pages in differing ranges (hashed in {} ms)",
+            at.txid,
+            plans.iter().map(|(_, h)| h.len()).sum::<usize>(),
+            snap.page_count,
+            started.elapsed().as_millis()
+        );
+        let count = plans.len();
+        for (i, (first, hashes)) in plans.into_iter().enumerate() {
+            let _ = self
+                .node
+                .peer_link
+                .send(PeerMessage::DbResyncPlan(DbResyncPlan {
+                    db: name.clone(),
+                    epoch: self.epoch,
+                    position: at,
+                    page_size: snap.page_size,
+                    page_count: snap.page_count,
+                    first,
+                    hashes,
+                    last: i + 1 == count,
+                }));
+        }
+        p.queue.retain(|q| q.txid > at.txid);
+        p.queue_bytes = p.queue.iter().map(|q| q.bytes).sum();
+        p.skip_to = at.txid;
+        p.base = at;
+        p.shipped_to = at.txid;
+        p.resync = Some(ResyncOut {
+            snap,
+            need: Vec::new(),
+            complete: false,
+            next: 0,
+            acked: 0,
+            closed: false,
+        });
+        p.peer = Peer::Resyncing;
+    }
+
+    fn on_resync_need(&mut self, pgnos: Vec<u32>, last: bool) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        let Some(r) = &mut p.resync else {
+            return;
+        };
+        r.need.extend(pgnos);
+        r.complete |= last;
+        self.ship_resync();
+    }
+
+    /// Sends the asked pages of the resync snapshot as `DbSeed` chunks, a
+    /// window at a time, and a closing chunk once all were asked and sent.
+    fn ship_resync(&mut self) {
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        let Some(r) = &mut p.resync else {
+            return;
+        };
+        let window = (SEED_CHUNK_PAGES * SEED_WINDOW_CHUNKS) as usize;
+        while !r.closed && r.next.saturating_sub(r.acked) < window {
+            let end = r.need.len().min(r.next + SEED_CHUNK_PAGES as usize);
+            let last = r.complete && end == r.need.len();
+            if end == r.next && !last {
+                return;
+            }
+            let mut pages = Vec::with_capacity(end - r.next);
+            for &pgno in &r.need[r.next..end] {
+                match r.snap.pages(pgno, 1) {
+                    Ok(mut one) => pages.append(&mut one),
+                    Err(e) => {
+                        tracing::error!("database {}: reading resync pages: {e}", self.e.name);
+                        p.resync = None;
+                        p.peer = Peer::Unknown;
+                        return;
+                    }
+                }
+            }
+            let sent = self.node.peer_link.send(PeerMessage::DbSeed(DbSeed {
+                db: self.e.name.clone(),
+                epoch: self.epoch,
+                position: r.snap.position,
+                page_size: r.snap.page_size,
+                page_count: r.snap.page_count,
+                pages,
+                last,
+            }));
+            if sent.is_err() {
+                return;
+            }
+            r.next = end;
+            r.closed = last;
         }
     }
 
@@ -1891,6 +2231,10 @@ impl Actor {
             return;
         };
         s.hello_at = Some(Instant::now());
+        if matches!(s.state, CopyState::NeedsResync(_)) && s.replica.is_some() {
+            // The primary resyncs a copy by page hashes if it must.
+            s.state = CopyState::Streaming;
+        }
         if let CopyState::Diverged(why) | CopyState::NeedsResync(why) = &s.state {
             let _ = self.node.peer_link.send(PeerMessage::DbRefused {
                 db: name,
@@ -1899,12 +2243,201 @@ impl Actor {
             return;
         }
         let position = s.replica.as_ref().map(Replica::position);
+        let ranges = s.replica.as_ref().map(|r| CopyRanges {
+            page_size: r.page_size() as u32,
+            page_count: r.page_count(),
+            hashes: r.hashes().range_hashes(RANGE_PAGES),
+        });
         s.primary = None;
         let _ = self.node.peer_link.send(PeerMessage::DbHello {
             db: name,
             epoch,
             position,
+            ranges,
         });
+    }
+
+    /// Keeps the primary's history of this database: this copy follows it.
+    fn adopt_history(&mut self, history: Vec<EpochStart>) {
+        if history == self.history || !matches!(self.side, Side::Standby(_)) {
+            return;
+        }
+        if let Err(e) = save_history(&self.e.history_path, &history) {
+            tracing::error!(
+                "database {}: cannot record the history in {}: {e}",
+                self.e.name,
+                self.e.history_path.display()
+            );
+        }
+        self.history = history;
+    }
+
+    /// One plan of a page-hash resync: answer with the pages whose hashes
+    /// differ from this copy's.
+    fn on_resync_plan(&mut self, plan: DbResyncPlan) {
+        let name = self.e.name.clone();
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        let Some(replica) = &s.replica else {
+            return;
+        };
+        if plan.epoch < self.epoch || s.seeder.is_some() {
+            return;
+        }
+        if plan.page_size as usize != replica.page_size() {
+            let why = format!(
+                "database {name}: the primary's pages are {} bytes and this copy's {}; seeding the copy anew",
+                plan.page_size,
+                replica.page_size()
+            );
+            self.set_copy_aside(&why, false);
+            return;
+        }
+        if !matches!(&s.state, CopyState::Resyncing(r) if r.at == plan.position) {
+            tracing::info!(
+                "database {name}: resyncing by page hashes from txid {} to {}",
+                replica.position().txid,
+                plan.position.txid
+            );
+            s.partial = None;
+            s.state = CopyState::Resyncing(Box::new(ResyncIn {
+                at: plan.position,
+                page_count: plan.page_count,
+                pages: Vec::new(),
+                bytes: 0,
+            }));
+        }
+        let ours = replica.hashes();
+        let pgnos = (plan.first..)
+            .zip(&plan.hashes)
+            .filter(|(pgno, h)| ours.get(*pgno) != Some(*h))
+            .map(|(pgno, _)| pgno)
+            .collect();
+        let _ = self.node.peer_link.send(PeerMessage::DbResyncNeed {
+            db: name,
+            pgnos,
+            last: plan.last,
+        });
+    }
+
+    /// Every page of the resync is here: apply them in one transaction,
+    /// checked against the snapshot's checksum.
+    fn finish_resync(&mut self) {
+        let name = self.e.name.clone();
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        let CopyState::Resyncing(r) = std::mem::replace(&mut s.state, CopyState::Streaming) else {
+            return;
+        };
+        let Some(replica) = &mut s.replica else {
+            return;
+        };
+        let ResyncIn {
+            at,
+            page_count,
+            mut pages,
+            ..
+        } = *r;
+        pages.sort_by_key(|(pgno, _)| *pgno);
+        let taken = pages.len() as u32;
+        let tx = Transaction {
+            pages,
+            db_pages_after_commit: page_count,
+            end_offset: 0,
+            salts: Salts { salt1: 0, salt2: 0 },
+        };
+        match replica.seed(at, &tx) {
+            Ok(at) => {
+                tracing::info!(
+                    "database {name}: resynced to txid {} with {taken} pages",
+                    at.txid
+                );
+                let _ = self.node.peer_link.send(PeerMessage::DbSeedAck {
+                    db: name,
+                    next_pgno: taken,
+                    done: true,
+                });
+                self.hello();
+            }
+            Err(e) => {
+                let why = format!(
+                    "database {name}: the resync did not check out: {e}; seeding the copy anew"
+                );
+                self.set_copy_aside(&why, false);
+            }
+        }
+    }
+
+    /// Lets go of this standby's copy and asks the primary for a seed: a
+    /// copy that diverged (`quarantine`) is moved whole into the quarantine
+    /// directory, never overwritten, and an alarm names it; a copy that is
+    /// only out of date is removed.
+    fn set_copy_aside(&mut self, why: &str, quarantine: bool) {
+        let name = self.e.name.clone();
+        let path = self.e.path.clone();
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        let at = s.replica.as_ref().map(Replica::position);
+        // Closing the replica lets go of the write lock; the files go next.
+        s.replica = None;
+        s.seeder = None;
+        s.partial = None;
+        s.primary = None;
+        s.state = CopyState::Streaming;
+        let files: Vec<PathBuf> = copy_files(&path)
+            .into_iter()
+            .filter(|f| f.exists())
+            .collect();
+        let outcome = if quarantine {
+            let dest = |dir: &Path| {
+                let at = at.map_or(String::new(), |a| format!("-txid{}", a.txid));
+                dir.join(format!("{name}{at}-{}", unix_ms()))
+            };
+            let moved = |dir: PathBuf| -> std::io::Result<PathBuf> {
+                std::fs::create_dir_all(&dir)?;
+                for f in &files {
+                    std::fs::rename(f, dir.join(f.file_name().unwrap_or_default()))?;
+                }
+                std::fs::File::open(&dir)?.sync_all()?;
+                Ok(dir)
+            };
+            // Beside the database when the data dir is on another file
+            // system (a rename cannot cross it; a copy could fill the disk).
+            let beside = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(".tandem-quarantine");
+            moved(dest(&self.e.quarantine_dir))
+                .or_else(|_| moved(dest(&beside)))
+                .map(|dir| {
+                    format!(
+                        "{why}; the copy was quarantined whole in {}; seeding a new copy from the primary",
+                        dir.display()
+                    )
+                })
+        } else {
+            files
+                .iter()
+                .try_for_each(std::fs::remove_file)
+                .map(|()| format!("{why}; the copy was removed"))
+        };
+        match outcome {
+            Ok(message) => {
+                tracing::error!("{message}");
+                let key = if quarantine { "quarantine" } else { "resync" };
+                self.node
+                    .db_alarm(&format!("database {name} {key}"), Some(message));
+                self.hello();
+            }
+            Err(e) => {
+                let why =
+                    format!("{why}; the copy could not be set aside ({e}) and is kept as it is");
+                self.refuse(CopyState::Diverged(why));
+            }
+        }
     }
 
     fn refuse(&mut self, state: CopyState) {
@@ -2025,10 +2558,8 @@ impl Actor {
                 });
             }
             Err(e @ (ReplicaError::Diverged { .. } | ReplicaError::ForeignWrite { .. })) => {
-                let why = format!(
-                    "database {name}: {e}; the copy is kept as it is and no longer applied to"
-                );
-                self.refuse(CopyState::Diverged(why));
+                let why = format!("database {name}: {e}");
+                self.set_copy_aside(&why, true);
             }
             Err(e) => {
                 tracing::error!(
@@ -2046,7 +2577,35 @@ impl Actor {
         let Side::Standby(s) = &mut self.side else {
             return;
         };
-        if chunk.epoch < self.epoch || s.replica.is_some() {
+        if chunk.epoch < self.epoch {
+            return;
+        }
+        if let CopyState::Resyncing(r) = &mut s.state {
+            if r.at != chunk.position {
+                return;
+            }
+            r.bytes += chunk.pages.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+            r.pages.extend(chunk.pages);
+            if r.bytes > TX_BYTES_MAX {
+                let why = format!(
+                    "database {name}: the resync differs in more than {TX_BYTES_MAX} bytes; seeding the copy anew"
+                );
+                self.set_copy_aside(&why, false);
+                return;
+            }
+            let taken = r.pages.len() as u32;
+            if !chunk.last {
+                let _ = self.node.peer_link.send(PeerMessage::DbSeedAck {
+                    db: name,
+                    next_pgno: taken,
+                    done: false,
+                });
+                return;
+            }
+            self.finish_resync();
+            return;
+        }
+        if s.replica.is_some() {
             return;
         }
         if s.seeder.is_none() {
@@ -2146,12 +2705,26 @@ impl Actor {
             PeerMessage::DbTx(t) => self.on_tx(t),
             PeerMessage::DbSeed(c) => self.on_seed(c),
             // While a seed is being written the primary knows already.
-            PeerMessage::DbAsk { .. } if !matches!(&self.side, Side::Standby(s) if s.seeder.is_some()) => {
-                self.hello()
+            PeerMessage::DbAsk { history, .. } => {
+                self.adopt_history(history);
+                // While a seed or resync is being written the primary knows.
+                if !matches!(&self.side, Side::Standby(s) if s.seeder.is_some()
+                    || matches!(s.state, CopyState::Resyncing(_)))
+                {
+                    self.hello()
+                }
             }
             PeerMessage::DbHello {
-                epoch, position, ..
-            } => self.on_hello(epoch, position),
+                epoch,
+                position,
+                ranges,
+                ..
+            } => self.on_hello(epoch, position, ranges),
+            PeerMessage::DbResyncPlan(plan) => self.on_resync_plan(plan),
+            PeerMessage::DbResyncNeed { pgnos, last, .. } => self.on_resync_need(pgnos, last),
+            PeerMessage::DbQuarantine { epoch, reason, .. } if epoch >= self.epoch => {
+                self.set_copy_aside(&reason, true)
+            }
             PeerMessage::DbAck { txid, sum, .. } => self.on_ack(txid, sum),
             PeerMessage::DbVerify { id, .. } => self.answer_verify(id),
             PeerMessage::DbVerifyRequest { id, .. } => {
@@ -2178,8 +2751,13 @@ impl Actor {
                     if let Some(seed) = &mut p.seed {
                         seed.acked_next = seed.acked_next.max(next_pgno);
                     }
+                    // For a resync, `next_pgno` counts the pages taken.
+                    if let Some(r) = &mut p.resync {
+                        r.acked = r.acked.max(next_pgno as usize);
+                    }
                     if done {
                         p.seed = None;
+                        p.resync = None;
                     }
                 }
                 self.ship();
@@ -2222,6 +2800,9 @@ impl Actor {
                 return vec![format!(
                     "database {name}: the standby is still being seeded"
                 )]
+            }
+            Peer::Resyncing => {
+                return vec![format!("database {name}: the standby is being resynced")]
             }
             Peer::NeedsResync(w) | Peer::Diverged(w) => return vec![w.clone()],
         }
@@ -2301,9 +2882,12 @@ impl Actor {
             Side::Primary(p) => {
                 let local = p.capture.position();
                 let (mode, error) = match &p.peer {
+                    // The queue is the spool of what the standby is owed.
+                    Peer::Unknown if !p.queue.is_empty() => ("spooling", None),
                     Peer::Unknown => ("waiting for standby", None),
                     Peer::Streaming => ("streaming", None),
                     Peer::Seeding => ("seeding", None),
+                    Peer::Resyncing => ("resyncing", None),
                     Peer::NeedsResync(w) => ("needs resync", Some(w.clone())),
                     Peer::Diverged(w) => ("diverged", Some(w.clone())),
                 };
@@ -2314,6 +2898,8 @@ impl Actor {
                 v["peer"] = pos_json(p.acked);
                 v["lag_transactions"] = json!(local.txid.0.saturating_sub(p.base.txid.0));
                 v["lag_bytes"] = json!(p.queue_bytes);
+                v["spool_bytes"] = json!(p.queue_bytes);
+                v["spool_bytes_max"] = json!(e.queue_bytes_max);
                 v["lag_ms"] = json!(p
                     .queue
                     .front()
@@ -2338,6 +2924,7 @@ impl Actor {
                     CopyState::Streaming if local.is_none() => ("waiting for seed", None),
                     CopyState::Streaming => ("streaming", None),
                     CopyState::Seeding => ("seeding", None),
+                    CopyState::Resyncing(_) => ("resyncing", None),
                     CopyState::NeedsResync(w) => ("needs resync", Some(w.clone())),
                     CopyState::Diverged(w) => ("diverged", Some(w.clone())),
                 };

@@ -460,7 +460,10 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
         | PeerMessage::DbVerify { .. }
         | PeerMessage::DbVerified(_)
         | PeerMessage::DbVerifyRequest { .. }
-        | PeerMessage::DbVerifyReport { .. } => crate::db::on_peer_message(node, msg).await,
+        | PeerMessage::DbVerifyReport { .. }
+        | PeerMessage::DbResyncPlan(_)
+        | PeerMessage::DbResyncNeed { .. }
+        | PeerMessage::DbQuarantine { .. } => crate::db::on_peer_message(node, msg).await,
         PeerMessage::Abandon { op } => {
             let answer = match node.with_machine(|m, _| m.on_abandon(op)) {
                 Outcome::Promoted(epoch) => PeerMessage::Promoted { op, epoch },

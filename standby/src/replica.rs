@@ -284,6 +284,11 @@ impl Replica {
         self.hashes.page_count()
     }
 
+    /// Every page's hash as of the last apply.
+    pub fn hashes(&self) -> &PageHashes {
+        &self.hashes
+    }
+
     /// Applies the primary's transaction `txid`, committed in `epoch`, whose
     /// checksum on the primary is `expected`. Nothing is written unless the
     /// transaction follows the replica's position and the result would have

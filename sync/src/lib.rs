@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod chunk;
 pub mod dbsum;
+pub mod lineage;
 pub mod fileset;
 pub mod manifest;
 pub mod message;

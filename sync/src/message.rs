@@ -9,6 +9,7 @@
 //! with [`DecodeError`], never a panic.
 
 use crate::dbsum::{DbPosition, DbSum, TxId};
+use crate::lineage::EpochStart;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -173,9 +174,35 @@ pub enum PeerMessage {
         db: String,
         epoch: Epoch,
         position: Option<DbPosition>,
+        /// The copy's range hashes, for a page-hash resync if it is needed.
+        ranges: Option<CopyRanges>,
     },
-    /// Primary to standby: say where you stand (a `DbHello`).
-    DbAsk { db: String },
+    /// Primary to standby: say where you stand (a `DbHello`), and keep this
+    /// database's history (to judge copies that rejoin, once primary).
+    DbAsk {
+        db: String,
+        history: Vec<EpochStart>,
+    },
+    /// Primary to standby: the standby's copy is behind what the primary
+    /// still holds; these are the primary's page hashes, from page `first`
+    /// on, of page ranges whose hashes differ from the copy's, in a snapshot
+    /// at `position`. The standby answers each with `DbResyncNeed`; the
+    /// pages then come as `DbSeed` chunks, applied in one transaction.
+    DbResyncPlan(DbResyncPlan),
+    /// Standby to primary: the pages of one `DbResyncPlan` that differ.
+    DbResyncNeed {
+        db: String,
+        pgnos: Vec<u32>,
+        last: bool,
+    },
+    /// Primary to standby: the copy holds transactions this primary's line
+    /// never had (`reason` says which): move it to quarantine, whole, and
+    /// ask to be seeded.
+    DbQuarantine {
+        db: String,
+        epoch: Epoch,
+        reason: String,
+    },
     /// Primary to standby: one chunk of the image that seeds an empty copy.
     DbSeed(DbSeed),
     /// Standby to primary: every seed page below `next_pgno` is written
@@ -220,6 +247,29 @@ pub struct DbVerified {
     pub ranges: Vec<[u8; 32]>,
     /// Why the copy could not be (fully) checked, or why it is not followed.
     pub error: Option<String>,
+}
+
+/// A copy's page-range hashes ([`crate::dbsum::PageHashes::range_hashes`]
+/// over [`crate::dbsum::RANGE_PAGES`] pages).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CopyRanges {
+    pub page_size: u32,
+    pub page_count: u32,
+    pub hashes: Vec<[u8; 32]>,
+}
+
+/// See [`PeerMessage::DbResyncPlan`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DbResyncPlan {
+    pub db: String,
+    pub epoch: Epoch,
+    pub position: DbPosition,
+    pub page_size: u32,
+    pub page_count: u32,
+    /// The page number of `hashes[0]`.
+    pub first: u32,
+    pub hashes: Vec<[u8; 32]>,
+    pub last: bool,
 }
 
 /// One part of a captured transaction (see [`PeerMessage::DbTx`]).

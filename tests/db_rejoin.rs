@@ -1,0 +1,94 @@
+//! A copy that comes back after a failover holding transactions the new
+//! primary never received is quarantined whole, never overwritten; the
+//! event names the file and the txids beyond the common point, and the node
+//! is seeded anew.
+
+mod common;
+
+use common::db::{dump, integrity, run_writer, DbPair};
+use common::wait_for;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Rows of table `t` in the database at `db`, as Python's sqlite3 counts them.
+fn rows(db: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM t').fetchone()[0])")
+        .arg(db)
+        .output()
+        .expect("python3 is required by the database tests");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_diverged_old_primary_is_quarantined_whole_and_seeded_anew() {
+    let mut p = DbPair::new();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 1, 20);
+    let common_txid = p.barrier_txid(0);
+    let before = rows(&p.db(0));
+
+    // The standby goes away; the primary commits what it never receives,
+    // then dies.
+    p.pair.stop(1);
+    run_writer(&p.db(0), 2, 30);
+    let lost = rows(&p.db(0));
+    assert!(lost > before);
+    p.pair.kill(0);
+
+    // The old standby is promoted by hand and serves on.
+    p.pair.start(1);
+    let out = p.pair.cli(1, &["promote", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(SETTLE, "b primary", || {
+        (p.pair.role(1)? == "primary").then_some(())
+    });
+    run_writer(&p.db(1), 3, 5);
+
+    // The old primary rejoins: its copy diverged after `common_txid`.
+    p.pair.start(0);
+    p.pair.wait_roles(1, SETTLE);
+    p.wait_streaming(1, Duration::from_secs(60));
+    let txid = p.barrier_txid(1);
+    let (at, _) = p.wait_same_position(Duration::from_secs(10));
+    assert_eq!(at, txid);
+    assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
+    assert_eq!(integrity(&p.db(0)), "ok");
+
+    // The event names the quarantined copy and the txids beyond the common
+    // point; the copy there still holds the transactions only it had.
+    let events = p.pair.events(0);
+    let ev = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("quarantined"))
+        })
+        .unwrap_or_else(|| panic!("no quarantine event on a: {events:?}"));
+    let message = ev["message"].as_str().unwrap();
+    let beyond = format!("transactions {}..=", common_txid + 1);
+    assert!(message.contains(&beyond), "{message}");
+    let dir = message
+        .split("quarantined whole in ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("{message}"));
+    let kept = std::path::Path::new(dir).join("hydro.db");
+    assert!(kept.exists(), "{message}: {} is missing", kept.display());
+    assert_eq!(rows(&kept), lost, "the quarantined copy lost rows");
+    assert_eq!(integrity(&kept), "ok");
+    // The new primary's copy has none of them: they were never shipped.
+    assert!(rows(&p.db(1)) < lost + 5);
+    let status = p.pair.status(0).unwrap();
+    assert!(
+        status["alarms"].to_string().contains("quarantine"),
+        "{status}"
+    );
+}
