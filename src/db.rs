@@ -1277,6 +1277,14 @@ impl Actor {
                 }
             }
             None => {
+                if !path.exists() && self.e.state_path.exists() {
+                    // Deleted since this node last captured it: creating an
+                    // empty one would empty the standby's copy too.
+                    anyhow::bail!(
+                        "{} was deleted; waiting for a database at the path (the standby keeps its copy)",
+                        path.display()
+                    );
+                }
                 if !path.exists() {
                     if let Some(dir) = path.parent() {
                         std::fs::create_dir_all(dir)?;
@@ -1477,6 +1485,19 @@ impl Actor {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
+        if let Some(gone) = p.capture.replaced() {
+            // Its log is not this capture's any more. Reopened (after a
+            // pause) once a database is at the path again, as content that
+            // only a resync can ship; until then the standby keeps its copy.
+            let why = format!(
+                "database {}: {gone} while tandem ran; the standby keeps its copy until a database is at the path again",
+                self.e.name
+            );
+            tracing::error!("{why}");
+            self.alarm(Some(why.clone()));
+            self.side = Side::Failed(Role::Primary, why, Instant::now());
+            return;
+        }
         match p.capture.poll() {
             Ok(batch) => {
                 for c in batch {

@@ -44,6 +44,7 @@ fn a_diverged_old_primary_is_quarantined_whole_and_seeded_anew() {
 
     // The old standby is promoted by hand and serves on.
     p.pair.start(1);
+    wait_for(SETTLE, "b's control API", || p.pair.status(1));
     let out = p.pair.cli(1, &["promote", "--force"]);
     assert!(out.status.success(), "{out:?}");
     wait_for(SETTLE, "b primary", || {
@@ -91,4 +92,58 @@ fn a_diverged_old_primary_is_quarantined_whole_and_seeded_anew() {
         status["alarms"].to_string().contains("quarantine"),
         "{status}"
     );
+}
+
+/// A database deleted while tandem runs raises an alarm and the standby keeps
+/// its copy; once the application re-creates it, the new database is what
+/// the standby mirrors (by a resync), never the old log read into the new.
+#[test]
+fn a_database_deleted_and_recreated_while_running_is_mirrored_anew() {
+    let mut p = DbPair::new();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 1, 20);
+    p.barrier_txid(0);
+    p.wait_same_position(Duration::from_secs(10));
+    let old = rows(&p.db(1));
+
+    for suffix in ["", "-wal", "-shm"] {
+        let mut f = p.db(0).into_os_string();
+        f.push(suffix);
+        let _ = std::fs::remove_file(f);
+    }
+    let alarm = wait_for(SETTLE, "an alarm for the deleted database", || {
+        let a = p.pair.status(0)?["alarms"].to_string();
+        a.contains("was deleted").then_some(a)
+    });
+    assert!(alarm.contains("the standby keeps its copy"), "{alarm}");
+    assert!(
+        !p.db(0).exists(),
+        "tandem must not create an empty database"
+    );
+    assert_eq!(rows(&p.db(1)), old, "the standby's copy was touched");
+
+    // The application creates its database anew, with other content.
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('PRAGMA journal_mode=WAL'); \
+             c.execute('CREATE TABLE t(v)'); c.executemany('INSERT INTO t VALUES (?)', [(i,) for i in range(7)]); \
+             c.commit()",
+        )
+        .arg(p.db(0))
+        .output()
+        .expect("python3 is required by the database tests");
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(60), "the new database mirrored", || {
+        let s = p.db_status(1)?;
+        (s["mode"] == "streaming" && rows(&p.db(1)) == 7).then_some(())
+    });
+    let txid = p.barrier_txid(0);
+    let (at, _) = p.wait_same_position(Duration::from_secs(10));
+    assert_eq!(at, txid);
+    assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
+    assert_eq!(integrity(&p.db(1)), "ok");
 }

@@ -203,6 +203,15 @@ pub struct Capture {
     unacked: VecDeque<TxId>,
     /// Captured while moving the pin; returned by the next poll.
     held_back: Vec<Captured>,
+    /// The database file's device and inode when opened: the WAL is read by
+    /// path, so a file deleted and re-created under the same name must be
+    /// noticed before its log is read as this one's.
+    file_id: Option<(u64, u64)>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaptureError + '_ {
@@ -312,6 +321,7 @@ impl Capture {
             hashes,
             unacked: VecDeque::new(),
             held_back: Vec::new(),
+            file_id: file_id(db),
         };
         me.save_state()?;
         Ok((me, outcome))
@@ -433,6 +443,19 @@ impl Capture {
     }
 
     /// Reads what was committed since the last poll.
+    /// Why the file at the database's path is no longer the one this capture
+    /// opened (deleted, or replaced by another file), if it is not.
+    pub fn replaced(&self) -> Option<String> {
+        match file_id(&self.db) {
+            None => Some(format!("{} was deleted", self.db.display())),
+            id if id != self.file_id => Some(format!(
+                "{} was replaced by another file",
+                self.db.display()
+            )),
+            _ => None,
+        }
+    }
+
     pub fn poll(&mut self) -> Result<Vec<Captured>, CaptureError> {
         let mut out = std::mem::take(&mut self.held_back);
         out.extend(self.read_new()?);
