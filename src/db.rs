@@ -267,6 +267,34 @@ impl DbEngine {
         }
     }
 
+    /// Moves this node's copy (the database, its `-wal` and `-shm`, the
+    /// position sidecar) whole into a new quarantine directory, named after
+    /// the database, its txid and the time; returns that directory. Beside
+    /// the database when the data dir is on another file system (a rename
+    /// cannot cross it, and a copy could fill the disk).
+    fn quarantine(&self, at: Option<DbPosition>) -> std::io::Result<PathBuf> {
+        let files: Vec<PathBuf> = copy_files(&self.path)
+            .into_iter()
+            .filter(|f| f.exists())
+            .collect();
+        let at = at.map_or(String::new(), |a| format!("-txid{}", a.txid));
+        let name = format!("{}{at}-{}", self.name, unix_ms());
+        let moved = |dir: PathBuf| -> std::io::Result<PathBuf> {
+            std::fs::create_dir_all(&dir)?;
+            for f in &files {
+                std::fs::rename(f, dir.join(f.file_name().unwrap_or_default()))?;
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok(dir)
+        };
+        let beside = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".tandem-quarantine");
+        moved(self.quarantine_dir.join(&name)).or_else(|_| moved(beside.join(&name)))
+    }
+
     fn resource_name(&self) -> String {
         format!("database {}", self.name)
     }
@@ -1379,7 +1407,27 @@ impl Actor {
         drop(side);
         self.release_fence();
         if tandem_standby::replica::position_path(&path).exists() {
-            let replica = Replica::open(&path)?;
+            let replica = match Replica::open(&path) {
+                Ok(r) => r,
+                Err(e @ ReplicaError::UnknownContent { .. }) => {
+                    // Written while tandem was away: kept whole, then seeded.
+                    let dir = self.e.quarantine(None).with_context(|| {
+                        format!("database {}: {e}; cannot quarantine it", self.e.name)
+                    })?;
+                    let message = format!(
+                        "database {}: {e}; the copy was quarantined whole in {}; seeding a new copy from the primary",
+                        self.e.name,
+                        dir.display()
+                    );
+                    tracing::error!("{message}");
+                    self.node.db_alarm(
+                        &format!("database {} quarantine", self.e.name),
+                        Some(message),
+                    );
+                    return Ok(standby(None));
+                }
+                Err(e) => return Err(e.into()),
+            };
             tracing::info!(
                 "database {}: standby, at txid {}",
                 self.e.name,
@@ -2408,40 +2456,17 @@ impl Actor {
         s.partial = None;
         s.primary = None;
         s.state = CopyState::Streaming;
-        let files: Vec<PathBuf> = copy_files(&path)
-            .into_iter()
-            .filter(|f| f.exists())
-            .collect();
         let outcome = if quarantine {
-            let dest = |dir: &Path| {
-                let at = at.map_or(String::new(), |a| format!("-txid{}", a.txid));
-                dir.join(format!("{name}{at}-{}", unix_ms()))
-            };
-            let moved = |dir: PathBuf| -> std::io::Result<PathBuf> {
-                std::fs::create_dir_all(&dir)?;
-                for f in &files {
-                    std::fs::rename(f, dir.join(f.file_name().unwrap_or_default()))?;
-                }
-                std::fs::File::open(&dir)?.sync_all()?;
-                Ok(dir)
-            };
-            // Beside the database when the data dir is on another file
-            // system (a rename cannot cross it; a copy could fill the disk).
-            let beside = path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(".tandem-quarantine");
-            moved(dest(&self.e.quarantine_dir))
-                .or_else(|_| moved(dest(&beside)))
-                .map(|dir| {
-                    format!(
-                        "{why}; the copy was quarantined whole in {}; seeding a new copy from the primary",
-                        dir.display()
-                    )
-                })
+            self.e.quarantine(at).map(|dir| {
+                format!(
+                    "{why}; the copy was quarantined whole in {}; seeding a new copy from the primary",
+                    dir.display()
+                )
+            })
         } else {
-            files
+            copy_files(&path)
                 .iter()
+                .filter(|f| f.exists())
                 .try_for_each(std::fs::remove_file)
                 .map(|()| format!("{why}; the copy was removed"))
         };
@@ -2902,8 +2927,15 @@ impl Actor {
             }
             Side::Primary(p) => {
                 let local = p.capture.position();
+                // Until a new connection resets it, `peer` still says what
+                // the standby was doing on the last one.
+                let away = !self.node.peer_link.is_connected();
                 let (mode, error) = match &p.peer {
                     // The queue is the spool of what the standby is owed.
+                    Peer::Unknown | Peer::Streaming if away && !p.queue.is_empty() => {
+                        ("spooling", None)
+                    }
+                    Peer::Unknown | Peer::Streaming if away => ("waiting for standby", None),
                     Peer::Unknown if !p.queue.is_empty() => ("spooling", None),
                     Peer::Unknown => ("waiting for standby", None),
                     Peer::Streaming => ("streaming", None),

@@ -147,3 +147,56 @@ fn a_database_deleted_and_recreated_while_running_is_mirrored_anew() {
     assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
     assert_eq!(integrity(&p.db(1)), "ok");
 }
+
+/// Local software wrote the standby's copy while its tandem was stopped: at
+/// start the copy matches no position tandem recorded; it is quarantined
+/// whole (the write is kept there), an alarm says so, and the node is
+/// seeded anew from the primary.
+#[test]
+fn a_standby_copy_written_while_tandem_was_stopped_is_quarantined_and_reseeded() {
+    let mut p = DbPair::new();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 3, 50);
+    p.barrier_txid(0);
+    p.wait_same_position(Duration::from_secs(10));
+
+    p.pair.stop(1);
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute(\"INSERT INTO t(v) VALUES ('slipped in')\"); c.commit(); c.close()",
+        )
+        .arg(p.db(1))
+        .output()
+        .expect("python3 is required by the database tests");
+    assert!(out.status.success(), "{out:?}");
+    let slipped = rows(&p.db(1));
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    let txid = p.barrier_txid(0);
+    let (at, _) = p.wait_same_position(Duration::from_secs(10));
+    assert_eq!(at, txid);
+    assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
+    assert_eq!(rows(&p.db(1)), slipped - 1);
+
+    let events = p.pair.events(1);
+    let message = events
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.contains("quarantined whole in "))
+        .unwrap_or_else(|| panic!("no quarantine event on b: {events:?}"))
+        .to_string();
+    assert!(message.contains("written outside tandem"), "{message}");
+    let dir = message
+        .split("quarantined whole in ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap();
+    let kept = std::path::Path::new(dir).join("hydro.db");
+    assert_eq!(rows(&kept), slipped, "{message}");
+}

@@ -1,14 +1,12 @@
 //! `tandem verify`, whole-binary: after a workload (and while one runs) both
-//! copies are reported identical from either node; a write slipped into the
-//! standby's file while its tandem was stopped is reported, with the pages
-//! that differ.
+//! copies are reported identical from either node; bytes of the standby's
+//! file changed behind SQLite's back (bit rot, a stray `dd`) are reported,
+//! with the pages that differ.
 
 mod common;
 
 use common::db::{run_writer, spawn_writer, DbPair};
-use common::wait_for;
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -70,7 +68,7 @@ fn both_copies_are_identical_after_and_during_a_workload() {
 }
 
 #[test]
-fn a_write_slipped_into_the_standby_copy_is_reported_with_its_pages() {
+fn bytes_changed_in_the_standby_file_are_reported_with_their_pages() {
     let mut p = DbPair::new();
     p.pair.start(0);
     p.pair.start(1);
@@ -78,36 +76,32 @@ fn a_write_slipped_into_the_standby_copy_is_reported_with_its_pages() {
     p.wait_streaming(0, SETTLE);
     run_writer(&p.db(0), 3, 100);
     p.barrier_txid(0);
-    p.wait_same_position(Duration::from_secs(5));
 
-    // The standby's tandem stops; local software writes its copy.
+    // A new standby copy, seeded from the primary's image: its pages are in
+    // the database file itself, not in a log.
     p.pair.stop(1);
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-             c.execute(\"INSERT INTO t(v) VALUES ('slipped in')\"); c.commit(); c.close()",
-        )
-        .arg(p.db(1))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    for suffix in ["", "-wal", "-shm", ".tandem-position"] {
+        let mut f = p.db(1).into_os_string();
+        f.push(suffix);
+        let _ = std::fs::remove_file(f);
+    }
     p.pair.start(1);
     p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    p.wait_same_position(Duration::from_secs(10));
 
-    // The standby's engine refuses the copy at open: its content matches no
-    // position tandem recorded for it.
-    let s = wait_for(SETTLE, "the standby reports its copy unusable", || {
-        let s = p.db_status(1)?;
-        s["error"].as_str().is_some().then_some(s)
-    });
-    assert!(
-        s["error"]
-            .as_str()
-            .unwrap()
-            .contains("it was written outside tandem"),
-        "{s}"
-    );
+    // Bytes near the end of page 2 (row payloads of the first table) change
+    // on disk, behind SQLite's back.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p.db(1))
+            .unwrap();
+        f.seek(SeekFrom::Start(4096 + 4000)).unwrap();
+        f.write_all(b"ROT!").unwrap();
+        f.sync_all().unwrap();
+    }
 
     // verify says exactly what differs, from either node.
     for i in [0, 1] {
@@ -128,7 +122,6 @@ fn a_write_slipped_into_the_standby_copy_is_reported_with_its_pages() {
         let ranges = d["differing_pages"].as_array().unwrap();
         assert_eq!(ranges.len(), 1, "{d}");
         assert_eq!(ranges[0]["first"], 1, "{d}");
-        assert_eq!(d["standby"]["integrity"], serde_json::json!(["ok"]), "{d}");
     }
     let out = p.pair.cli(0, &["verify"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
