@@ -130,6 +130,10 @@ const QUEUE_BYTES_MAX: u64 = 256 << 20;
 const IN_FLIGHT_TX_MAX: u64 = 256;
 /// Page hashes per `DbResyncPlan` (2 MiB of hashes).
 const PLAN_PAGES: u32 = 65536;
+/// A standby applies at most this many received transactions, or bytes of
+/// pages, in one SQLite transaction.
+const BATCH_TX_MAX: usize = 1000;
+const BATCH_BYTES_MAX: u64 = 64 << 20;
 /// Pages per seed chunk, and chunks in flight.
 const SEED_CHUNK_PAGES: u32 = 256;
 const SEED_WINDOW_CHUNKS: u32 = 8;
@@ -871,6 +875,9 @@ struct StandbySide {
     seeder: Option<Seeder>,
     state: CopyState,
     partial: Option<Partial>,
+    /// Whole transactions received and not applied yet (see `flush_batch`).
+    batch: Vec<(Epoch, TxId, Transaction, DbSum)>,
+    batch_bytes: u64,
     /// The newest (txid, sum) the primary shipped.
     primary: Option<(TxId, DbSum)>,
     hello_at: Option<Instant>,
@@ -1018,7 +1025,17 @@ impl Actor {
                     self.on_connected();
                 }
                 input = inbox.recv() => match input {
-                    Some(i) => self.handle(i),
+                    Some(i) => {
+                        self.handle(i);
+                        // Take what else is already there into the batch.
+                        while self.batch_pending() {
+                            match inbox.try_recv() {
+                                Ok(i) => self.handle(i),
+                                Err(_) => break,
+                            }
+                        }
+                        self.flush_batch();
+                    }
                     None => break,
                 },
                 _ = wake.notified() => {
@@ -1381,6 +1398,8 @@ impl Actor {
                 seeder: None,
                 state: CopyState::Streaming,
                 partial: None,
+                batch: Vec::new(),
+                batch_bytes: 0,
                 primary: None,
                 hello_at: None,
                 retry: false,
@@ -1464,6 +1483,7 @@ impl Actor {
     }
 
     fn on_connected(&mut self) {
+        self.flush_batch();
         match &mut self.side {
             Side::Primary(p) => {
                 // A new connection: nothing shipped on the old one counts.
@@ -2454,6 +2474,8 @@ impl Actor {
         s.replica = None;
         s.seeder = None;
         s.partial = None;
+        s.batch.clear();
+        s.batch_bytes = 0;
         s.primary = None;
         s.state = CopyState::Streaming;
         let outcome = if quarantine {
@@ -2570,8 +2592,9 @@ impl Actor {
             return;
         };
         let have = replica.position();
-        if head.txid <= have.txid {
-            if head.txid == have.txid && head.sum == have.sum {
+        let last = s.batch.last().map_or(have.txid, |b| b.1);
+        if head.txid <= last {
+            if s.batch.is_empty() && head.txid == have.txid && head.sum == have.sum {
                 let _ = self.node.peer_link.send(PeerMessage::DbAck {
                     db: name,
                     txid: have.txid,
@@ -2580,40 +2603,29 @@ impl Actor {
             }
             return;
         }
-        if head.txid != have.txid.next() {
+        if head.txid != last.next() {
             // A gap: say where we stand and the primary resends from there.
-            if s.hello_at
-                .is_none_or(|t| t.elapsed() > Duration::from_millis(200))
-            {
-                self.hello();
+            self.flush_batch();
+            if let Side::Standby(s) = &mut self.side {
+                if s.hello_at
+                    .is_none_or(|t| t.elapsed() > Duration::from_millis(200))
+                {
+                    self.hello();
+                }
             }
             return;
         }
+        let bytes: u64 = pages.iter().map(|(_, d)| d.len() as u64).sum();
         let tx = Transaction {
             pages,
             db_pages_after_commit: head.db_pages_after_commit,
             end_offset: 0,
             salts: Salts { salt1: 0, salt2: 0 },
         };
-        match replica.apply(head.epoch, head.txid, &tx, head.sum) {
-            Ok(at) => {
-                let _ = self.node.peer_link.send(PeerMessage::DbAck {
-                    db: name,
-                    txid: at.txid,
-                    sum: at.sum,
-                });
-            }
-            Err(e @ (ReplicaError::Diverged { .. } | ReplicaError::ForeignWrite { .. })) => {
-                let why = format!("database {name}: {e}");
-                self.set_copy_aside(&why, true);
-            }
-            Err(e) => {
-                tracing::error!(
-                    "database {name}: cannot apply txid {}: {e}; will retry",
-                    head.txid
-                );
-                s.retry = true;
-            }
+        s.batch.push((head.epoch, head.txid, tx, head.sum));
+        s.batch_bytes += bytes;
+        if s.batch.len() >= BATCH_TX_MAX || s.batch_bytes >= BATCH_BYTES_MAX {
+            self.flush_batch();
         }
     }
 
@@ -2722,9 +2734,58 @@ impl Actor {
         }
     }
 
+    /// Applies the transactions received so far in one SQLite transaction
+    /// ([`Replica::apply_batch`]) and acknowledges the last. The engine calls
+    /// it once its inbox holds no more transactions, and before anything
+    /// else is handled, so a batch never holds back a verify, a switchover's
+    /// confirm step or a role change; at a steady rate batches are of one.
+    fn flush_batch(&mut self) {
+        let name = self.e.name.clone();
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        if s.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut s.batch);
+        s.batch_bytes = 0;
+        let Some(replica) = &mut s.replica else {
+            return;
+        };
+        match replica.apply_batch(&batch) {
+            Ok(at) => {
+                let _ = self.node.peer_link.send(PeerMessage::DbAck {
+                    db: name,
+                    txid: at.txid,
+                    sum: at.sum,
+                });
+            }
+            Err(e @ (ReplicaError::Diverged { .. } | ReplicaError::ForeignWrite { .. })) => {
+                let why = format!("database {name}: {e}");
+                self.set_copy_aside(&why, true);
+            }
+            Err(e) => {
+                tracing::error!(
+                    "database {name}: cannot apply txids {}..={}: {e}; will retry",
+                    batch.first().map_or(TxId(0), |b| b.1),
+                    batch.last().map_or(TxId(0), |b| b.1)
+                );
+                s.retry = true;
+            }
+        }
+    }
+
+    /// Whether received transactions wait to be applied.
+    fn batch_pending(&self) -> bool {
+        matches!(&self.side, Side::Standby(s) if !s.batch.is_empty())
+    }
+
     // ----- inputs ----------------------------------------------------------
 
     fn handle(&mut self, input: Input) {
+        if !matches!(input, Input::Peer(PeerMessage::DbTx(_))) {
+            self.flush_batch();
+        }
         match input {
             Input::Peer(msg) => self.on_peer(msg),
             Input::Precheck(reply) => {
