@@ -1861,12 +1861,7 @@ impl Actor {
                         snap.page_count,
                         snap.position.txid
                     );
-                    let at = snap.position;
-                    p.queue.retain(|q| q.txid > at.txid);
-                    p.queue_bytes = p.queue.iter().map(|q| q.bytes).sum();
-                    p.skip_to = at.txid;
-                    p.base = at;
-                    p.shipped_to = at.txid;
+                    p.ship_after_snapshot(snap.position);
                     p.seed = Some(SeedOut {
                         snap,
                         next: 1,
@@ -2063,11 +2058,7 @@ impl Actor {
                     last: i + 1 == count,
                 }));
         }
-        p.queue.retain(|q| q.txid > at.txid);
-        p.queue_bytes = p.queue.iter().map(|q| q.bytes).sum();
-        p.skip_to = at.txid;
-        p.base = at;
-        p.shipped_to = at.txid;
+        p.ship_after_snapshot(at);
         p.resync = Some(ResyncOut {
             snap,
             need: Vec::new(),
@@ -3075,6 +3066,17 @@ impl Actor {
 }
 
 impl PrimarySide {
+    /// A seed or resync brings the standby to `at` (a snapshot's position):
+    /// what the queue holds up to it is inside the image, and streaming
+    /// resumes after it.
+    fn ship_after_snapshot(&mut self, at: DbPosition) {
+        self.queue.retain(|q| q.txid > at.txid);
+        self.queue_bytes = self.queue.iter().map(|q| q.bytes).sum();
+        self.skip_to = at.txid;
+        self.base = at;
+        self.shipped_to = at.txid;
+    }
+
     fn capture_page_size(&self) -> usize {
         self.queue
             .front()
