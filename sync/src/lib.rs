@@ -16,8 +16,8 @@
 pub mod auth;
 pub mod chunk;
 pub mod dbsum;
-pub mod lineage;
 pub mod fileset;
+pub mod lineage;
 pub mod manifest;
 pub mod message;
 pub mod resource;
