@@ -37,8 +37,12 @@ enum Change {
     Switchover,
     Kill,
     /// The sender stopped on its own while no change was made (its node
-    /// was fenced for a moment) and was started again on the primary.
+    /// was fenced for a moment) and was started again on the same primary.
     Restart,
+    /// As `Restart`, but the other node had become primary meanwhile: a
+    /// failover nobody asked for (this machine stalled for longer than
+    /// `dead_after_ms`). Like a kill -9, it may cause one duplicate.
+    Failover,
 }
 
 /// Every report the receiver got, in order: (sender number, report id).
@@ -256,30 +260,10 @@ fn settled_primary(p: &DbPair) -> usize {
     primary
 }
 
-/// Remove a copy and every record of its position, so that the node is
-/// seeded again as an empty standby.
-fn forget_copy(p: &DbPair, i: usize) {
-    let db = p.db(i);
-    let mut gone = vec![
-        p.pair
-            .dir
-            .path()
-            .join(p.pair.names[i])
-            .join("databases/hydro.capture"),
-        db.clone(),
-    ];
-    for suffix in ["-wal", "-shm", ".tandem-position"] {
-        let mut path = db.clone().into_os_string();
-        path.push(suffix);
-        gone.push(path.into());
-    }
-    for path in gone {
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("removing {}: {e}", path.display()),
-        }
-    }
+/// Copies node i has quarantined so far.
+fn quarantined(p: &DbPair, i: usize) -> usize {
+    let dir = p.pair.dir.path().join(p.pair.names[i]).join("quarantine");
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
 /// A graceful switchover from node `from`. A refusal at the pre-checks
@@ -330,7 +314,11 @@ impl Senders {
     }
 
     fn restart(&mut self, p: &DbPair, code: i32) {
-        let restarts = self.after.iter().filter(|&&c| c == Change::Restart).count();
+        let restarts = self
+            .after
+            .iter()
+            .filter(|&&c| c == Change::Restart || c == Change::Failover)
+            .count();
         assert!(
             restarts < RESTARTS_MAX,
             "{restarts} senders stopped on their own; the last:\n{}",
@@ -342,7 +330,12 @@ impl Senders {
             self.current.output()
         );
         let primary = settled_primary(p);
-        self.next(p, primary, Change::Restart);
+        let why = if primary == self.primary {
+            Change::Restart
+        } else {
+            Change::Failover
+        };
+        self.next(p, primary, why);
     }
 
     /// Wait until the receiver has `count` reports, starting a sender again
@@ -402,6 +395,7 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
         after: Vec::new(),
         resends: Vec::new(),
     };
+    let mut rejoins_quarantined = 0;
     for (n, &change) in plan.iter().enumerate() {
         let target = got.len() + PER_PHASE;
         run.wait_received(&p, &got, target);
@@ -434,17 +428,16 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
                 // The new primary's sender waits in its first barrier until
                 // the killed node is back as the standby.
                 run.next(&p, next, change);
-                // until rejoin quarantines: the killed primary's copy cannot
-                // rejoin yet (its restarted capture counts what it committed
-                // since its last checkpoint as one transaction, so the new
-                // primary finds it behind and "needs resync", which is not
-                // built), so it comes back empty and is seeded.
-                forget_copy(&p, old);
+                // The killed node rejoins as the new standby: caught up by a
+                // page-hash resync, or, when it had committed what the new
+                // primary never received, its copy quarantined and seeded anew.
+                let before = quarantined(&p, old);
                 p.pair.start(old);
                 p.pair.wait_roles(next, SETTLE);
                 p.wait_streaming(next, SETTLE);
+                rejoins_quarantined += quarantined(&p, old) - before;
             }
-            Change::Restart => unreachable!("not planned"),
+            Change::Restart | Change::Failover => unreachable!("not planned"),
         }
     }
     run.wait_done(&p);
@@ -461,7 +454,8 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
     );
     let mut dups_after_switchover = Vec::new();
     let mut dups_after_restart = Vec::new();
-    // (index of the kill in `after`, report) per duplicate after a kill.
+    // (index of the kill in `after`, report) per duplicate after a kill -9
+    // (or an unplanned failover).
     let mut dups_after_kill: Vec<(usize, u64)> = Vec::new();
     let mut gaps = Vec::new();
     let mut expected = 1u64;
@@ -472,7 +466,8 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
         } else if let Some((pk, _)) = prev.filter(|&(pk, pid)| id == pid && k > pk) {
             // Senders pk+1..=k were started after the changes after[pk..k].
             let between = &after[pk as usize..k as usize];
-            match between.iter().rposition(|&c| c == Change::Kill) {
+            let failover = |c: &Change| *c == Change::Kill || *c == Change::Failover;
+            match between.iter().rposition(failover) {
                 Some(at) => dups_after_kill.push((pk as usize + at, id)),
                 None if between.contains(&Change::Switchover) => dups_after_switchover.push(id),
                 None => dups_after_restart.push(id),
@@ -496,8 +491,8 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
     eprintln!(
         "no-resend: {REPORTS} reports, {} receipts by {} senders, {} gaps; \
          {} graceful switchovers: {} duplicates; \
-         {} kill -9 failovers: {} duplicates (reports {:?}); \
-         {} senders restarted after stopping on their own: {} duplicates; \
+         {} kill -9 failovers: {} duplicates (reports {:?}), {rejoins_quarantined} rejoins quarantined a diverged copy; \
+         {} senders restarted after stopping on their own: {} duplicates; {} unplanned failovers; \
          'sending' reports found and sent again: {} after switchovers, {} after kills, {} after restarts; \
          {:.1} s",
         received.len(),
@@ -510,6 +505,7 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
         dups_after_kill.iter().map(|d| d.1).collect::<Vec<_>>(),
         count(Change::Restart),
         dups_after_restart.len(),
+        count(Change::Failover),
         resent_after(Change::Switchover),
         resent_after(Change::Kill),
         resent_after(Change::Restart),
@@ -529,7 +525,7 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
     assert_eq!(
         kills_with_dup.len(),
         dups_after_kill.len(),
-        "more than one duplicate after one kill -9: {dups_after_kill:?}"
+        "more than one duplicate after one kill -9 or failover: {dups_after_kill:?}"
     );
     assert_eq!(
         received.len() as u64,
@@ -542,6 +538,7 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
     assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
     assert_eq!(integrity(&p.db(0)), "ok");
     assert_eq!(integrity(&p.db(1)), "ok");
+    // NORESEND_LOGS=1: both nodes' logs and every sender's output.
     if std::env::var_os("NORESEND_LOGS").is_some() {
         for i in 0..2 {
             eprintln!(

@@ -29,16 +29,18 @@ is printed as `resend ID`.
 
 Exit codes: 0 the outbox is empty; 3 the barrier failed or was refused (this
 node is not primary, or the standby did not acknowledge in time); 4 a write
-was refused (the copy is fenced: "database is locked"). Anything else is a
-failure of the test.
+was refused (the copy is fenced: "database is locked"); 5 still running after
+RUN_SECONDS_MAX. Anything but 0, 3 and 4 is a failure of the test.
 """
 
 import http.client
 import socket
 import sqlite3
 import sys
+import time
 
-EXIT_DONE, EXIT_BARRIER, EXIT_FENCED = 0, 3, 4
+EXIT_DONE, EXIT_BARRIER, EXIT_FENCED, EXIT_TOO_LONG = 0, 3, 4, 5
+RUN_SECONDS_MAX = 300
 
 
 def main():
@@ -79,7 +81,11 @@ def main():
     receiver.sendall(b"sender %d\n" % sender_no)
     replies = receiver.makefile("rb")
     say("start")
+    deadline = time.monotonic() + RUN_SECONDS_MAX
     while True:
+        if time.monotonic() > deadline:
+            say("stop after %d s" % RUN_SECONDS_MAX)
+            sys.exit(EXIT_TOO_LONG)
         row = conn.execute(
             "SELECT id, body, state FROM outbox WHERE state IN ('pending', 'sending') "
             "ORDER BY id LIMIT 1"
