@@ -260,6 +260,16 @@ fn settled_primary(p: &DbPair) -> usize {
     primary
 }
 
+/// How long after the receiver got a report the n-th change's kill -9
+/// lands: 0 to 15 ms, from the seed.
+fn kill_delay(seed: u64, n: usize) -> Duration {
+    let x = seed
+        .wrapping_add(n as u64)
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    Duration::from_micros((x >> 33) % 15_000)
+}
+
 /// Copies node i has quarantined so far.
 fn quarantined(p: &DbPair, i: usize) -> usize {
     let dir = p.pair.dir.path().join(p.pair.names[i]).join("quarantine");
@@ -396,6 +406,15 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
         resends: Vec::new(),
     };
     let mut rejoins_quarantined = 0;
+    let seed = std::env::var("NORESEND_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.subsec_nanos() as u64)
+        });
+    eprintln!("no-resend: NORESEND_SEED={seed}");
     for (n, &change) in plan.iter().enumerate() {
         let target = got.len() + PER_PHASE;
         run.wait_received(&p, &got, target);
@@ -419,6 +438,11 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
                 run.next(&p, next, change);
             }
             Change::Kill => {
+                // Fault timing, not synchronisation: the kill lands at a
+                // different point of the sender's cycle each time (marking,
+                // barrier, sending, marking sent), up to 15 ms after the
+                // receiver got a report.
+                std::thread::sleep(kill_delay(seed, n));
                 // The primary's machine dies: its sender and tandem at once.
                 run.current.kill();
                 p.pair.kill(old);
