@@ -1243,9 +1243,10 @@ impl Actor {
         if !path.exists() {
             return Ok(None);
         }
-        let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        // Opened as a replica's connection, so that becoming standby can
+        // hand this very lock to the replica (see `become_standby`).
+        let c = tandem_standby::replica::lock_connection(path, FENCE_ATTEMPT)
             .map_err(|e| e.to_string())?;
-        c.busy_timeout(FENCE_ATTEMPT).map_err(|e| e.to_string())?;
         c.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
             format!(
                 "a writer held it for more than {} ms: {e}",
@@ -1408,12 +1409,19 @@ impl Actor {
         // The primary's capture until now: its position becomes the copy's.
         if let Side::Primary(p) = side {
             let at = p.capture.position();
-            // Close the capture while the fence still holds, and let go of
-            // the fence just before the replica takes the write lock itself:
-            // the moment a local writer could slip in stays as short as can be.
+            // Close the capture while the fence still holds, and hand the
+            // fence's write lock to the replica: a local writer waiting for
+            // the lock must never commit between the capture's last position
+            // and the replica's first apply.
             drop(p);
-            self.release_fence();
-            let replica = tandem_standby::adopt(&path, at).context("adopting as a replica")?;
+            let replica = match self.fence.conn.take() {
+                Some(lock) => {
+                    self.fence.tried_at = None;
+                    tandem_standby::adopt_locked(&path, at, lock)
+                }
+                None => tandem_standby::adopt(&path, at),
+            }
+            .context("adopting as a replica")?;
             let _ = std::fs::remove_file(&self.e.state_path);
             tracing::info!(
                 "database {}: standby, at txid {} (checksum {})",
@@ -1424,9 +1432,16 @@ impl Actor {
             return Ok(standby(Some(replica)));
         }
         drop(side);
-        self.release_fence();
         if tandem_standby::replica::position_path(&path).exists() {
-            let replica = match Replica::open(&path) {
+            // The fence's lock passes to the replica, as above.
+            let opened = match self.fence.conn.take() {
+                Some(lock) => {
+                    self.fence.tried_at = None;
+                    Replica::open_locked(&path, lock)
+                }
+                None => Replica::open(&path),
+            };
+            let replica = match opened {
                 Ok(r) => r,
                 Err(e @ ReplicaError::UnknownContent { .. }) => {
                     // Written while tandem was away: kept whole, then seeded.
@@ -1454,6 +1469,7 @@ impl Actor {
             );
             return Ok(standby(Some(replica)));
         }
+        self.release_fence();
         if !path.exists() {
             tracing::info!(
                 "database {}: standby with no copy yet; asking the primary to seed {}",

@@ -14,4 +14,4 @@ pub mod replica;
 pub mod seed;
 
 pub use replica::{Replica, ReplicaError, Verification};
-pub use seed::{adopt, forget_position, Seeder};
+pub use seed::{adopt, adopt_locked, forget_position, Seeder};

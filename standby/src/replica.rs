@@ -150,6 +150,17 @@ fn open_apply_connection(path: &Path, flags: OpenFlags) -> Result<Connection, Re
     Ok(conn)
 }
 
+/// A connection to `path` set up as a replica's applying connection
+/// (`synchronous=FULL`, which cannot be changed inside a transaction), for a
+/// caller that holds the write lock with it before handing it to
+/// [`Replica::open_locked`].
+pub fn lock_connection(path: &Path, lock_wait: Duration) -> Result<Connection, ReplicaError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(lock_wait)?;
+    conn.execute_batch("PRAGMA synchronous=FULL")?;
+    Ok(conn)
+}
+
 /// Every page of the database as its connection sees it now.
 fn read_pages(conn: &Connection, page_size: usize) -> Result<PageHashes, ReplicaError> {
     let mut table = PageHashes::new(page_size);
@@ -225,14 +236,35 @@ impl Replica {
     /// write lock, recomputes the checksum from every page and picks the
     /// recorded position it matches.
     pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
+        let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        apply.execute_batch("BEGIN IMMEDIATE")?;
+        Replica::open_locked(path, apply)
+    }
+
+    /// [`Replica::open`] with a connection the caller opened with
+    /// [`lock_connection`] and that already holds the write lock (inside
+    /// `BEGIN IMMEDIATE`): the lock passes from the caller (tandem's fence)
+    /// to the replica with no moment in between where a local writer could
+    /// take it and commit to the copy.
+    pub fn open_locked(path: &Path, apply: Connection) -> Result<Replica, ReplicaError> {
+        if apply.is_autocommit() {
+            apply.execute_batch("BEGIN IMMEDIATE")?;
+        }
+        apply.busy_timeout(LOCK_WAIT)?;
+        let mode: String = apply.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let synchronous: i64 = apply.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") || synchronous < 2 {
+            return Err(ReplicaError::NotUsable(
+                path.to_owned(),
+                format!("journal mode {mode}, synchronous {synchronous}: not wal and FULL"),
+            ));
+        }
         let pos_path = position_path(path);
         let (position_file, intents) =
             PositionFile::open(&pos_path).map_err(|source| ReplicaError::PositionFile {
                 path: pos_path.clone(),
                 source,
             })?;
-        let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        apply.execute_batch("BEGIN IMMEDIATE")?;
         let hashes = read_pages(&apply, page_size_of(&apply)?)?;
         let found = hashes.sum();
         let Some(newest) = intents.first() else {

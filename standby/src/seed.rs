@@ -180,6 +180,23 @@ impl Seeder {
 /// replica. Opening recomputes the checksum from every page, so a file that
 /// is not at `at` is refused ([`ReplicaError::UnknownContent`]).
 pub fn adopt(path: &Path, at: DbPosition) -> Result<Replica, ReplicaError> {
+    record_position(path, at)?;
+    Replica::open(path)
+}
+
+/// [`adopt`] with a connection that already holds the write lock (see
+/// [`Replica::open_locked`]), so that no local writer can commit between
+/// the capture's last position and the replica's first apply.
+pub fn adopt_locked(
+    path: &Path,
+    at: DbPosition,
+    lock: rusqlite::Connection,
+) -> Result<Replica, ReplicaError> {
+    record_position(path, at)?;
+    Replica::open_locked(path, lock)
+}
+
+fn record_position(path: &Path, at: DbPosition) -> Result<(), ReplicaError> {
     let pos_path = position_path(path);
     let tmp = with_suffix(&pos_path, ".tmp");
     match std::fs::remove_file(&tmp) {
@@ -189,8 +206,7 @@ pub fn adopt(path: &Path, at: DbPosition) -> Result<Replica, ReplicaError> {
     }
     PositionFile::create(&tmp, at).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &pos_path).map_err(io(&pos_path))?;
-    sync_dir(&pos_path)?;
-    Replica::open(path)
+    sync_dir(&pos_path)
 }
 
 /// Removes the position record of the copy at `path` (it becomes the
