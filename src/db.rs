@@ -108,7 +108,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_config::Database;
-use tandem_primary::{Capture, Snapshot};
+use tandem_primary::{Capture, OpenOutcome, Snapshot};
 use tandem_standby::{Replica, ReplicaError, Seeder};
 use tandem_sync::dbsum::{differing_ranges, DbPosition, DbSum, PageHashes, TxId, RANGE_PAGES};
 use tandem_sync::lineage::{judge, record_start, EpochStart, Lineage};
@@ -1297,6 +1297,17 @@ impl Actor {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let capture = match was {
+            Some(at) if at.txid == TxId::UNCOUNTED => {
+                // Never placed on a line: numbering starts over here, and a
+                // copy that comes back is judged against that (quarantined
+                // unless it is a prefix of it).
+                tandem_standby::forget_position(&path)?;
+                tracing::warn!(
+                    "database {}: primary with a copy whose txid was never counted; numbering starts over",
+                    self.e.name
+                );
+                Capture::open(&path, &self.e.state_path, self.epoch)?.0
+            }
             Some(at) => {
                 tandem_standby::forget_position(&path)?;
                 match Capture::open_at(&path, &self.e.state_path, self.epoch, at) {
@@ -1484,9 +1495,20 @@ impl Actor {
             // not in this one: stamped so, a copy that diverged is seen to.
             let served =
                 Capture::saved_position(&self.e.state_path)?.map_or(self.epoch, |p| p.epoch);
-            let (capture, _) = Capture::open(&path, &self.e.state_path, served)?;
-            let at = capture.position();
+            let (capture, outcome) = Capture::open(&path, &self.e.state_path, served)?;
+            let mut at = capture.position();
             drop(capture);
+            if outcome == OpenOutcome::Discontinuous {
+                // What it committed after its last record was not counted
+                // one by one: its txid is not known, and guessing one could
+                // make a copy that diverged look merely behind.
+                tracing::warn!(
+                    "database {}: this node stopped abruptly as primary; its transactions after txid {} were not counted; the primary will place the copy by its checksum",
+                    self.e.name,
+                    at.txid.0.saturating_sub(1)
+                );
+                at.txid = TxId::UNCOUNTED;
+            }
             let replica = tandem_standby::adopt(&path, at)?;
             let _ = std::fs::remove_file(&self.e.state_path);
             return Ok(standby(Some(replica)));
@@ -1897,6 +1919,34 @@ impl Actor {
         }
         p.seed = None;
         p.resync = None;
+        if at.txid == TxId::UNCOUNTED {
+            // Placed by its content alone: on this line only if its checksum
+            // is one this line had; then a resync gives it a position.
+            let on_line = at.sum == cap.sum
+                || at.sum == p.base.sum
+                || p.queue.iter().any(|q| q.sum == at.sum)
+                || self.history.iter().any(|h| h.from.sum == at.sum);
+            match (on_line, ranges) {
+                (true, Some(ranges)) => {
+                    tracing::info!("database {name}: the standby's uncounted copy has a checksum of this line ({}); resyncing it", at.sum);
+                    self.start_resync(ranges);
+                }
+                (true, None) => {}
+                (false, _) => {
+                    let common = self
+                        .history
+                        .iter()
+                        .find(|h| h.epoch > at.epoch)
+                        .map_or(cap.txid, |h| h.from.txid);
+                    self.quarantine_peer(format!(
+                        "database {name}: the standby's copy (epoch {}) stopped abruptly as a primary and its content matches no point of this primary's line: it holds transactions {}.. (not counted one by one) that this line never had (common point: txid {common} at most)",
+                        at.epoch,
+                        common.next()
+                    ))
+                }
+            }
+            return;
+        }
         if let Lineage::Diverged {
             common,
             first,

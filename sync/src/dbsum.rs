@@ -27,13 +27,23 @@ use std::fmt;
 pub struct TxId(pub u64);
 
 impl TxId {
+    /// The txid of a copy whose content is known but not how many
+    /// transactions made it: a primary killed after the log restarted past
+    /// its last record, whose later commits were never counted one by one.
+    /// The primary places such a copy by its checksum alone (see
+    /// [`crate::lineage`]); nothing follows it.
+    pub const UNCOUNTED: TxId = TxId(u64::MAX);
+
     pub fn next(self) -> TxId {
-        TxId(self.0 + 1)
+        TxId(self.0.saturating_add(1))
     }
 }
 
 impl fmt::Display for TxId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == TxId::UNCOUNTED {
+            return write!(f, "uncounted");
+        }
         write!(f, "{}", self.0)
     }
 }
