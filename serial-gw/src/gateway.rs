@@ -376,7 +376,8 @@ impl Gateway {
         let mut running = self.running.lock().await;
         if let Some(r) = running.take() {
             let _ = r.stop.send(());
-            let waited = tokio::time::timeout(Duration::from_millis(DEACTIVATE_MS_MAX), r.gone).await;
+            let waited =
+                tokio::time::timeout(Duration::from_millis(DEACTIVATE_MS_MAX), r.gone).await;
             if waited.is_err() {
                 // Cannot happen short of a blocking call inside the task;
                 // say so rather than claim the port is free.

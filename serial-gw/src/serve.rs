@@ -20,16 +20,16 @@
 
 use crate::com_port::{self, ComPortServer, DeviceControl, LineSettings, Output};
 use crate::gateway::Shared;
+use mio_serial::{SerialPort, SerialStream};
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tandem_config::SerialProtocol;
-use mio_serial::{SerialPort, SerialStream};
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::task::{Context, Poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
@@ -143,7 +143,8 @@ struct Device {
 impl Device {
     fn open(opts: &ServeOptions, name: &str) -> Result<Device, String> {
         let builder = mio_serial::new(opts.device.to_string_lossy(), opts.initial.baud);
-        let cannot = |e: &dyn std::fmt::Display| format!("cannot open {}: {e}", opts.device.display());
+        let cannot =
+            |e: &dyn std::fmt::Display| format!("cannot open {}: {e}", opts.device.display());
         let stream = SerialStream::open(&builder).map_err(|e| cannot(&e))?;
         // SAFETY: the SerialStream owns its descriptor and lives inside the
         // AsyncFd until both are dropped together, which is what
