@@ -320,12 +320,18 @@ impl Gateway {
         let (gone_tx, gone) = oneshot::channel::<()>();
         let mode = self.mode.clone();
         let shared = self.shared.clone();
-        let thread_error = |source| GatewayError::Thread {
-            port: self.shared.name.clone(),
-            source,
+        // Bind and pty errors are recorded in status where they happen.
+        let thread_error = |source| {
+            let err = GatewayError::Thread {
+                port: self.shared.name.clone(),
+                source,
+            };
+            self.shared.update(|s| s.last_error = Some(err.to_string()));
+            err
         };
         let thread = std::thread::Builder::new()
-            .name(format!("serial {}", self.shared.name))
+            // A NUL would make spawn panic; config names never have one.
+            .name(format!("serial {}", self.shared.name.replace('\0', "")))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
