@@ -459,7 +459,7 @@ async fn start(
                 s.last_error = None;
             });
             tracing::info!(port = %shared.name, "serial gateway active on {:?}", bound);
-            Ok(Box::pin(serve::run(o, listener, shared)))
+            Ok(Box::pin(serve::start(o, listener, shared)))
         }
         Mode::Connect(o) => {
             let listener = match o.listen {

@@ -485,16 +485,51 @@ pub(crate) fn tune_socket(
     Ok(())
 }
 
-/// The serve loop; runs until aborted by [`crate::Gateway::deactivate`].
-pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<Shared>) {
+/// Serve mode on `listener`, until dropped by [`crate::Gateway::deactivate`].
+///
+/// The first attempt to open the device is made here, before the loop, so
+/// that a device that is there is open by the time activation returns and
+/// a client that connects at once finds it: bytes sent before the device
+/// is open are dropped.
+pub(crate) fn start(
+    opts: ServeOptions,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) -> impl std::future::Future<Output = ()> {
+    let (device, open_error) = match Device::open(&opts, &shared.name) {
+        Ok(mut d) => {
+            tracing::info!(port = %shared.name, "device {} open", opts.device.display());
+            d.apply(&opts.initial);
+            shared.update(|s| {
+                s.device_open = true;
+                s.last_error = None;
+            });
+            (Some(d), None)
+        }
+        Err(msg) => {
+            tracing::warn!(port = %shared.name, "{msg}; retrying every {:?}", opts.reopen_interval);
+            shared.update(|s| s.last_error = Some(msg.clone()));
+            (None, Some(msg))
+        }
+    };
+    run(opts, listener, shared, device, open_error)
+}
+
+async fn run(
+    opts: ServeOptions,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    device: Option<Device>,
+    open_error: Option<String>,
+) {
     let name = shared.name.clone();
     let mut trace = Trace::open(opts.trace_file.as_ref(), &name);
-    let mut device: Option<Device> = None;
-    let mut ever_opened = false;
+    let mut device = device;
+    let mut ever_opened = device.is_some();
     let mut client: Option<Client> = None;
     let mut line = opts.initial;
-    let mut reopen_at = Instant::now();
-    let mut last_open_error: Option<String> = None;
+    let mut reopen_at = Instant::now() + opts.reopen_interval;
+    let mut last_open_error = open_error;
     let mut dev_buf = vec![0u8; BUF_BYTES];
     let mut net_buf = vec![0u8; BUF_BYTES];
     // Client payload the device has not taken yet, and when it last took some.
