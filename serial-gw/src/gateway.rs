@@ -307,9 +307,10 @@ impl Gateway {
     }
 
     /// Opens the listener (and, in connect mode, the pty) and starts
-    /// serving on the port's own thread; the device or the device servers
-    /// are opened, and retried, in the background. Does nothing if already
-    /// active.
+    /// serving on the port's own thread. In serve mode the device is tried
+    /// once before this returns; the device servers (connect mode), and a
+    /// device that could not be opened, are tried again in the background.
+    /// Does nothing if already active.
     pub async fn activate(&self) -> Result<(), GatewayError> {
         let mut running = self.running.lock().await;
         if running.as_ref().is_some_and(|r| !r.thread.is_finished()) {
