@@ -110,17 +110,47 @@ pub fn render_status(s: &Status) -> String {
             let client = p["client"]
                 .as_str()
                 .map_or("no client".into(), |c| format!("client {c}"));
+            let count = |k: &str| p[k].as_u64().unwrap_or(0);
             let _ = writeln!(
                 out,
                 "  {:<12} {:<10} {:<22} to device {} B, from device {} B{}",
                 text("name"),
                 text("state"),
                 client,
-                p["bytes_to_device"].as_u64().unwrap_or(0),
-                p["bytes_from_device"].as_u64().unwrap_or(0),
+                count("bytes_to_device"),
+                count("bytes_from_device"),
                 p["last_error"]
                     .as_str()
                     .map_or(String::new(), |e| format!("; last error: {e}"))
+            );
+            // Where the bytes go: the local device (serve mode) or the
+            // device server in use (connect mode), and how often that broke.
+            let reached = match p["mode"].as_str() {
+                Some("connect") => p["device_server"]
+                    .as_str()
+                    .map_or("no device server".into(), |d| format!("device server {d}")),
+                _ => format!(
+                    "device {} {}",
+                    text("device"),
+                    if p["device_open"].as_bool() == Some(true) {
+                        "open"
+                    } else {
+                        "closed"
+                    }
+                ),
+            };
+            let listen = p["listen"]
+                .as_str()
+                .map_or(String::new(), |l| format!("listen {l}, "));
+            let pty = p["pty"]
+                .as_str()
+                .map_or(String::new(), |t| format!("pty {t}, "));
+            let _ = writeln!(
+                out,
+                "      {listen}{pty}{reached}; reconnects {}, failovers {}, dropped {} B",
+                count("reconnects"),
+                count("failovers"),
+                count("bytes_dropped"),
             );
         }
     }

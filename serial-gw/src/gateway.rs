@@ -8,6 +8,13 @@
 //! then: it aborts the port's one task, which owns every descriptor, and
 //! waits for it to be gone.
 //!
+//! Each active port runs on its own thread, in a single-threaded tokio
+//! runtime: serial traffic is small and latency-bound, and the node's main
+//! runtime is busy with database and file streams that must never delay
+//! it (nor can work stealing move it between cores mid-exchange). The port's
+//! one task owns every descriptor; stopping it and dropping the runtime
+//! closes them all.
+//!
 //! A port whose device cannot be opened still activates: the failure shows in
 //! [`PortStatus::last_error`] and is retried, and the rest of tandem is not
 //! affected. Only a listener that cannot be bound fails activation, since
@@ -25,7 +32,7 @@ use std::time::Duration;
 use tandem_config::{
     SerialClientPolicy, SerialFlow, SerialLine, SerialMode, SerialParity, SerialPort,
 };
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 /// How long [`Gateway::deactivate`] may take.
 pub const DEACTIVATE_MS_MAX: u64 = 500;
@@ -119,13 +126,18 @@ pub enum GatewayError {
     },
     #[error("serial port {port}: {reason}")]
     Config { port: String, reason: String },
+    #[error("serial port {port}: cannot start its thread: {source}")]
+    Thread {
+        port: String,
+        source: std::io::Error,
+    },
     /// No longer returned: connect mode is built. Kept so that callers
     /// matching on it still compile.
     #[error("serial port {port}: connect mode is not implemented yet")]
     ConnectModeNotImplemented { port: String },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Mode {
     Serve(ServeOptions),
     Connect(ConnectOptions),
@@ -136,7 +148,17 @@ enum Mode {
 pub struct Gateway {
     mode: Mode,
     shared: Arc<Shared>,
-    running: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    running: tokio::sync::Mutex<Option<Running>>,
+}
+
+/// An active port's thread.
+#[derive(Debug)]
+struct Running {
+    /// Sent, or dropped, to stop the port.
+    stop: oneshot::Sender<()>,
+    /// Closed once the port's runtime, and with it every descriptor, is gone.
+    gone: oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// The config's line settings as the gateway's.
@@ -284,74 +306,74 @@ impl Gateway {
         }
     }
 
-    async fn bind(&self, addr: SocketAddr) -> Result<tokio::net::TcpListener, GatewayError> {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Ok(l),
-            Err(source) => {
-                let err = GatewayError::Bind {
-                    port: self.shared.name.clone(),
-                    addr,
-                    source,
-                };
-                self.shared.update(|s| s.last_error = Some(err.to_string()));
-                Err(err)
-            }
-        }
-    }
-
     /// Opens the listener (and, in connect mode, the pty) and starts
-    /// serving; the device or the device servers are opened, and retried,
-    /// in the background. Does nothing if already active.
+    /// serving on the port's own thread. In serve mode the device is tried
+    /// once before this returns; the device servers (connect mode), and a
+    /// device that could not be opened, are tried again in the background.
+    /// Does nothing if already active.
     pub async fn activate(&self) -> Result<(), GatewayError> {
         let mut running = self.running.lock().await;
-        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+        if running.as_ref().is_some_and(|r| !r.thread.is_finished()) {
             return Ok(());
         }
-        let task = match &self.mode {
-            Mode::Serve(o) => {
-                let listener = self.bind(o.listen).await?;
-                let bound = listener.local_addr().ok();
-                self.shared.update(|s| {
-                    s.listen = bound;
-                    s.state = PortState::Listening;
-                    s.last_error = None;
-                });
-                tracing::info!(port = %self.shared.name, "serial gateway active on {:?}", bound);
-                tokio::spawn(serve::run(o.clone(), listener, self.shared.clone()))
-            }
-            Mode::Connect(o) => {
-                let listener = match o.listen {
-                    Some(a) => Some(self.bind(a).await?),
-                    None => None,
-                };
-                let pty = match &o.pty {
-                    Some(path) => match Pty::open(path, &o.initial) {
-                        Ok(p) => Some(p),
-                        Err(source) => {
-                            let err = GatewayError::Pty {
-                                port: self.shared.name.clone(),
-                                path: path.clone(),
-                                source,
-                            };
-                            self.shared.update(|s| s.last_error = Some(err.to_string()));
-                            return Err(err);
-                        }
-                    },
-                    None => None,
-                };
-                let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
-                let slave = pty.as_ref().map(|p| p.slave_path().display().to_string());
-                self.shared.update(|s| {
-                    s.listen = bound;
-                    s.pty = slave;
-                    s.state = PortState::Listening;
-                    s.last_error = None;
-                });
-                tracing::info!(port = %self.shared.name, "serial gateway active: pty {:?}, listener {:?}", o.pty, bound);
-                tokio::spawn(connect::run(o.clone(), listener, pty, self.shared.clone()))
-            }
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (gone_tx, gone) = oneshot::channel::<()>();
+        let mode = self.mode.clone();
+        let shared = self.shared.clone();
+        // Bind and pty errors are recorded in status where they happen.
+        let thread_error = |source| {
+            let err = GatewayError::Thread {
+                port: self.shared.name.clone(),
+                source,
+            };
+            self.shared.update(|s| s.last_error = Some(err.to_string()));
+            err
         };
-        *running = Some(task);
+        let thread = std::thread::Builder::new()
+            // A NUL would make spawn panic; config names never have one.
+            .name(format!("serial {}", self.shared.name.replace('\0', "")))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let serving = match start(mode, shared).await {
+                        Ok(serving) => serving,
+                        Err(e) => {
+                            let _ = ready_tx.send(Ok(Err(e)));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(Ok(())));
+                    tokio::select! {
+                        () = serving => {}
+                        _ = stop_rx => {}
+                    }
+                });
+                // Closes whatever the port's task still held.
+                drop(rt);
+                drop(gone_tx);
+            })
+            .map_err(thread_error)?;
+        match ready_rx.await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(e)) => return Err(thread_error(e)),
+            Err(_) => {
+                return Err(thread_error(std::io::Error::other(
+                    "the port's thread ended before starting",
+                )))
+            }
+        }
+        *running = Some(Running { stop, gone, thread });
         Ok(())
     }
 
@@ -359,10 +381,10 @@ impl Gateway {
     /// [`DEACTIVATE_MS_MAX`]. Does nothing if not active.
     pub async fn deactivate(&self) {
         let mut running = self.running.lock().await;
-        if let Some(handle) = running.take() {
-            handle.abort();
+        if let Some(r) = running.take() {
+            let _ = r.stop.send(());
             let waited =
-                tokio::time::timeout(Duration::from_millis(DEACTIVATE_MS_MAX), handle).await;
+                tokio::time::timeout(Duration::from_millis(DEACTIVATE_MS_MAX), r.gone).await;
             if waited.is_err() {
                 // Cannot happen short of a blocking call inside the task;
                 // say so rather than claim the port is free.
@@ -400,10 +422,76 @@ impl Gateway {
 }
 
 impl Drop for Gateway {
-    /// A dropped gateway must not leave its port served by an orphan task.
+    /// A dropped gateway must not leave its port served by an orphan
+    /// thread: dropping `Running` drops its stop sender, which stops it.
     fn drop(&mut self) {
-        if let Some(handle) = self.running.get_mut().take() {
-            handle.abort();
+        drop(self.running.get_mut().take());
+    }
+}
+
+async fn bind(shared: &Shared, addr: SocketAddr) -> Result<tokio::net::TcpListener, GatewayError> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(source) => {
+            let err = GatewayError::Bind {
+                port: shared.name.clone(),
+                addr,
+                source,
+            };
+            shared.update(|s| s.last_error = Some(err.to_string()));
+            Err(err)
+        }
+    }
+}
+
+/// Binds and opens what a port presents, on the port's own runtime, and
+/// returns the task that serves it.
+async fn start(
+    mode: Mode,
+    shared: Arc<Shared>,
+) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>, GatewayError> {
+    match mode {
+        Mode::Serve(o) => {
+            let listener = bind(&shared, o.listen).await?;
+            let bound = listener.local_addr().ok();
+            shared.update(|s| {
+                s.listen = bound;
+                s.state = PortState::Listening;
+                s.last_error = None;
+            });
+            tracing::info!(port = %shared.name, "serial gateway active on {:?}", bound);
+            Ok(Box::pin(serve::start(o, listener, shared)))
+        }
+        Mode::Connect(o) => {
+            let listener = match o.listen {
+                Some(a) => Some(bind(&shared, a).await?),
+                None => None,
+            };
+            let pty = match &o.pty {
+                Some(path) => match Pty::open(path, &o.initial) {
+                    Ok(p) => Some(p),
+                    Err(source) => {
+                        let err = GatewayError::Pty {
+                            port: shared.name.clone(),
+                            path: path.clone(),
+                            source,
+                        };
+                        shared.update(|s| s.last_error = Some(err.to_string()));
+                        return Err(err);
+                    }
+                },
+                None => None,
+            };
+            let bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+            let slave = pty.as_ref().map(|p| p.slave_path().display().to_string());
+            shared.update(|s| {
+                s.listen = bound;
+                s.pty = slave;
+                s.state = PortState::Listening;
+                s.last_error = None;
+            });
+            tracing::info!(port = %shared.name, "serial gateway active: pty {:?}, listener {:?}", o.pty, bound);
+            Ok(Box::pin(connect::run(o, listener, pty, shared)))
         }
     }
 }

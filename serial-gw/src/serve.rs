@@ -20,16 +20,20 @@
 
 use crate::com_port::{self, ComPortServer, DeviceControl, LineSettings, Output};
 use crate::gateway::Shared;
+use mio_serial::{SerialPort, SerialStream};
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tandem_config::SerialProtocol;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
 /// What to do when a client connects while another is connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
@@ -116,8 +120,18 @@ enum DevIo {
 }
 
 /// An open serial device and what it refused so far (logged once each).
+///
+/// The descriptor is registered for readability only. A tty reports
+/// writability after every write it takes, and with that interest
+/// registered each byte sent to the device would wake the loop once more
+/// for nothing, on the latency path. Writes go straight to the descriptor;
+/// only when the device pushes back (its buffer is full) does a duplicate
+/// descriptor get registered for writability, until the backlog is gone.
 struct Device {
-    stream: SerialStream,
+    port: AsyncFd<SerialStream>,
+    /// A duplicate of the descriptor, registered for writability while the
+    /// device has a backlog.
+    backlog_fd: Option<AsyncFd<OwnedFd>>,
     /// The settings last applied, so only changes touch the device.
     applied: Option<LineSettings>,
     /// The device has no modem control lines (a pty).
@@ -128,16 +142,106 @@ struct Device {
 
 impl Device {
     fn open(opts: &ServeOptions, name: &str) -> Result<Device, String> {
-        let stream = tokio_serial::new(opts.device.to_string_lossy(), opts.initial.baud)
-            .open_native_async()
-            .map_err(|e| format!("cannot open {}: {e}", opts.device.display()))?;
+        let builder = mio_serial::new(opts.device.to_string_lossy(), opts.initial.baud);
+        let cannot =
+            |e: &dyn std::fmt::Display| format!("cannot open {}: {e}", opts.device.display());
+        let stream = SerialStream::open(&builder).map_err(|e| cannot(&e))?;
+        // SAFETY: the SerialStream owns its descriptor and lives inside the
+        // AsyncFd until both are dropped together, which is what
+        // `register_with_interest` asks for.
+        let port = unsafe { AsyncFd::register_with_interest(stream, Interest::READABLE) }
+            .map_err(|e| cannot(&e.into_parts().1))?;
         Ok(Device {
-            stream,
+            port,
+            backlog_fd: None,
             applied: None,
             no_modem_lines: false,
             warned: HashSet::new(),
             name: name.to_string(),
         })
+    }
+
+    fn serial(&mut self) -> &mut SerialStream {
+        self.port.get_mut()
+    }
+
+    /// Reads what the device has. A short read drained the tty, so the
+    /// readiness is cleared at once rather than found out by one more
+    /// read that fails with EAGAIN.
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = match self.port.poll_read_ready_mut(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            match guard.try_io(|p| p.get_mut().read(buf)) {
+                Ok(Ok(n)) => {
+                    if n > 0 && n < buf.len() {
+                        guard.clear_ready();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Writes what the device takes now; 0 when it takes nothing.
+    fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self.serial().write(bytes) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                Ok(0)
+            }
+            r => r,
+        }
+    }
+
+    /// Writes a backlog once the device can take some of it.
+    fn poll_write_backlog(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            if self.backlog_fd.is_none() {
+                // SAFETY: `port` owns this descriptor and keeps it open for
+                // the whole borrow, which ends with the duplication.
+                let fd = unsafe { BorrowedFd::borrow_raw(self.port.get_ref().as_raw_fd()) };
+                // SAFETY: the duplicate is owned by the AsyncFd, which
+                // deregisters it before the OwnedFd inside closes it.
+                let registered = fd.try_clone_to_owned().and_then(|fd| {
+                    unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }
+                        .map_err(|e| e.into_parts().1)
+                });
+                match registered {
+                    Ok(fd) => self.backlog_fd = Some(fd),
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            let Some(backlog_fd) = self.backlog_fd.as_ref() else {
+                return Poll::Pending;
+            };
+            let mut guard = match backlog_fd.poll_write_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let mut port: &SerialStream = self.port.get_ref();
+            match guard.try_io(|_| port.write(bytes)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The backlog is written: stop watching for writability.
+    fn caught_up(&mut self) {
+        self.backlog_fd = None;
     }
 
     fn refused(&mut self, what: &'static str, err: impl std::fmt::Display) {
@@ -149,12 +253,12 @@ impl Device {
 
 impl DeviceControl for Device {
     fn apply(&mut self, w: &LineSettings) -> LineSettings {
-        use tokio_serial::{DataBits, FlowControl as F, Parity as P, StopBits as S};
+        use mio_serial::{DataBits, FlowControl as F, Parity as P, StopBits as S};
         let last = self.applied;
         let changed =
             |same: fn(&LineSettings, &LineSettings) -> bool| !last.is_some_and(|l| same(&l, w));
         if changed(|a, b| a.baud == b.baud) {
-            if let Err(e) = self.stream.set_baud_rate(w.baud) {
+            if let Err(e) = self.serial().set_baud_rate(w.baud) {
                 self.refused("baud rate", e);
             }
         }
@@ -166,7 +270,7 @@ impl DeviceControl for Device {
                 8 => Some(DataBits::Eight),
                 _ => None,
             };
-            match bits.map(|b| self.stream.set_data_bits(b)) {
+            match bits.map(|b| self.serial().set_data_bits(b)) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => self.refused("data size", e),
                 None => self.refused("data size", w.data_bits),
@@ -179,7 +283,7 @@ impl DeviceControl for Device {
                 com_port::Parity::Even => Some(P::Even),
                 com_port::Parity::Mark | com_port::Parity::Space => None,
             };
-            match parity.map(|p| self.stream.set_parity(p)) {
+            match parity.map(|p| self.serial().set_parity(p)) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => self.refused("parity", e),
                 None => self.refused("parity", "mark/space parity is not supported"),
@@ -191,7 +295,7 @@ impl DeviceControl for Device {
                 com_port::StopBits::Two => Some(S::Two),
                 com_port::StopBits::OnePointFive => None,
             };
-            match stop.map(|s| self.stream.set_stop_bits(s)) {
+            match stop.map(|s| self.serial().set_stop_bits(s)) {
                 Some(Ok(())) => {}
                 Some(Err(e)) => self.refused("stop size", e),
                 None => self.refused("stop size", "1.5 stop bits are not supported"),
@@ -203,27 +307,27 @@ impl DeviceControl for Device {
                 com_port::FlowControl::XonXoff => F::Software,
                 com_port::FlowControl::Hardware => F::Hardware,
             };
-            if let Err(e) = self.stream.set_flow_control(flow) {
+            if let Err(e) = self.serial().set_flow_control(flow) {
                 self.refused("flow control", e);
             }
         }
         // Modem lines: a device without them (a pty) keeps the value as
         // the state of the virtual null-modem line (see com_port).
         if changed(|a, b| a.dtr == b.dtr) {
-            if let Err(e) = self.stream.write_data_terminal_ready(w.dtr) {
+            if let Err(e) = self.serial().write_data_terminal_ready(w.dtr) {
                 self.refused("DTR", e);
             }
         }
         if changed(|a, b| a.rts == b.rts) {
-            if let Err(e) = self.stream.write_request_to_send(w.rts) {
+            if let Err(e) = self.serial().write_request_to_send(w.rts) {
                 self.refused("RTS", e);
             }
         }
         if changed(|a, b| a.brk == b.brk) {
             let r = if w.brk {
-                self.stream.set_break()
+                self.serial().set_break()
             } else {
-                self.stream.clear_break()
+                self.serial().clear_break()
             };
             if let Err(e) = r {
                 self.refused("BREAK", e);
@@ -232,24 +336,24 @@ impl DeviceControl for Device {
         self.applied = Some(*w);
         // Read back what the device actually has.
         let mut now = *w;
-        if let Ok(b) = self.stream.baud_rate() {
+        if let Ok(b) = self.serial().baud_rate() {
             now.baud = b;
         }
-        if let Ok(d) = self.stream.data_bits() {
+        if let Ok(d) = self.serial().data_bits() {
             now.data_bits = u8::from(d);
         }
-        match self.stream.parity() {
+        match self.serial().parity() {
             Ok(P::None) => now.parity = com_port::Parity::None,
             Ok(P::Odd) => now.parity = com_port::Parity::Odd,
             Ok(P::Even) => now.parity = com_port::Parity::Even,
             Err(_) => {}
         }
-        match self.stream.stop_bits() {
+        match self.serial().stop_bits() {
             Ok(S::One) => now.stop_bits = com_port::StopBits::One,
             Ok(S::Two) => now.stop_bits = com_port::StopBits::Two,
             Err(_) => {}
         }
-        match self.stream.flow_control() {
+        match self.serial().flow_control() {
             Ok(F::None) => now.flow = com_port::FlowControl::None,
             Ok(F::Software) => now.flow = com_port::FlowControl::XonXoff,
             Ok(F::Hardware) => now.flow = com_port::FlowControl::Hardware,
@@ -263,7 +367,7 @@ impl DeviceControl for Device {
         if self.no_modem_lines {
             return None;
         }
-        let read = |s: &mut SerialStream| -> Result<u8, tokio_serial::Error> {
+        let read = |s: &mut SerialStream| -> Result<u8, mio_serial::Error> {
             let mut v = 0;
             if s.read_clear_to_send()? {
                 v |= modem::CTS;
@@ -279,7 +383,7 @@ impl DeviceControl for Device {
             }
             Ok(v)
         };
-        match read(&mut self.stream) {
+        match read(self.serial()) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.no_modem_lines = true;
@@ -291,13 +395,13 @@ impl DeviceControl for Device {
 
     fn purge(&mut self, which: u8) {
         use crate::rfc2217::purge;
-        use tokio_serial::ClearBuffer;
+        use mio_serial::ClearBuffer;
         let buffer = match which {
             purge::RECEIVE => ClearBuffer::Input,
             purge::TRANSMIT => ClearBuffer::Output,
             _ => ClearBuffer::All,
         };
-        if let Err(e) = self.stream.clear(buffer) {
+        if let Err(e) = self.serial().clear(buffer) {
             self.refused("purge", e);
         }
     }
@@ -381,16 +485,51 @@ pub(crate) fn tune_socket(
     Ok(())
 }
 
-/// The serve loop; runs until aborted by [`crate::Gateway::deactivate`].
-pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<Shared>) {
+/// Serve mode on `listener`, until dropped by [`crate::Gateway::deactivate`].
+///
+/// The first attempt to open the device is made here, before the loop, so
+/// that a device that is there is open by the time activation returns and
+/// a client that connects at once finds it: bytes sent before the device
+/// is open are dropped.
+pub(crate) fn start(
+    opts: ServeOptions,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) -> impl std::future::Future<Output = ()> {
+    let (device, open_error) = match Device::open(&opts, &shared.name) {
+        Ok(mut d) => {
+            tracing::info!(port = %shared.name, "device {} open", opts.device.display());
+            d.apply(&opts.initial);
+            shared.update(|s| {
+                s.device_open = true;
+                s.last_error = None;
+            });
+            (Some(d), None)
+        }
+        Err(msg) => {
+            tracing::warn!(port = %shared.name, "{msg}; retrying every {:?}", opts.reopen_interval);
+            shared.update(|s| s.last_error = Some(msg.clone()));
+            (None, Some(msg))
+        }
+    };
+    run(opts, listener, shared, device, open_error)
+}
+
+async fn run(
+    opts: ServeOptions,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    device: Option<Device>,
+    open_error: Option<String>,
+) {
     let name = shared.name.clone();
     let mut trace = Trace::open(opts.trace_file.as_ref(), &name);
-    let mut device: Option<Device> = None;
-    let mut ever_opened = false;
+    let mut device = device;
+    let mut ever_opened = device.is_some();
     let mut client: Option<Client> = None;
     let mut line = opts.initial;
-    let mut reopen_at = Instant::now();
-    let mut last_open_error: Option<String> = None;
+    let mut reopen_at = Instant::now() + opts.reopen_interval;
+    let mut last_open_error = open_error;
     let mut dev_buf = vec![0u8; BUF_BYTES];
     let mut net_buf = vec![0u8; BUF_BYTES];
     // Client payload the device has not taken yet, and when it last took some.
@@ -412,25 +551,24 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
         let need_modem_poll = device.is_some() && client.as_ref().is_some_and(|c| c.com.is_some());
         let device_absent = device.is_none();
 
-        // Reads and writes of the device in one future, since both need
-        // the stream mutably. Writes go out from `to_dev` as the device
-        // takes them, never inline: a device that is slow to take data
-        // while it has data for us (an echo at full speed) would otherwise
-        // deadlock the loop until the write timeout and lose data.
+        // Reads of the device and writes of its backlog in one future,
+        // since both need it mutably. Client data is written to the device
+        // as soon as it arrives; what the device does not take then waits
+        // in `to_dev` and goes out from here, never awaited inline: a
+        // device that is slow to take data while it has data for us (an
+        // echo at full speed) would otherwise deadlock the loop until the
+        // write timeout and lose data.
         let dev_io = std::future::poll_fn(|cx| {
-            use std::task::Poll;
-            use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
             let Some(d) = device.as_mut() else {
                 return Poll::Pending;
             };
             if !suspended {
-                let mut rb = ReadBuf::new(&mut dev_buf);
-                if let Poll::Ready(r) = std::pin::Pin::new(&mut d.stream).poll_read(cx, &mut rb) {
-                    return Poll::Ready(DevIo::Read(r.map(|()| rb.filled().len())));
+                if let Poll::Ready(r) = d.poll_read(cx, &mut dev_buf) {
+                    return Poll::Ready(DevIo::Read(r));
                 }
             }
             if !to_dev.is_empty() {
-                if let Poll::Ready(r) = std::pin::Pin::new(&mut d.stream).poll_write(cx, &to_dev) {
+                if let Poll::Ready(r) = d.poll_write_backlog(cx, &to_dev) {
                     return Poll::Ready(DevIo::Wrote(r));
                 }
             }
@@ -500,6 +638,11 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
                     DevIo::Wrote(Ok(n)) => {
                         to_dev.drain(..n);
                         to_dev_progress = (!to_dev.is_empty()).then(Instant::now);
+                        if to_dev.is_empty() {
+                            if let Some(d) = device.as_mut() {
+                                d.caught_up();
+                            }
+                        }
                         shared.update(|s| s.bytes_to_device += n as u64);
                         continue;
                     }
@@ -597,14 +740,47 @@ pub(crate) async fn run(opts: ServeOptions, listener: TcpListener, shared: Arc<S
                     }
                 }
                 if !out.to_device.is_empty() {
-                    if device.is_some() {
-                        if to_dev.is_empty() {
-                            to_dev_progress = Some(Instant::now());
+                    match device.as_mut() {
+                        Some(d) => {
+                            // Straight to the device unless a backlog is
+                            // ahead of it, so no loop turn is added.
+                            let taken = if to_dev.is_empty() {
+                                d.write_now(&out.to_device)
+                            } else {
+                                Ok(0)
+                            };
+                            match taken {
+                                Ok(n) => {
+                                    if n > 0 {
+                                        shared.update(|s| s.bytes_to_device += n as u64);
+                                    }
+                                    let rest = &out.to_device[n..];
+                                    if !rest.is_empty() {
+                                        if to_dev.is_empty() {
+                                            to_dev_progress = Some(Instant::now());
+                                        }
+                                        to_dev.extend_from_slice(rest);
+                                    }
+                                }
+                                Err(e) => {
+                                    let len = (out.to_device.len() + to_dev.len()) as u64;
+                                    tracing::warn!(port = %name, "device write failed: {e}; reopening");
+                                    device = None;
+                                    to_dev.clear();
+                                    to_dev_progress = None;
+                                    reopen_at = Instant::now() + opts.reopen_interval;
+                                    shared.update(|s| {
+                                        s.device_open = false;
+                                        s.bytes_dropped += len;
+                                        s.last_error = Some(format!("device write failed: {e}"));
+                                    });
+                                }
+                            }
                         }
-                        to_dev.extend_from_slice(&out.to_device);
-                    } else {
-                        let len = out.to_device.len() as u64;
-                        shared.update(|s| s.bytes_dropped += len);
+                        None => {
+                            let len = out.to_device.len() as u64;
+                            shared.update(|s| s.bytes_dropped += len);
+                        }
                     }
                 }
             }
