@@ -51,7 +51,7 @@ use tandem_sync::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
 
 /// Temp files being assembled start with this; a scanner of the standby's
 /// tree should leave them out.
-pub const PARTIAL_PREFIX: &str = ".tandem-partial.";
+pub use tandem_sync::fileset::PARTIAL_PREFIX;
 
 /// Where the chunks the standby does not have come from (the replication
 /// link, or in tests the primary's scanner in-process).
@@ -276,6 +276,91 @@ impl FileSetReplica {
     fn parent_dir(&self, path: &SafePath) -> PathBuf {
         path.parent()
             .map_or_else(|| self.root.clone(), |p| self.root.join(p.as_str()))
+    }
+
+    /// The temp file where the new content of `path` is assembled.
+    fn partial_path(&self, path: &SafePath) -> PathBuf {
+        self.parent_dir(path).join(partial_name(path.file_name()))
+    }
+
+    /// The chunks of `entry`, the new content of the file at `path`, that
+    /// are neither in place in its temp file (an interrupted transfer) nor
+    /// anywhere in the local tree: what must come from the primary. One
+    /// [`ChunkRef`] per distinct hash. Refuses a path outside the root.
+    pub fn missing_chunks(
+        &self,
+        path: &SafePath,
+        entry: &Entry,
+    ) -> Result<Vec<ChunkRef>, ApplyError> {
+        self.resolve(path)?;
+        let partial = open_nofollow(&self.partial_path(path))
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+        let partial_len = partial
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        let mut asked = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for c in entry.chunks() {
+            if asked.contains(&c.hash) {
+                continue;
+            }
+            let in_partial = partial.as_ref().is_some_and(|f| {
+                let mut buf = vec![0u8; c.len as usize];
+                c.end() <= partial_len && f.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
+            });
+            if in_partial || self.local_chunk(c).is_some() {
+                continue;
+            }
+            asked.insert(c.hash);
+            out.push(*c);
+        }
+        Ok(out)
+    }
+
+    /// Write the bytes of a chunk of `entry` (the new content of `path`)
+    /// into its temp file, at every offset where `entry` has that chunk, so
+    /// that [`FileSetReplica::apply`] finds it there (and a transfer
+    /// interrupted after this resumes from it).
+    pub fn stage_chunk(
+        &self,
+        path: &SafePath,
+        entry: &Entry,
+        hash: &ChunkHash,
+        bytes: &[u8],
+    ) -> Result<(), ApplyError> {
+        self.resolve(path)?;
+        let io = |e| ApplyError::Io(path.clone(), e);
+        let places: Vec<&ChunkRef> = entry.chunks().iter().filter(|c| c.hash == *hash).collect();
+        let Some(first) = places.first() else {
+            return Ok(());
+        };
+        if !first.verify(bytes) {
+            return Err(ApplyError::BadChunk(path.clone(), first.offset));
+        }
+        let tmp = self.partial_path(path);
+        if let Ok(m) = fs::symlink_metadata(&tmp) {
+            if !m.is_file() {
+                return Err(ApplyError::Invalid(
+                    path.clone(),
+                    "temp file name is taken by a non-file",
+                ));
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io)?;
+        for c in places {
+            file.write_all_at(bytes, c.offset).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Apply one change. On success the replica's manifest includes it.
