@@ -850,7 +850,10 @@ fn read_fileset(cx: &mut Cx, t: &Tab) -> FileSet {
         let mut out = Vec::new();
         for (g, at) in found {
             // The same options the file set's filter is built with.
-            match globset::GlobBuilder::new(&g).literal_separator(true).build() {
+            match globset::GlobBuilder::new(&g)
+                .literal_separator(true)
+                .build()
+            {
                 Ok(_) => out.push(g),
                 Err(e) => cx.err(
                     at,

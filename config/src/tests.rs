@@ -675,9 +675,14 @@ fn databases_and_filesets() {
     check_err(
         &variant(
             &[],
-            &format!("{fs}{}", fs.replace("\"f\"", "\"g\"").replace("/f", "/f/sub")),
+            &format!(
+                "{fs}{}",
+                fs.replace("\"f\"", "\"g\"").replace("/f", "/f/sub")
+            ),
         ),
-        expect![[r#"t.toml:20:8: file set root "/f/sub" is inside the root of file set "f" (line 17)"#]],
+        expect![[
+            r#"t.toml:20:8: file set root "/f/sub" is inside the root of file set "f" (line 17)"#
+        ]],
     );
     let c = parse(&variant(&[], &format!("{fs}reconcile_ms = 750\n"))).unwrap();
     assert_eq!(c.filesets[0].reconcile_ms, 750);

@@ -486,7 +486,13 @@ fn appeared_dirs(root: &Path, event: &notify::Result<notify::Event>) -> Vec<Safe
         .paths
         .iter()
         .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
-        .filter_map(|p| p.strip_prefix(root).ok()?.to_str().map(SafePath::parse)?.ok())
+        .filter_map(|p| {
+            p.strip_prefix(root)
+                .ok()?
+                .to_str()
+                .map(SafePath::parse)?
+                .ok()
+        })
         .filter(|p| !p.is_partial())
         .collect()
 }

@@ -308,7 +308,9 @@ impl FileSetReplica {
             }
             let in_partial = partial.as_ref().is_some_and(|f| {
                 let mut buf = vec![0u8; c.len as usize];
-                c.end() <= partial_len && f.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
+                c.end() <= partial_len
+                    && f.read_exact_at(&mut buf, c.offset).is_ok()
+                    && c.verify(&buf)
             });
             if in_partial || self.local_chunk(c).is_some() {
                 continue;
@@ -340,14 +342,24 @@ impl FileSetReplica {
             return Err(ApplyError::BadChunk(path.clone(), first.offset));
         }
         let tmp = self.partial_path(path);
-        if let Ok(m) = fs::symlink_metadata(&tmp) {
-            if !m.is_file() {
+        let creating = match fs::symlink_metadata(&tmp) {
+            Ok(m) if !m.is_file() => {
                 return Err(ApplyError::Invalid(
                     path.clone(),
                     "temp file name is taken by a non-file",
-                ));
+                ))
             }
-        }
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        // Creating the temp file changes its directory's mtime, which the
+        // manifest decides: put it back.
+        let parent = self.parent_dir(path);
+        let parent_mtime = if creating {
+            fs::symlink_metadata(&parent).ok().map(|m| mtime_ns(&m))
+        } else {
+            None
+        };
         let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -357,10 +369,69 @@ impl FileSetReplica {
             .custom_flags(O_NOFOLLOW)
             .open(&tmp)
             .map_err(io)?;
+        if let Some(ns) = parent_mtime {
+            let _ = set_mtime_nofollow(&parent, ns);
+        }
         for c in places {
             file.write_all_at(bytes, c.offset).map_err(io)?;
         }
         Ok(())
+    }
+
+    /// Bring the manifest in line with `scanned`, a fresh scan of the tree,
+    /// taking every difference for a change made locally on the standby.
+    /// Only mode or mtime differ: the scanned entry is adopted (the
+    /// primary's next round puts them back). Content, type, or an entry
+    /// the manifest does not know: what is on disk is moved to quarantine
+    /// and forgotten (the primary sends it again). Gone from disk:
+    /// forgotten. Returns how many paths differed; what was quarantined is
+    /// in [`FileSetReplica::take_quarantined`].
+    pub fn reconcile_local(&mut self, scanned: &Manifest) -> Result<usize, ApplyError> {
+        let paths: std::collections::BTreeSet<SafePath> = self
+            .manifest
+            .iter()
+            .chain(scanned.iter())
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut gone: Vec<SafePath> = Vec::new();
+        let mut changed = 0;
+        for p in paths {
+            if gone.iter().any(|g| p.starts_with(g)) {
+                continue;
+            }
+            let have = self.manifest.get(&p).cloned();
+            match (have, scanned.get(&p)) {
+                (None, None) => continue,
+                (Some(h), Some(d)) if h == *d => continue,
+                (Some(h), Some(d)) if h.same_content(d) => {
+                    self.manifest.insert(p.clone(), d.clone());
+                }
+                (Some(_), None) => gone.push(p.clone()),
+                (_, Some(_)) => {
+                    let full = self.resolve(&p)?;
+                    if fs::symlink_metadata(&full).is_ok() {
+                        self.quarantine(&p, &full)?;
+                    }
+                    gone.push(p.clone());
+                }
+            }
+            changed += 1;
+        }
+        for g in &gone {
+            let below: Vec<SafePath> = self
+                .manifest
+                .iter()
+                .filter(|(q, _)| q.starts_with(g))
+                .map(|(q, _)| q.clone())
+                .collect();
+            for q in below {
+                self.manifest.remove(&q);
+            }
+        }
+        if changed > 0 {
+            self.index = self.manifest.chunk_index();
+        }
+        Ok(changed)
     }
 
     /// Apply one change. On success the replica's manifest includes it.
@@ -612,7 +683,16 @@ impl FileSetReplica {
         if !state_matches(&full, &meta, old) {
             self.quarantine(path, &full)?;
         } else if meta.is_dir() {
-            match fs::remove_dir(&full) {
+            let mut removed = fs::remove_dir(&full);
+            if removed
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(nix::libc::ENOTEMPTY))
+                && remove_partials_in(&full)
+            {
+                // Only tandem's own temp files were in the way.
+                removed = fs::remove_dir(&full);
+            }
+            match removed {
                 Ok(()) => {}
                 // Something the manifest does not know was put there locally.
                 Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => {
@@ -717,6 +797,25 @@ impl FileSetReplica {
         });
         Ok(())
     }
+}
+
+/// Remove the temp files of abandoned transfers directly in `dir`; true if
+/// there were any.
+fn remove_partials_in(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut any = false;
+    for e in entries.flatten() {
+        let ours = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(PARTIAL_PREFIX));
+        if ours && e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            any = true;
+        }
+    }
+    any
 }
 
 /// Copy a file, symlink or directory tree without following symlinks,

@@ -277,14 +277,14 @@ mod tests {
     }
 
     fn change_msg(change: Change, inline: Vec<ChunkData>) -> PeerMessage {
-        PeerMessage::Fs(FsMessage::Change {
+        PeerMessage::Fs(Box::new(FsMessage::Change {
             set: "etc".into(),
             epoch: Epoch(3),
             round: 1,
             seq: 0,
             change,
             inline,
-        })
+        }))
     }
 
     #[test]
@@ -350,7 +350,10 @@ mod tests {
             epoch: Epoch(1),
             round: 1,
             seq: 0,
-            change: Change::Create { path: p("f"), entry: e },
+            change: Change::Create {
+                path: p("f"),
+                entry: e,
+            },
             inline: vec![],
         };
         assert!(m.validate().is_err());

@@ -1,0 +1,189 @@
+//! File sets, whole-binary: a pair of real `tandem run` processes mirrors a
+//! directory tree. Random operations on the primary (create, modify, append,
+//! truncate, rename, delete, chmod, symlink, empty directories) end, once
+//! quiet, in identical manifests and identical bytes on the standby; a
+//! renamed large file is renamed, not sent again; a local change on the
+//! standby is quarantined and undone; a switchover reverses the direction
+//! without re-sending the tree; a standby killed mid-transfer catches up.
+
+mod common;
+
+use common::files::{random_ops, walk, FilesPair};
+use common::wait_for;
+use std::fs;
+use std::time::Duration;
+
+const QUIET: Duration = Duration::from_secs(30);
+
+fn fetched(p: &FilesPair, i: usize) -> u64 {
+    p.fs_status(i).unwrap()["bytes_fetched"].as_u64().unwrap()
+}
+
+#[test]
+fn random_tree_operations_are_mirrored_exactly() {
+    let mut p = FilesPair::new(1000);
+    // Something there before tandem starts: the standby is filled from it.
+    fs::create_dir_all(p.root(0).join("conf/empty")).unwrap();
+    fs::write(p.root(0).join("conf/station.toml"), b"id = 7\n").unwrap();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, Duration::from_secs(20));
+    p.wait_identical(0, QUIET);
+    assert!(p.root(1).join("conf/empty").is_dir());
+
+    // Three bursts of random operations, each checked once quiet.
+    for seed in 1..=3 {
+        let ops = random_ops(&p.root(0), seed, 60);
+        assert_eq!(ops.len(), 60);
+        let m = p.wait_identical(0, QUIET);
+        assert!(!m.is_empty());
+    }
+
+    // The rest works in a directory the random operations never saw.
+    fs::create_dir(p.root(0).join("fixed")).unwrap();
+    fs::write(p.root(0).join("fixed/station.toml"), b"id = 7\n").unwrap();
+
+    // A large file renamed into another directory moves, it is not re-sent.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(p.root(0).join("big.dat"), &big).unwrap();
+    p.wait_identical(0, QUIET);
+    let before = fetched(&p, 1);
+    let renames = p.fs_status(1).unwrap()["renames"].as_u64().unwrap();
+    fs::rename(p.root(0).join("big.dat"), p.root(0).join("fixed/big.dat")).unwrap();
+    p.wait_identical(0, QUIET);
+    let s = p.fs_status(1).unwrap();
+    assert_eq!(s["bytes_fetched"].as_u64().unwrap(), before, "{s}");
+    assert!(s["renames"].as_u64().unwrap() > renames, "{s}");
+
+    // A one-byte change in the large file, written in place, sends about
+    // one chunk.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(p.root(0).join("fixed/big.dat"))
+            .unwrap();
+        f.write_all_at(&[big[1_500_000] ^ 0xff], 1_500_000).unwrap();
+    }
+    p.wait_identical(0, QUIET);
+    let delta = fetched(&p, 1) - before;
+    assert!(
+        (1..=2 * 256 * 1024).contains(&delta),
+        "a 1-byte change fetched {delta} bytes"
+    );
+
+    // Status, human and JSON, shows the set.
+    let out = p.pair.cli(0, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("file sets:") && text.contains("etc") && text.contains("IN SYNC"),
+        "{text}"
+    );
+    let s = p.fs_status(0).unwrap();
+    assert_eq!(s["pending_changes"], 0, "{s}");
+    assert_eq!(s["bytes_queued"], 0, "{s}");
+    assert_eq!(s["lag_ms"], 0, "{s}");
+    assert!(s["last_sync_unix_ms"].as_u64().is_some(), "{s}");
+
+    // A local change on the standby is quarantined, then undone by the
+    // primary's copy.
+    fs::write(
+        p.root(1).join("fixed/station.toml"),
+        b"id = 8 # edited here\n",
+    )
+    .unwrap();
+    let quarantine = p.pair.dir.path().join("b").join("quarantine");
+    wait_for(QUIET, "the local edit in quarantine", || {
+        let s = p.fs_status(1)?;
+        (s["quarantined"].as_u64()? >= 1).then_some(())
+    });
+    let m = p.wait_identical(0, QUIET);
+    assert!(!m.is_empty());
+    assert_eq!(
+        fs::read(p.root(1).join("fixed/station.toml")).unwrap(),
+        b"id = 7\n"
+    );
+    let kept = walk(&quarantine);
+    assert!(
+        kept.keys().any(|k| k.ends_with("fixed/station.toml")),
+        "{kept:?}"
+    );
+    p.pair.stop(1);
+    p.pair.stop(0);
+}
+
+#[test]
+fn a_switchover_reverses_the_direction_without_resending() {
+    let mut p = FilesPair::new(1000);
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(p.root(0).join("data.bin"), &big).unwrap();
+    fs::create_dir(p.root(0).join("reports")).unwrap();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, Duration::from_secs(20));
+    p.wait_identical(0, QUIET);
+
+    let out = p.pair.cli(0, &["switchover", "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("drained: 1 resource"), "{text}");
+    p.pair.wait_roles(1, Duration::from_secs(20));
+    p.wait_identical(1, QUIET);
+
+    // Changes on the new primary flow back; nothing else is sent.
+    fs::write(p.root(1).join("reports/r1.txt"), b"flood level 3.2 m\n").unwrap();
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(p.root(1).join("data.bin"))
+        .unwrap()
+        .write_all(&[9u8; 1000])
+        .unwrap();
+    p.wait_identical(1, QUIET);
+    assert_eq!(
+        fs::read(p.root(0).join("reports/r1.txt")).unwrap(),
+        b"flood level 3.2 m\n"
+    );
+    let f = fetched(&p, 0);
+    assert!(
+        f <= 300_000,
+        "the old primary fetched {f} bytes: only the new file and the appended chunk"
+    );
+    let a = p.pair.status(0).unwrap();
+    assert!(a["alarms"].as_array().unwrap().is_empty(), "{a}");
+}
+
+#[test]
+fn a_standby_killed_mid_transfer_catches_up() {
+    let mut p = FilesPair::new(1000);
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, Duration::from_secs(20));
+    p.wait_identical(0, QUIET);
+
+    // About 48 MiB in 6 files: the standby is killed while it fetches.
+    for i in 0..6u32 {
+        let bytes: Vec<u8> = (0..8_000_000u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 13) as u8)
+            .collect();
+        fs::write(p.root(0).join(format!("bulk{i}.bin")), bytes).unwrap();
+    }
+    wait_for(QUIET, "the standby fetching", || {
+        let s = p.fs_status(1)?;
+        (s["bytes_fetched"].as_u64()? > 0).then_some(())
+    });
+    p.pair.kill(1);
+    // More changes while it is away.
+    random_ops(&p.root(0), 11, 40);
+    p.pair.start(1);
+    p.wait_identical(0, Duration::from_secs(60));
+    let leftovers: Vec<String> = walk(&p.root(1))
+        .into_keys()
+        .filter(|k| k.contains(".tandem-partial."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
