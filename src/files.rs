@@ -682,7 +682,11 @@ impl Actor {
                 p.incoming = None;
                 self.ask_standby().await;
             }
-            Side::Standby(_) => self.report_state().await,
+            Side::Standby(s) => {
+                // A round cut by the lost connection never ends.
+                s.round = None;
+                self.report_state().await
+            }
             _ => {}
         }
     }
@@ -884,66 +888,63 @@ impl Actor {
         }
     }
 
+    /// Answer a `ChunkAsk`: read the chunks as scanned and send them in
+    /// messages of about [`CHUNKS_BYTES_MAX`], each sent before the next is
+    /// read, so memory stays bounded whatever was asked.
     async fn serve_chunks(&mut self, round: u64, path: SafePath, chunks: Vec<ChunkRef>) {
         let name = self.e.name.clone();
-        let Side::Primary(p) = &mut self.side else {
-            return;
-        };
-        if let Some(r) = &mut p.round {
-            r.last_progress = Instant::now();
-        }
-        let mut out: Vec<FsMessage> = Vec::new();
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0usize;
-        let mut unreadable = Vec::new();
-        for c in &chunks {
-            match p.scanner.read_chunk(&path, c) {
-                Ok(bytes) => {
-                    batch_bytes += bytes.len();
-                    p.chunks_sent += 1;
-                    p.chunk_bytes_sent += bytes.len() as u64;
-                    batch.push(ChunkData {
-                        hash: c.hash,
-                        bytes,
-                    });
-                    if batch_bytes >= CHUNKS_BYTES_MAX {
-                        out.push(FsMessage::Chunks {
-                            set: name.clone(),
-                            round,
-                            path: path.clone(),
-                            chunks: std::mem::take(&mut batch),
-                            unreadable: Vec::new(),
-                        });
-                        batch_bytes = 0;
-                    }
+        let mut rest = chunks.as_slice();
+        loop {
+            let Side::Primary(p) = &mut self.side else {
+                return;
+            };
+            if let Some(r) = &mut p.round {
+                r.last_progress = Instant::now();
+            }
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0usize;
+            let mut unreadable = Vec::new();
+            while let Some((c, more)) = rest.split_first() {
+                if batch_bytes >= CHUNKS_BYTES_MAX {
+                    break;
                 }
-                Err(e) => {
-                    if !matches!(e, ReadChunkError::Changed(_)) {
-                        tracing::warn!("file set {name}: {e}");
+                rest = more;
+                match p.scanner.read_chunk(&path, c) {
+                    Ok(bytes) => {
+                        batch_bytes += bytes.len();
+                        p.chunks_sent += 1;
+                        p.chunk_bytes_sent += bytes.len() as u64;
+                        batch.push(ChunkData {
+                            hash: c.hash,
+                            bytes,
+                        });
                     }
-                    unreadable.push(c.hash);
+                    Err(e) => {
+                        if !matches!(e, ReadChunkError::Changed(_)) {
+                            tracing::warn!("file set {name}: {e}");
+                        }
+                        unreadable.push(c.hash);
+                    }
                 }
             }
-        }
-        if !unreadable.is_empty() {
-            // It changed since it was scanned: look again.
-            rescan(
-                &name,
-                p,
-                &DirtySet::Paths(std::collections::BTreeSet::from([path.clone()])),
-            );
-        }
-        if !batch.is_empty() || !unreadable.is_empty() || out.is_empty() {
-            out.push(FsMessage::Chunks {
+            let done = rest.is_empty() || !unreadable.is_empty();
+            if !unreadable.is_empty() {
+                // It changed since it was scanned: look again. The standby
+                // gives this version up; the next round has the new one.
+                rescan(
+                    &name,
+                    p,
+                    &DirtySet::Paths(std::collections::BTreeSet::from([path.clone()])),
+                );
+            }
+            let msg = FsMessage::Chunks {
                 set: name.clone(),
                 round,
-                path,
+                path: path.clone(),
                 chunks: batch,
                 unreadable,
-            });
-        }
-        for m in out {
-            if !self.send(m).await {
+            };
+            if !self.send(msg).await || done {
                 return;
             }
         }
@@ -1212,6 +1213,10 @@ impl Actor {
         if missing.is_empty() {
             return Ok(());
         }
+        let mut roles = self.node.role_signal();
+        roles.borrow_and_update();
+        let mut connections = self.node.peer_link.connections();
+        connections.borrow_and_update();
         let mut todo: VecDeque<ChunkRef> = missing.into_iter().collect();
         let mut waiting: HashMap<ChunkHash, u64> = HashMap::new();
         let mut outstanding = 0u64;
@@ -1244,13 +1249,19 @@ impl Actor {
                 return Ok(());
             }
             // Wait for chunks; everything else waits its turn.
-            let input = match tokio::time::timeout(FETCH_WAIT, self.inbox.recv()).await {
-                Ok(Some(i)) => i,
-                Ok(None) => return Err("the engine is stopping".into()),
-                Err(_) => {
-                    return Err(format!(
-                        "{path}: no chunks from the primary for {FETCH_WAIT:?}"
-                    ))
+            // A role change or a new connection ends the wait at once: the
+            // main loop must follow the one, and the other voids the round.
+            let input = tokio::select! {
+                i = self.inbox.recv() => match i {
+                    Some(i) => i,
+                    None => return Err("the engine is stopping".into()),
+                },
+                _ = roles.changed() => return Err(format!("{path}: the role changed")),
+                _ = connections.changed() => {
+                    return Err(format!("{path}: the replication link was re-established"))
+                }
+                _ = tokio::time::sleep(FETCH_WAIT) => {
+                    return Err(format!("{path}: no chunks from the primary for {FETCH_WAIT:?}"))
                 }
             };
             let input = match input {
