@@ -714,6 +714,12 @@ impl Actor {
         if let Some(e) = w.last_error() {
             p.watch_error = Some(e);
         }
+        if dirty == DirtySet::Everything {
+            tracing::warn!(
+                "file set {}: the watcher lost track (queue overflow or a watch error); rescanning the whole set",
+                self.e.name
+            );
+        }
         p.last_hint = Instant::now();
         rescan(&self.e.name, p, &dirty);
     }

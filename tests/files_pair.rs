@@ -4,7 +4,10 @@
 //! quiet, in identical manifests and identical bytes on the standby; a
 //! renamed large file is renamed, not sent again; a local change on the
 //! standby is quarantined and undone; a switchover reverses the direction
-//! without re-sending the tree; a standby killed mid-transfer catches up.
+//! without re-sending the tree; a standby killed mid-transfer catches up, so
+//! does a primary killed and restarted; a file being written is mirrored as
+//! whole versions only; an inotify queue overflow is reconciled by a full
+//! rescan.
 
 mod common;
 
@@ -248,5 +251,55 @@ fn a_file_written_while_synced_and_a_restarted_primary_converge() {
     assert_eq!(
         fs::read(p.root(1).join("while-down.txt")).unwrap(),
         b"written while tandem was down"
+    );
+}
+
+#[test]
+fn an_inotify_queue_overflow_is_reconciled_by_a_full_rescan() {
+    let queue: u64 = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The periodic reconcile is out of reach: only the overflow path can
+    // find what the lost events said.
+    let mut p = FilesPair::new(600_000);
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, Duration::from_secs(20));
+    p.wait_identical(0, QUIET);
+
+    // The primary is paused (manual failover: no lease to lose) while more
+    // events happen than its inotify queue holds: one-byte appends to two
+    // files in turn (alternating, so the kernel cannot merge them), then
+    // new files whose events are the ones lost.
+    let appends = queue + 1000;
+    assert!(
+        appends <= 2_000_000,
+        "max_queued_events {queue} is too large to overflow here"
+    );
+    p.pair.signal(0, nix::sys::signal::Signal::SIGSTOP);
+    {
+        use std::io::Write;
+        let mut a = fs::File::create(p.root(0).join("ping")).unwrap();
+        let mut b = fs::File::create(p.root(0).join("pong")).unwrap();
+        for i in 0..appends {
+            if i % 2 == 0 {
+                a.write_all(b"a")
+            } else {
+                b.write_all(b"b")
+            }
+            .unwrap();
+        }
+    }
+    for i in 0..50 {
+        fs::write(p.root(0).join(format!("after{i}")), format!("{i}")).unwrap();
+    }
+    p.pair.signal(0, nix::sys::signal::Signal::SIGCONT);
+    let m = p.wait_identical(0, QUIET);
+    assert_eq!(m.len(), 52);
+    assert!(
+        p.pair.log(0).contains("the watcher lost track"),
+        "the overflow was seen as one"
     );
 }
