@@ -711,7 +711,12 @@ impl Actor {
         if dirty.is_empty() {
             return;
         }
+        let mut raise = None;
         if let Some(e) = w.last_error() {
+            if p.watch_error.as_ref() != Some(&e) {
+                tracing::error!("file set {}: {e}", self.e.name);
+                raise = Some(format!("file set {}: {e}", self.e.name));
+            }
             p.watch_error = Some(e);
         }
         if dirty == DirtySet::Everything {
@@ -722,6 +727,9 @@ impl Actor {
         }
         p.last_hint = Instant::now();
         rescan(&self.e.name, p, &dirty);
+        if raise.is_some() {
+            self.alarm(raise);
+        }
     }
 
     async fn on_tick(&mut self) {
@@ -769,6 +777,7 @@ impl Actor {
     async fn progress(&mut self) {
         let connected = self.node.peer_link.is_connected();
         let may_send = matches!(self.role, Role::Primary | Role::Demoting);
+        let demoting = self.role == Role::Demoting;
         let name = self.e.name.clone();
         let Side::Primary(p) = &mut self.side else {
             return;
@@ -790,8 +799,11 @@ impl Actor {
                 digest: p.local.root(),
             };
             for d in p.drains.drain(..) {
-                p.drained = true;
-                let _ = d.send(Ok(position.clone()));
+                // A drain whose switchover gave up (it timed out and the
+                // node is primary again) is not waiting any more.
+                if d.send(Ok(position.clone())).is_ok() && demoting {
+                    p.drained = true;
+                }
             }
             return;
         }
@@ -1048,20 +1060,21 @@ impl Actor {
     }
 
     /// The standby's own look at its tree (see the module doc).
-    async fn standby_reconcile(&mut self) {
+    /// Returns whether it found differences (and so sent the manifest).
+    async fn standby_reconcile(&mut self) -> bool {
         let name = self.e.name.clone();
         let Side::Standby(s) = &mut self.side else {
-            return;
+            return false;
         };
         let scan = match s.scanner.scan(Some(s.replica.manifest())) {
             Ok(scan) => scan,
             Err(e) => {
                 tracing::error!("file set {name}: {e}");
-                return;
+                return false;
             }
         };
         if scan.manifest.root() == s.replica.manifest().root() {
-            return;
+            return false;
         }
         match s.replica.reconcile_local(&scan.manifest) {
             Ok(n) => tracing::info!("file set {name}: {n} path(s) changed locally on this standby"),
@@ -1074,6 +1087,7 @@ impl Actor {
         self.side = side;
         self.persist_due = true;
         self.report_state().await;
+        true
     }
 
     /// Whether a change from the peer may be applied here now.
@@ -1324,7 +1338,8 @@ impl Actor {
         s.primary_root = Some(root);
         let m = s.replica.manifest();
         let (mine, count) = (m.root(), m.len() as u64);
-        let ok = errors.is_empty() && mine == root && count == entries;
+        let has_errors = !errors.is_empty();
+        let ok = !has_errors && mine == root && count == entries;
         if ok {
             s.last_sync_unix_ms = Some(unix_ms());
             s.last_errors.clear();
@@ -1345,7 +1360,11 @@ impl Actor {
             errors,
         };
         self.send(ack).await;
-        if !ok {
+        // A change that failed may have failed because the tree is not what
+        // the manifest says (a directory removed locally): look first, so
+        // the manifest sent is the tree's.
+        let looked = !ok && has_errors && self.standby_reconcile().await;
+        if !ok && !looked {
             self.report_state().await;
         }
     }

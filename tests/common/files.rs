@@ -64,17 +64,17 @@ impl FilesPair {
     /// report that root, the primary in sync. Returns the manifest.
     pub fn wait_identical(&self, primary: usize, within: Duration) -> Manifest {
         let m = wait_for(within, "identical file trees", || {
-            let (a, b) = (scan(&self.root(0)), scan(&self.root(1)));
-            if a != b {
+            // The nodes' word first (cheap), then the trees themselves
+            // (every byte read and hashed).
+            let (p, s) = (self.fs_status(primary)?, self.fs_status(1 - primary)?);
+            let agreed = p["mode"] == "in sync"
+                && p["peer_root_hash"] == p["root_hash"]
+                && s["root_hash"] == p["root_hash"];
+            if !agreed {
                 return None;
             }
-            let (p, s) = (self.fs_status(primary)?, self.fs_status(1 - primary)?);
-            let root = hex(&a);
-            let ok = p["mode"] == "in sync"
-                && p["root_hash"] == root.as_str()
-                && p["peer_root_hash"] == root.as_str()
-                && s["root_hash"] == root.as_str();
-            ok.then_some(a)
+            let (a, b) = (scan(&self.root(0)), scan(&self.root(1)));
+            (a == b && p["root_hash"] == hex(&a).as_str()).then_some(a)
         });
         assert_eq!(walk(&self.root(0)), walk(&self.root(1)));
         m
