@@ -398,6 +398,35 @@ mod tests {
         .is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Bytes from the peer, garbage or a valid message with bytes
+        /// flipped, never panic the decoder or the validation.
+        #[test]
+        fn hostile_bytes_never_panic(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+        ) {
+            if let Ok(PeerMessage::Fs(m)) = decode::<PeerMessage>("peer message", &garbage) {
+                let _ = m.validate();
+            }
+            let bytes = vec![5u8; 70_000];
+            let entry = file(&bytes);
+            let mut wire = encode(&change_msg(
+                Change::Modify { path: p("a/b"), old: file(b"x"), new: entry },
+                vec![],
+            ));
+            for (at, b) in flips {
+                let n = wire.len();
+                wire[at % n] ^= b | 1;
+            }
+            if let Ok(PeerMessage::Fs(m)) = decode::<PeerMessage>("peer message", &wire) {
+                let _ = m.validate();
+            }
+        }
+    }
+
     #[test]
     fn manifests_are_cut_into_parts_under_the_cap() {
         assert_eq!(manifest_parts(&[]).len(), 1);
