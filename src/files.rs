@@ -639,6 +639,11 @@ impl Actor {
             chunks_received: 0,
             partials_maybe: true,
         };
+        if !known {
+            // Nobody vouched for what is here: until the first round that
+            // ends in sync, what the primary replaces is kept.
+            side.replica.set_keep_replaced(true);
+        }
         if known {
             match side.replica.reconcile_local(&scan.manifest) {
                 Ok(0) => {}
@@ -1343,6 +1348,7 @@ impl Actor {
         if ok {
             s.last_sync_unix_ms = Some(unix_ms());
             s.last_errors.clear();
+            s.replica.set_keep_replaced(false);
             if std::mem::take(&mut s.partials_maybe) {
                 // In sync: no transfer is under way, so every temp file is
                 // left from one that was abandoned.

@@ -344,3 +344,40 @@ fn an_inotify_queue_overflow_is_reconciled_by_a_full_rescan() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_fresh_standby_keeps_what_the_first_sync_replaces() {
+    let mut p = FilesPair::new(1000);
+    fs::write(p.root(0).join("station.toml"), b"id = 7\n").unwrap();
+    fs::write(p.root(0).join("same.txt"), b"same on both").unwrap();
+    // The standby's tree before tandem ever ran there: one file differs,
+    // one is only here, one is already identical.
+    fs::write(p.root(1).join("station.toml"), b"id = 99\n").unwrap();
+    fs::write(p.root(1).join("only-here.txt"), b"local notes").unwrap();
+    fs::write(p.root(1).join("same.txt"), b"same on both").unwrap();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, Duration::from_secs(20));
+    p.wait_identical(0, QUIET);
+    assert_eq!(
+        fs::read(p.root(1).join("station.toml")).unwrap(),
+        b"id = 7\n"
+    );
+    assert!(!p.root(1).join("only-here.txt").exists());
+    let kept = walk(&p.pair.dir.path().join("b").join("quarantine"));
+    let names: Vec<&String> = kept
+        .keys()
+        .filter(|k| kept[*k].starts_with("file"))
+        .collect();
+    assert!(
+        names.iter().any(|k| k.ends_with("only-here.txt"))
+            && names.iter().any(|k| k.ends_with("station.toml")),
+        "{kept:?}"
+    );
+    assert_eq!(p.fs_status(1).unwrap()["quarantined"], 2);
+
+    // Once in sync, the primary's word is the standby's: a delete deletes.
+    fs::remove_file(p.root(0).join("same.txt")).unwrap();
+    p.wait_identical(0, QUIET);
+    assert_eq!(p.fs_status(1).unwrap()["quarantined"], 2);
+}

@@ -126,6 +126,8 @@ pub struct FileSetReplica {
     quarantine_dir: Option<PathBuf>,
     quarantined: Vec<Quarantined>,
     stats: ApplyStats,
+    /// Keep whatever a change would delete or overwrite, in quarantine.
+    keep_replaced: bool,
 }
 
 fn mtime_ns(meta: &Metadata) -> i64 {
@@ -240,6 +242,7 @@ impl FileSetReplica {
             quarantine_dir: None,
             quarantined: Vec::new(),
             stats: ApplyStats::default(),
+            keep_replaced: false,
         })
     }
 
@@ -249,6 +252,15 @@ impl FileSetReplica {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// While set, a file or symlink that a change would delete or
+    /// overwrite is moved to quarantine instead, even when it is what the
+    /// change expects: for a copy whose history is unknown (a standby that
+    /// started without a manifest from an earlier run), whose content
+    /// nobody has vouched for.
+    pub fn set_keep_replaced(&mut self, keep: bool) {
+        self.keep_replaced = keep;
     }
 
     pub fn stats(&self) -> ApplyStats {
@@ -538,7 +550,8 @@ impl FileSetReplica {
                 return set_meta(&full, new).map_err(io);
             }
             Ok(m) => {
-                let expected = old.is_some_and(|o| state_matches(&full, &m, o) && !o.is_dir());
+                let expected = !self.keep_replaced
+                    && old.is_some_and(|o| state_matches(&full, &m, o) && !o.is_dir());
                 if !expected {
                     self.quarantine(path, &full)?;
                 }
@@ -680,7 +693,7 @@ impl FileSetReplica {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(e)),
         };
-        if !state_matches(&full, &meta, old) {
+        if !state_matches(&full, &meta, old) || (self.keep_replaced && !meta.is_dir()) {
             self.quarantine(path, &full)?;
         } else if meta.is_dir() {
             let mut removed = fs::remove_dir(&full);
