@@ -616,15 +616,45 @@ impl Actor {
             _ => self.load_persisted(),
         };
         let scan = scanner.scan(believed.as_ref()).map_err(|e| e.to_string())?;
-        let known = believed.is_some();
-        let replica = FileSetReplica::open(
+        // What differs between the manifest kept on disk and the tree is
+        // either a local change or an apply whose record was not written
+        // before a crash (the record is kept at most once a second). The
+        // tree as scanned is taken for the copy's state, so a file the
+        // primary holds too is not sent again, and whatever of those paths
+        // the primary replaces is kept in quarantine. A copy with no record
+        // at all is treated so as a whole.
+        let suspects: Option<std::collections::BTreeSet<SafePath>> = believed.as_ref().map(|b| {
+            let differ = b.differing_paths(&scan.manifest);
+            // A directory whose mode or mtime differ holds nothing to keep.
+            differ
+                .into_iter()
+                .filter(|p| {
+                    !(b.get(p).is_some_and(Entry::is_dir)
+                        && scan.manifest.get(p).is_some_and(Entry::is_dir))
+                })
+                .collect()
+        });
+        let mut replica = FileSetReplica::open(
             scanner.root(),
             &self.e.data_dir,
             self.epoch.0,
-            believed.unwrap_or_else(|| scan.manifest.clone()),
+            scan.manifest.clone(),
         )
         .map_err(|e| e.to_string())?;
-        let mut side = StandbySide {
+        match suspects {
+            None => replica.set_keep_replaced(true),
+            Some(paths) if paths.is_empty() => {}
+            Some(paths) => {
+                tracing::warn!(
+                    "file set {}: {} path(s) differ from the manifest kept for this standby; \
+                     kept in quarantine if the primary replaces them",
+                    self.e.name,
+                    paths.len()
+                );
+                replica.keep_replaced_paths(paths);
+            }
+        }
+        let side = StandbySide {
             scanner,
             replica,
             round: None,
@@ -639,22 +669,6 @@ impl Actor {
             chunks_received: 0,
             partials_maybe: true,
         };
-        if !known {
-            // Nobody vouched for what is here: until the first round that
-            // ends in sync, what the primary replaces is kept.
-            side.replica.set_keep_replaced(true);
-        }
-        if known {
-            match side.replica.reconcile_local(&scan.manifest) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    "file set {}: {n} path(s) differ from the manifest kept for this standby",
-                    self.e.name
-                ),
-                Err(e) => tracing::error!("file set {}: {e}", self.e.name),
-            }
-            self.note_quarantined(&mut side);
-        }
         tracing::info!(
             "file set {}: standby copy of {} ({} entries)",
             self.e.name,

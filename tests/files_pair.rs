@@ -222,6 +222,11 @@ fn a_standby_killed_mid_transfer_catches_up_and_resumes() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // Only what it lacked was sent again: neither the whole files nor the
     // chunks in the temp files (give or take a chunk per file at the edge).
+    let s = p.fs_status(1).unwrap();
+    assert_eq!(
+        s["quarantined"], 0,
+        "files applied after the kept manifest's last write are not taken for local changes: {s}"
+    );
     let fetched = fetched(&p, 1);
     let bound = 6 * u64::from(size) - complete - partial + other + 6 * 256 * 1024;
     assert!(

@@ -128,6 +128,8 @@ pub struct FileSetReplica {
     stats: ApplyStats,
     /// Keep whatever a change would delete or overwrite, in quarantine.
     keep_replaced: bool,
+    /// The same, for these paths only.
+    keep_paths: std::collections::BTreeSet<SafePath>,
 }
 
 fn mtime_ns(meta: &Metadata) -> i64 {
@@ -243,6 +245,7 @@ impl FileSetReplica {
             quarantined: Vec::new(),
             stats: ApplyStats::default(),
             keep_replaced: false,
+            keep_paths: std::collections::BTreeSet::new(),
         })
     }
 
@@ -261,6 +264,22 @@ impl FileSetReplica {
     /// nobody has vouched for.
     pub fn set_keep_replaced(&mut self, keep: bool) {
         self.keep_replaced = keep;
+        if !keep {
+            self.keep_paths.clear();
+        }
+    }
+
+    /// [`FileSetReplica::set_keep_replaced`] for these paths only: what is
+    /// on disk there differs from what the copy's manifest last said, and
+    /// may be a local change or an apply whose record was lost in a crash.
+    /// Whichever it is, if the primary holds the same, nothing is sent and
+    /// nothing kept; if not, it is kept.
+    pub fn keep_replaced_paths(&mut self, paths: std::collections::BTreeSet<SafePath>) {
+        self.keep_paths = paths;
+    }
+
+    fn keeps(&self, path: &SafePath) -> bool {
+        self.keep_replaced || self.keep_paths.contains(path)
     }
 
     pub fn stats(&self) -> ApplyStats {
@@ -550,7 +569,7 @@ impl FileSetReplica {
                 return set_meta(&full, new).map_err(io);
             }
             Ok(m) => {
-                let expected = !self.keep_replaced
+                let expected = !self.keeps(path)
                     && old.is_some_and(|o| state_matches(&full, &m, o) && !o.is_dir());
                 if !expected {
                     self.quarantine(path, &full)?;
@@ -693,7 +712,7 @@ impl FileSetReplica {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(e)),
         };
-        if !state_matches(&full, &meta, old) || (self.keep_replaced && !meta.is_dir()) {
+        if !state_matches(&full, &meta, old) || (self.keeps(path) && !meta.is_dir()) {
             self.quarantine(path, &full)?;
         } else if meta.is_dir() {
             let mut removed = fs::remove_dir(&full);
