@@ -103,6 +103,9 @@ enum Input {
     /// Answered once the standby's root equals a full scan of this tree.
     Drain(oneshot::Sender<Result<Position, String>>),
     Confirm(Position, oneshot::Sender<Result<(), String>>),
+    /// `tandem verify`: this tree scanned from scratch, the peer asked for
+    /// its own; answered with the comparison.
+    Verify(oneshot::Sender<serde_json::Value>),
 }
 
 /// One `[[fileset]]`. See the module doc.
@@ -173,6 +176,27 @@ impl FileSetEngine {
         self.data_dir
             .join("filesets")
             .join(format!("{}.manifest", self.name))
+    }
+
+    /// Wait for the engine's [`Input::Verify`] answer, or report that the
+    /// peer did not answer in time.
+    async fn verify(&self, within: Duration) -> serde_json::Value {
+        let not_verified = |why: String| {
+            json!({"fileset": self.name, "identical": false, "complete": false,
+                   "differences": [why]})
+        };
+        let (tx, rx) = oneshot::channel();
+        if self.inbox.send(Input::Verify(tx)).await.is_err() {
+            return not_verified("the file set engine has stopped".into());
+        }
+        match tokio::time::timeout(within, rx).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) => not_verified("the verify was abandoned".into()),
+            Err(_) => not_verified(format!(
+                "the peer did not send its manifest within {} ms",
+                within.as_millis()
+            )),
+        }
     }
 
     fn filter(&self) -> Result<FileSetFilter, String> {
@@ -366,6 +390,11 @@ struct Actor {
     wake: Arc<Notify>,
     persisted_at: Option<Instant>,
     persist_due: bool,
+    verify_seq: u64,
+    /// Verifies waiting for the peer's manifest: this tree's, and the waiter.
+    verifies: HashMap<u64, (Manifest, oneshot::Sender<serde_json::Value>)>,
+    /// The peer's manifest for a verify, being reassembled.
+    verify_incoming: Option<(u64, u32, Vec<u8>)>,
 }
 
 enum Event {
@@ -390,6 +419,9 @@ impl Actor {
             wake: Arc::new(Notify::new()),
             persisted_at: None,
             persist_due: false,
+            verify_seq: 1,
+            verifies: HashMap::new(),
+            verify_incoming: None,
         }
     }
 
@@ -1432,6 +1464,7 @@ impl Actor {
             Input::Confirm(expected, reply) => {
                 let _ = reply.send(self.confirm(&expected));
             }
+            Input::Verify(reply) => self.start_verify(reply).await,
         }
     }
 
@@ -1477,7 +1510,128 @@ impl Actor {
                 errors,
                 ..
             } => self.on_ack(round, root, entries, errors),
+            FsMessage::VerifyAsk { id, .. } => self.answer_verify(id).await,
+            FsMessage::Verified {
+                id,
+                part,
+                parts,
+                bytes,
+                ..
+            } => self.on_verified(id, part, parts, bytes),
         }
+    }
+
+    // ----- verify --------------------------------------------------------
+
+    /// This tree from scratch: every file read and hashed, nothing taken
+    /// from an earlier manifest.
+    fn fresh_scan(&self) -> Result<Manifest, String> {
+        let scanner = self.scanner()?;
+        scanner
+            .scan(None)
+            .map(|s| s.manifest)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn start_verify(&mut self, reply: oneshot::Sender<serde_json::Value>) {
+        let name = self.e.name.clone();
+        let failed = |why: String| json!({"fileset": name, "identical": false, "complete": false, "differences": [why]});
+        let here = match self.fresh_scan() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(failed(format!("scanning this node's tree: {e}")));
+                return;
+            }
+        };
+        let id = self.verify_seq;
+        self.verify_seq += 1;
+        self.verifies.retain(|_, (_, r)| !r.is_closed());
+        let ask = FsMessage::VerifyAsk {
+            set: name.clone(),
+            id,
+        };
+        if !self.send(ask).await {
+            let _ = reply.send(failed("the replication link to the peer is down".into()));
+            return;
+        }
+        self.verifies.insert(id, (here, reply));
+    }
+
+    async fn answer_verify(&mut self, id: u64) {
+        let set = self.e.name.clone();
+        // A tree that cannot be scanned is reported as an empty manifest
+        // would be misleading: say nothing, and the asker times out with
+        // the reason in this node's log.
+        let bytes = match self.fresh_scan() {
+            Ok(m) => m.encode(),
+            Err(e) => {
+                tracing::error!("file set {set}: verify: {e}");
+                return;
+            }
+        };
+        let parts = manifest_parts(&bytes);
+        let n = parts.len() as u32;
+        let msgs: Vec<FsMessage> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| FsMessage::Verified {
+                set: set.clone(),
+                id,
+                part: i as u32,
+                parts: n,
+                bytes: b.to_vec(),
+            })
+            .collect();
+        for m in msgs {
+            if !self.send(m).await {
+                return;
+            }
+        }
+    }
+
+    fn on_verified(&mut self, id: u64, part: u32, parts: u32, bytes: Vec<u8>) {
+        if part == 0 {
+            self.verify_incoming = Some((id, parts, Vec::new()));
+        }
+        let Some((want, want_parts, buf)) = &mut self.verify_incoming else {
+            return;
+        };
+        if *want != id || *want_parts != parts {
+            self.verify_incoming = None;
+            return;
+        }
+        buf.extend_from_slice(&bytes);
+        if part + 1 < parts {
+            return;
+        }
+        let whole = self
+            .verify_incoming
+            .take()
+            .map(|(_, _, b)| b)
+            .unwrap_or_default();
+        let Some((here, reply)) = self.verifies.remove(&id) else {
+            return;
+        };
+        let name = self.e.name.clone();
+        let report = match Manifest::decode(&whole) {
+            Ok(peer) => {
+                let differing = here.differing_paths(&peer);
+                json!({
+                    "fileset": name,
+                    "identical": differing.is_empty(),
+                    "complete": true,
+                    "entries": here.len(),
+                    "root": hex::encode(here.root()),
+                    "peer_entries": peer.len(),
+                    "peer_root": hex::encode(peer.root()),
+                    "differences_total": differing.len(),
+                    "differences": differing.iter().take(100).map(|p| p.to_string()).collect::<Vec<_>>(),
+                })
+            }
+            Err(e) => json!({"fileset": name, "identical": false, "complete": false,
+                             "differences": [format!("the peer's manifest is refused: {e}")]}),
+        };
+        let _ = reply.send(report);
     }
 
     fn precheck(&self) -> Vec<String> {
@@ -1591,6 +1745,59 @@ impl Actor {
         }
         *lock(&e.status) = v;
     }
+}
+
+/// `tandem verify` of every file set: both trees scanned from scratch (every
+/// byte read), their roots compared, then the paths that differ. Either
+/// node may run it. The trees are scanned one after the other, so a file
+/// changed in between shows up as a difference: verify a quiet pair.
+pub async fn verify(node: &Arc<Node>, within: Duration) -> Result<Vec<serde_json::Value>, String> {
+    let role = node.role();
+    if !node.filesets.is_empty() && !matches!(role, Role::Primary | Role::Standby) {
+        return Err(format!(
+            "this node ({}) is {role}: verify compares a primary's copy with its standby's, run it when the pair is up",
+            node.me
+        ));
+    }
+    let started = Instant::now();
+    let mut out = Vec::new();
+    for e in &node.filesets {
+        out.push(e.verify(within.saturating_sub(started.elapsed())).await);
+    }
+    Ok(out)
+}
+
+/// The human report of the file sets in `tandem verify`.
+pub fn render_verify(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for f in v["filesets"].as_array().into_iter().flatten() {
+        let name = f["fileset"].as_str().unwrap_or("?");
+        let root = f["root"].as_str().map_or("?", |r| r.get(..16).unwrap_or(r));
+        if f["identical"] == true {
+            let _ = writeln!(
+                out,
+                "file set {name}: IDENTICAL, {} entries (root {root})",
+                f["entries"]
+            );
+            continue;
+        }
+        let verdict = if f["complete"] == true {
+            "DIFFERENT"
+        } else {
+            "NOT VERIFIED"
+        };
+        let total = f["differences_total"].as_u64();
+        let _ = writeln!(
+            out,
+            "file set {name}: {verdict}{}",
+            total.map_or(String::new(), |n| format!(", {n} path(s) differ"))
+        );
+        for d in f["differences"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  - {}", d.as_str().unwrap_or("?"));
+        }
+    }
+    out
 }
 
 /// Bring the primary's manifest up to date for `dirty`, noting skips.

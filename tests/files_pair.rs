@@ -348,6 +348,25 @@ fn an_inotify_queue_overflow_is_reconciled_by_a_full_rescan() {
             .contains("the watcher lost track")
             .then_some(())
     });
+
+    // `tandem verify` reads both trees from scratch and agrees, from
+    // either node; after an edit on the standby (its own reconcile is 10
+    // minutes away here) it names the path.
+    for i in 0..2 {
+        let out = p.pair.cli(i, &["verify", "--json", "--timeout", "20s"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["filesets"][0]["identical"], true, "{v}");
+        assert_eq!(v["filesets"][0]["entries"], 52, "{v}");
+    }
+    fs::write(p.root(1).join("after7"), b"edited on the standby").unwrap();
+    let out = p.pair.cli(0, &["verify", "--timeout", "20s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("file set etc: DIFFERENT, 1 path(s) differ") && text.contains("  - after7"),
+        "{text}"
+    );
 }
 
 #[test]

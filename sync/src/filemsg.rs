@@ -113,6 +113,17 @@ pub enum FsMessage {
         entries: u64,
         errors: Vec<String>,
     },
+    /// Either side (`tandem verify`): scan your tree from scratch, every
+    /// byte read, and send the manifest back as [`FsMessage::Verified`].
+    VerifyAsk { set: String, id: u64 },
+    /// The answer to `VerifyAsk`, in parts like [`FsMessage::State`].
+    Verified {
+        set: String,
+        id: u64,
+        part: u32,
+        parts: u32,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Why a decoded file-set message was refused.
@@ -194,15 +205,23 @@ impl FsMessage {
             | FsMessage::RoundEnd { set, .. }
             | FsMessage::ChunkAsk { set, .. }
             | FsMessage::Chunks { set, .. }
-            | FsMessage::Ack { set, .. } => set,
+            | FsMessage::Ack { set, .. }
+            | FsMessage::VerifyAsk { set, .. }
+            | FsMessage::Verified { set, .. } => set,
         }
     }
 
     /// Check what decoding cannot (see the module doc).
     pub fn validate(&self) -> Result<(), FsInvalid> {
         match self {
-            FsMessage::Ask { .. } | FsMessage::RoundEnd { .. } | FsMessage::Ack { .. } => Ok(()),
+            FsMessage::Ask { .. }
+            | FsMessage::RoundEnd { .. }
+            | FsMessage::Ack { .. }
+            | FsMessage::VerifyAsk { .. } => Ok(()),
             FsMessage::State {
+                part, parts, bytes, ..
+            }
+            | FsMessage::Verified {
                 part, parts, bytes, ..
             } => {
                 if *parts == 0 || *parts > MANIFEST_PARTS_MAX || part >= parts {
