@@ -81,11 +81,17 @@ const FETCH_WAIT: Duration = Duration::from_secs(20);
 const ROUND_STALL: Duration = Duration::from_secs(30);
 /// After a round that did not end at the expected root, wait this long.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
-/// A file that vanished this recently may be the first half of a rename
-/// whose second half the watcher has not reported yet: a round that would
-/// delete it waits this long after the last hint, so the two halves meet
-/// in one diff and the file is renamed, not deleted and sent again.
-const RENAME_SETTLE: Duration = Duration::from_millis(25);
+/// A round that would take content away from the standby (delete a file,
+/// or shrink one) waits until the watcher has been quiet this long: a file
+/// that vanished may be the first half of a rename whose second half is
+/// not reported yet (the two must meet in one diff to be a rename, not a
+/// delete and a full re-send), and a file that shrank may be one being
+/// rewritten in place (truncated, then written: sending the empty file
+/// would make the standby drop the chunks the final version reuses).
+const SETTLE: Duration = Duration::from_millis(25);
+/// A busy tree whose watcher is never quiet holds such a round this long
+/// at most.
+const SETTLE_MAX: Duration = Duration::from_millis(250);
 /// A full outbox is retried for at most this long.
 const SEND_PATIENCE: Duration = Duration::from_secs(5);
 /// The standby's report is asked for again after this long without one.
@@ -335,6 +341,8 @@ struct PrimarySide {
     retry_at: Option<Instant>,
     /// When the watcher last reported something.
     last_hint: Instant,
+    /// Since when a round has been held back for [`SETTLE`].
+    held_since: Option<Instant>,
     last_errors: Vec<String>,
     skipped: Vec<String>,
     /// Drained for a switchover: no new rounds until the role changes.
@@ -622,6 +630,7 @@ impl Actor {
             last_reconcile: Instant::now(),
             retry_at: None,
             last_hint: Instant::now(),
+            held_since: None,
             last_errors: Vec::new(),
             skipped,
             drained: false,
@@ -826,6 +835,9 @@ impl Actor {
 
     /// Start a round if one is called for; answer drains once in sync.
     async fn progress(&mut self) {
+        // Hints that arrived meanwhile first: the round is built from them,
+        // and holding it back (SETTLE) depends on when the last one came.
+        self.take_dirty();
         let connected = self.node.peer_link.is_connected();
         let may_send = matches!(self.role, Role::Primary | Role::Demoting);
         let demoting = self.role == Role::Demoting;
@@ -863,13 +875,21 @@ impl Actor {
             return;
         }
         let changes = diff(peer, &p.local);
-        let deletes_content = changes.iter().any(|c| {
-            matches!(c, Change::Delete { old: Entry { kind: EntryKind::File { size, .. }, .. }, .. } if *size > 0)
+        // Content the standby holds would go away: wait for the watcher
+        // to settle (see SETTLE), within bounds.
+        let loses_content = changes.iter().any(|c| match c {
+            Change::Delete { old, .. } => file_size(old) > 0,
+            Change::Modify { old, new, .. } => file_size(new) < file_size(old),
+            _ => false,
         });
-        if deletes_content && p.last_hint.elapsed() < RENAME_SETTLE {
-            p.retry_at = Some(p.last_hint + RENAME_SETTLE);
-            return;
+        if loses_content && p.last_hint.elapsed() < SETTLE {
+            let since = *p.held_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < SETTLE_MAX {
+                p.retry_at = Some(p.last_hint + SETTLE);
+                return;
+            }
         }
+        p.held_since = None;
         let have: HashSet<ChunkHash> = peer
             .iter()
             .flat_map(|(_, e)| e.chunks().iter().map(|c| c.hash))
@@ -1839,6 +1859,14 @@ fn remove_partials(root: &Path) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// A file entry's size; 0 for anything else.
+fn file_size(e: &Entry) -> u64 {
+    match e.kind {
+        EntryKind::File { size, .. } => size,
+        _ => 0,
     }
 }
 

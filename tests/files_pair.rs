@@ -75,6 +75,20 @@ fn random_tree_operations_are_mirrored_exactly() {
         "a 1-byte change fetched {delta} bytes"
     );
 
+    // The same, rewritten whole (truncated, then written): the truncated
+    // state is not sent, so the standby still holds the chunks to reuse.
+    let before = fetched(&p, 1);
+    let mut again = fs::read(p.root(0).join("fixed/big.dat")).unwrap();
+    again[700_000] ^= 0x55;
+    fs::write(p.root(0).join("fixed/big.dat"), &again).unwrap();
+    p.wait_identical(0, QUIET);
+    let delta = fetched(&p, 1) - before;
+    eprintln!("a rewrite in place fetched {delta} bytes");
+    assert!(
+        (1..=2 * 256 * 1024).contains(&delta),
+        "a 1-byte change written as a whole new file fetched {delta} bytes"
+    );
+
     // Status, human and JSON, shows the set.
     let out = p.pair.cli(0, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
