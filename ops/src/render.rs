@@ -201,7 +201,7 @@ pub fn render_status(s: &Status) -> String {
             if let Some(n) = f["quarantined"].as_u64().filter(|n| *n > 0) {
                 let _ = writeln!(
                     out,
-                    "      {n} path(s) moved to quarantine (changed locally)"
+                    "      {n} path(s) moved to quarantine (<data_dir>/quarantine; each is in the log)"
                 );
             }
             if let Some(w) = f["watch"].as_str().filter(|w| *w != "ok") {
