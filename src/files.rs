@@ -30,20 +30,31 @@
 //!
 //! # Local changes on the standby
 //!
-//! The standby scans its own tree at start and every `reconcile_ms`. Any
-//! difference from its manifest is a local change: content moved to
+//! Every `reconcile_ms` the standby scans its own tree. Any difference from
+//! its manifest is a local change: content moved to
 //! `<data_dir>/quarantine/`, reported, and sent again by the primary. Its
-//! manifest is kept in `<data_dir>/filesets/<name>.manifest`, so changes made
-//! while tandem was stopped are found too.
+//! manifest is kept in `<data_dir>/filesets/<name>.manifest`; at start the
+//! tree as scanned is taken as the copy's state, and the paths where it
+//! differs from the kept manifest (changed while tandem was stopped, or
+//! applied just before a crash) are quarantined if the primary replaces
+//! them. A standby with no kept manifest treats its whole tree so until the
+//! first round that ends in sync.
 //!
 //! # Switchover
 //!
 //! There is nothing to fence (local software writes files without asking):
 //! the drain step scans the whole tree and waits until the standby's root
 //! equals it, then the old primary starts no new round. Its manifest of the
-//! standby becomes its own manifest as a standby, so whatever was written
-//! on it after the drain is quarantined, and the new primary starts from its
-//! replica's manifest: neither side re-sends anything.
+//! standby is what it starts from as a standby, so whatever was written on
+//! it after the drain is quarantined when the new primary replaces it, and
+//! the new primary starts from its replica's manifest: neither side
+//! re-sends anything.
+//!
+//! # Verify
+//!
+//! `tandem verify` scans this tree from scratch and asks the peer to do the
+//! same ([`FsMessage::VerifyAsk`]), then compares roots and names the paths
+//! that differ.
 
 use crate::node::Node;
 use serde_json::json;
