@@ -65,9 +65,32 @@ impl NodeHandle for Handle {
 
     async fn verify(&self, req: VerifyRequest) -> Result<serde_json::Value, Vec<String>> {
         let within = std::time::Duration::from_millis(req.timeout_ms.unwrap_or(60_000));
-        crate::db::verify(&self.0, req.db.as_deref(), within)
-            .await
-            .map_err(|w| vec![w])
+        let started = std::time::Instant::now();
+        // Databases (all, or the one named), then file sets (unless a
+        // database was named).
+        let mut v = if req.db.is_some() || !self.0.databases.is_empty() {
+            crate::db::verify(&self.0, req.db.as_deref(), within)
+                .await
+                .map_err(|w| vec![w])?
+        } else {
+            serde_json::json!({"identical": true, "complete": true, "databases": []})
+        };
+        if req.db.is_none() {
+            if self.0.filesets.is_empty() && self.0.databases.is_empty() {
+                return Err(vec!["no database or file set is configured".into()]);
+            }
+            let left = within.saturating_sub(started.elapsed());
+            let sets = crate::files::verify(&self.0, left)
+                .await
+                .map_err(|w| vec![w])?;
+            let identical = sets.iter().all(|f| f["identical"] == true);
+            let complete = sets.iter().all(|f| f["complete"] == true);
+            v["identical"] = serde_json::json!(v["identical"] == true && identical);
+            v["complete"] = serde_json::json!(v["complete"] == true && complete);
+            v["filesets"] = serde_json::json!(sets);
+            v["elapsed_ms"] = serde_json::json!(started.elapsed().as_millis() as u64);
+        }
+        Ok(v)
     }
 }
 

@@ -6,6 +6,7 @@ mod control;
 mod db;
 mod demo;
 mod endpoint;
+mod files;
 mod hooks;
 mod links;
 mod node;
@@ -90,7 +91,7 @@ enum Command {
     Barrier {
         #[command(flatten)]
         target: Target,
-        /// Only this database (default: every configured database).
+        /// Only this database (default: every configured database and file set).
         #[arg(long)]
         db: Option<String>,
         /// Give up after this long: 500ms, 5s, 2m (a bare number is ms).
@@ -107,7 +108,7 @@ enum Command {
     Verify {
         #[command(flatten)]
         target: Target,
-        /// Only this database (default: every configured database).
+        /// Only this database (default: every configured database and file set).
         #[arg(long)]
         db: Option<String>,
         /// Give up after this long: 500ms, 5s, 2m (a bare number is ms).
@@ -414,6 +415,7 @@ async fn verify(target: &Target, db: Option<&str>, timeout: Duration, json: bool
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", db::render_verify(&v));
+        print!("{}", files::render_verify(&v));
     }
     Ok(match (v["identical"].as_bool(), v["complete"].as_bool()) {
         (Some(true), _) => 0,

@@ -52,6 +52,8 @@ pub struct Node {
     pub resources: Vec<Arc<dyn Resource>>,
     /// One engine per `[[database]]` (also in `resources`).
     pub databases: Vec<Arc<DbEngine>>,
+    /// One engine per `[[fileset]]` (also in `resources`).
+    pub filesets: Vec<Arc<crate::files::FileSetEngine>>,
     pub serial: SerialPorts,
     link_errors: Mutex<Vec<Option<String>>>,
     alarms: Mutex<BTreeMap<(AlarmKind, Option<usize>), AlarmStatus>>,
@@ -108,9 +110,11 @@ impl Node {
         let (announce, _) = watch::channel(0);
         let (role_now, _) = watch::channel((Role::Fenced, record.epoch));
         let databases = crate::db::engines(&cfg, me);
+        let filesets = crate::files::engines(&cfg, me);
         let resources: Vec<Arc<dyn Resource>> = databases
             .iter()
             .map(|d| d.clone() as Arc<dyn Resource>)
+            .chain(filesets.iter().map(|f| f.clone() as Arc<dyn Resource>))
             .collect();
         let node = Arc::new(Node {
             cfg: cfg.clone(),
@@ -127,6 +131,7 @@ impl Node {
             switchovers: Switchovers::default(),
             resources,
             databases,
+            filesets,
             serial: SerialPorts::from_config(&cfg, node_cfg),
             link_errors: Mutex::new(vec![None; links]),
             alarms: Mutex::new(BTreeMap::new()),
@@ -147,6 +152,7 @@ impl Node {
         tokio::spawn(async move { always.serial.start_always().await });
         tokio::spawn(ticker(node.clone()));
         crate::db::start(&node);
+        crate::files::start(&node);
         Ok(node)
     }
 
@@ -337,6 +343,7 @@ impl Node {
                 switchover: None,
                 serial: Vec::new(),
                 databases: Vec::new(),
+                filesets: Vec::new(),
                 uptime_ms: now,
             }
         });
@@ -361,6 +368,7 @@ impl Node {
                 .cloned(),
         );
         s.databases = self.databases.iter().map(|d| d.status()).collect();
+        s.filesets = self.filesets.iter().map(|f| f.status()).collect();
         s.switchover = self.switchovers.latest();
         s.serial = self.serial.status();
         s

@@ -464,6 +464,7 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
         | PeerMessage::DbResyncPlan(_)
         | PeerMessage::DbResyncNeed { .. }
         | PeerMessage::DbQuarantine { .. } => crate::db::on_peer_message(node, msg).await,
+        PeerMessage::Fs(m) => crate::files::on_peer_message(node, m).await,
         PeerMessage::Abandon { op } => {
             let answer = match node.with_machine(|m, _| m.on_abandon(op)) {
                 Outcome::Promoted(epoch) => PeerMessage::Promoted { op, epoch },

@@ -267,7 +267,12 @@ pub struct FileSet {
     pub include: Vec<String>,
     /// Glob patterns relative to `root`, applied after `include`.
     pub exclude: Vec<String>,
+    /// How often the whole tree is scanned and the two roots compared,
+    /// whatever the file watcher says. Default 10000, at least 100.
+    pub reconcile_ms: u64,
 }
+
+pub const DEFAULT_RECONCILE_MS: u64 = 10_000;
 
 /// `[[serial]]`: a serial port carried over the network.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -553,7 +553,7 @@ pub(crate) const HOOKS_KEYS: &[&str] = &[
 ];
 pub(crate) const CONTROL_KEYS: &[&str] = &["token_file"];
 pub(crate) const DATABASE_KEYS: &[&str] = &["name", "path", "wal_bytes_max", "spool_bytes_max"];
-pub(crate) const FILESET_KEYS: &[&str] = &["name", "root", "include", "exclude"];
+pub(crate) const FILESET_KEYS: &[&str] = &["name", "root", "include", "exclude", "reconcile_ms"];
 pub(crate) const SERIAL_KEYS: &[&str] = &[
     "name",
     "mode",
@@ -843,16 +843,48 @@ fn read_fileset(cx: &mut Cx, t: &Tab) -> FileSet {
         .and_then(|(i, at)| abs_path(cx, i, at, "root"));
     let mut globs = |key: &str| {
         let path = t.child_path(key);
-        t.get(cx, key)
+        let found = t
+            .get(cx, key)
             .and_then(|(i, at)| strings(cx, i, at, key, &path))
-            .map(|v| v.into_iter().map(|(s, _)| s).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (g, at) in found {
+            // The same options the file set's filter is built with.
+            match globset::GlobBuilder::new(&g)
+                .literal_separator(true)
+                .build()
+            {
+                Ok(_) => out.push(g),
+                Err(e) => cx.err(
+                    at,
+                    format!("{key:?}: {g:?} is not a valid glob: {}", e.kind()),
+                ),
+            }
+        }
+        out
+    };
+    let include = globs("include");
+    let exclude = globs("exclude");
+    let reconcile_ms = match t.get(cx, "reconcile_ms") {
+        Some((i, at)) => match millis(cx, i, at, "reconcile_ms") {
+            Some(ms) if ms < 100 => {
+                cx.err(
+                    at,
+                    format!("\"reconcile_ms\" must be at least 100 (milliseconds), found {ms}"),
+                );
+                DEFAULT_RECONCILE_MS
+            }
+            Some(ms) => ms,
+            None => DEFAULT_RECONCILE_MS,
+        },
+        None => DEFAULT_RECONCILE_MS,
     };
     FileSet {
         name: name.unwrap_or_default(),
         root: root.unwrap_or_default(),
-        include: globs("include"),
-        exclude: globs("exclude"),
+        include,
+        exclude,
+        reconcile_ms,
     }
 }
 

@@ -660,6 +660,32 @@ fn databases_and_filesets() {
         format!("fileset = [{{ name = \"f\", root = \"/f\", include = [\"*.conf\"] }}]\n{MIN}");
     let c = parse(&text).unwrap();
     assert_eq!(c.filesets[0].include, ["*.conf"]);
+    assert_eq!(c.filesets[0].reconcile_ms, DEFAULT_RECONCILE_MS);
+    // Globs and the reconcile period are checked where they are written.
+    check_err(
+        &variant(
+            &[],
+            &format!("{fs}include = [\"a/**\", \"b[\"]\nreconcile_ms = 5\n"),
+        ),
+        expect![[r#"
+            t.toml:18:20: "include": "b[" is not a valid glob: unclosed character class; missing ']'
+            t.toml:19:16: "reconcile_ms" must be at least 100 (milliseconds), found 5"#]],
+    );
+    // A root inside another root.
+    check_err(
+        &variant(
+            &[],
+            &format!(
+                "{fs}{}",
+                fs.replace("\"f\"", "\"g\"").replace("/f", "/f/sub")
+            ),
+        ),
+        expect![[
+            r#"t.toml:20:8: file set root "/f/sub" is inside the root of file set "f" (line 17)"#
+        ]],
+    );
+    let c = parse(&variant(&[], &format!("{fs}reconcile_ms = 750\n"))).unwrap();
+    assert_eq!(c.filesets[0].reconcile_ms, 750);
 }
 
 #[test]

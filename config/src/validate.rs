@@ -45,6 +45,24 @@ pub(crate) fn validate(cx: &mut Cx, c: &Config) {
         fss().map(|(i, f)| (i, path_str(&f.root))),
         "root",
     );
+    // One tree inside another would be mirrored twice, by two engines
+    // that do not know of each other.
+    for (i, a) in c.filesets.iter().enumerate() {
+        for (j, b) in c.filesets.iter().enumerate() {
+            if i != j && a.root != b.root && a.root.starts_with(&b.root) {
+                let at = cx.at(&[&format!("fileset[{i}].root"), &format!("fileset[{i}]")]);
+                let line = line_of(cx, &format!("fileset[{j}].root"));
+                cx.err(
+                    at,
+                    format!(
+                        "file set root {:?} is inside the root of file set {:?} ({line})",
+                        path_str(&a.root),
+                        b.name
+                    ),
+                );
+            }
+        }
+    }
     let sps = c.serial.iter().enumerate();
     unique(
         cx,

@@ -48,6 +48,10 @@ pub struct Status {
     /// WAL size, last checkpoint, seeding progress.
     #[serde(default)]
     pub databases: Vec<serde_json::Value>,
+    /// One object per `[[fileset]]`: side, mode, entries, root hashes on
+    /// both sides, pending changes, bytes queued, last sync, lag.
+    #[serde(default)]
+    pub filesets: Vec<serde_json::Value>,
     pub uptime_ms: u64,
 }
 
@@ -341,6 +345,7 @@ mod tests {
                 switchover: None,
                 serial: vec![],
                 databases: vec![],
+                filesets: vec![],
                 uptime_ms: 1,
             }
         }

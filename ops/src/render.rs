@@ -200,6 +200,48 @@ pub fn render_status(s: &Status) -> String {
             }
         }
     }
+    if !s.filesets.is_empty() {
+        let _ = writeln!(out, "file sets:");
+        for f in &s.filesets {
+            let text = |k: &str| f[k].as_str().unwrap_or("-").to_string();
+            let hash = |k: &str| {
+                f[k].as_str()
+                    .map_or("-".to_string(), |h| h.get(..12).unwrap_or(h).to_string())
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<8} {:<20} {} entries, root here {}, peer {}",
+                text("name"),
+                text("side"),
+                text("mode").to_uppercase(),
+                f["entries"].as_u64().unwrap_or(0),
+                hash("root_hash"),
+                hash("peer_root_hash"),
+            );
+            let _ = writeln!(
+                out,
+                "      pending {} changes, {} B queued, lag {} ms{}",
+                f["pending_changes"].as_u64().unwrap_or(0),
+                f["bytes_queued"].as_u64().unwrap_or(0),
+                f["lag_ms"].as_u64().unwrap_or(0),
+                f["last_sync_unix_ms"]
+                    .as_u64()
+                    .map_or(String::new(), |t| format!("; last sync {}", unix_time(t)))
+            );
+            if let Some(n) = f["quarantined"].as_u64().filter(|n| *n > 0) {
+                let _ = writeln!(
+                    out,
+                    "      {n} path(s) moved to quarantine (<data_dir>/quarantine; each is in the log)"
+                );
+            }
+            if let Some(w) = f["watch"].as_str().filter(|w| *w != "ok") {
+                let _ = writeln!(out, "      watch: {w}");
+            }
+            if let Some(e) = f["error"].as_str() {
+                let _ = writeln!(out, "      {e}");
+            }
+        }
+    }
     if let Some(p) = &s.switchover {
         let state = match &p.outcome {
             None => "running".to_string(),

@@ -191,10 +191,11 @@ impl FileSetScanner {
             manifest: std::mem::take(manifest),
             skipped: Vec::new(),
         };
-        let ancestors_included = target
-            .ancestors()
-            .iter()
-            .all(|a| self.filter.includes_dir(a));
+        let ancestors_included = !target.is_partial()
+            && target
+                .ancestors()
+                .iter()
+                .all(|a| self.filter.includes_dir(a));
         if ancestors_included {
             if let Ok(meta) = fs::symlink_metadata(self.full(&target)) {
                 self.visit(&target, &meta, &previous, &mut scan);
@@ -239,6 +240,11 @@ impl FileSetScanner {
                 Some(d) => d.join(name),
             };
             let Ok(path) = path else { continue };
+            // tandem's own temp files (left by an interrupted apply while
+            // this node was a standby) are never part of the set.
+            if path.is_partial() {
+                continue;
+            }
             if let Ok(meta) = fs::symlink_metadata(entry.path()) {
                 self.visit(&path, &meta, previous, scan);
             }
@@ -453,17 +459,82 @@ pub fn classify(root: &Path, event: &notify::Result<notify::Event>) -> EventEffe
         }
         // A name that is not UTF-8 (or not a valid path) is not mirrored.
         if let Some(Ok(sp)) = rel.to_str().map(SafePath::parse) {
-            paths.push(sp);
+            if !sp.is_partial() {
+                paths.push(sp);
+            }
         }
+    }
+    if paths.is_empty() {
+        return EventEffect::Nothing;
     }
     EventEffect::Paths(paths)
 }
 
-#[derive(Debug)]
+/// Directories that appeared (created, or moved in) according to `event`.
+/// notify installs the watch on a new directory only after it has handed
+/// the event over, so what is created inside it in between sends no event;
+/// such directories are looked at again once their watch is surely in place.
+fn appeared_dirs(root: &Path, event: &notify::Result<notify::Event>) -> Vec<SafePath> {
+    let Ok(event) = event else { return Vec::new() };
+    if !matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+    ) {
+        return Vec::new();
+    }
+    event
+        .paths
+        .iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        .filter_map(|p| {
+            p.strip_prefix(root)
+                .ok()?
+                .to_str()
+                .map(SafePath::parse)?
+                .ok()
+        })
+        .filter(|p| !p.is_partial())
+        .collect()
+}
+
+/// When a directory that appeared is looked at again: soon (notify's
+/// event loop installs the watch right after delivering the event), and
+/// once more later for a loaded machine. The periodic reconcile is the
+/// backstop behind both.
+pub const FRESH_RECHECKS: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(1000)];
+/// Fresh directories remembered at most; past this everything is dirty.
+const FRESH_MAX: usize = 10_000;
+
 struct WatchState {
     dirty: DirtySet,
+    /// Directories that appeared, to be marked dirty again at these times.
+    fresh: Vec<(Instant, SafePath)>,
     /// The last watch error, for status.
     last_error: Option<String>,
+    /// Called (on notify's thread) whenever something becomes dirty.
+    wake: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl WatchState {
+    /// Move the fresh directories that are due into the dirty set.
+    fn promote_due(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        self.fresh.retain(|(at, p)| {
+            if *at <= now {
+                due.push(p.clone());
+                false
+            } else {
+                true
+            }
+        });
+        if !due.is_empty() {
+            self.dirty.add(EventEffect::Paths(due));
+        }
+    }
+
+    fn next_recheck(&self) -> Option<Instant> {
+        self.fresh.iter().map(|(at, _)| *at).min()
+    }
 }
 
 /// Why watching could not start.
@@ -501,6 +572,15 @@ impl FileSetWatcher {
     /// Install the watches on `root` (recursively; new directories are
     /// watched as they appear). Call this before the startup scan.
     pub fn new(root: &Path) -> Result<Self, WatchError> {
+        Self::with_wake(root, None)
+    }
+
+    /// [`FileSetWatcher::new`], calling `wake` (on notify's thread) whenever
+    /// something becomes dirty, so an async caller need not poll.
+    pub fn with_wake(
+        root: &Path,
+        wake: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) -> Result<Self, WatchError> {
         // Events name canonical paths; a root given another way would make
         // every event look like one from outside the root.
         let root = &fs::canonicalize(root)
@@ -508,7 +588,9 @@ impl FileSetWatcher {
         let state = Arc::new((
             Mutex::new(WatchState {
                 dirty: DirtySet::Paths(BTreeSet::new()),
+                fresh: Vec::new(),
                 last_error: None,
+                wake,
             }),
             Condvar::new(),
         ));
@@ -528,9 +610,26 @@ impl FileSetWatcher {
                         _ => e.to_string(),
                     });
                 }
+                let appeared = appeared_dirs(&handler_root, &event);
+                if !appeared.is_empty() {
+                    if s.fresh.len() + appeared.len() > FRESH_MAX {
+                        s.fresh.clear();
+                        s.dirty = DirtySet::Everything;
+                    } else {
+                        let now = Instant::now();
+                        for p in appeared {
+                            for after in FRESH_RECHECKS {
+                                s.fresh.push((now + after, p.clone()));
+                            }
+                        }
+                    }
+                }
                 if effect != EventEffect::Nothing {
                     s.dirty.add(effect);
                     cv.notify_all();
+                    if let Some(wake) = &s.wake {
+                        wake();
+                    }
                 }
             })
             .map_err(|e| WatchError::Notify(root.to_owned(), e))?;
@@ -549,7 +648,15 @@ impl FileSetWatcher {
     /// What became dirty since the last call; resets it.
     pub fn take_dirty(&self) -> DirtySet {
         let mut s = lock(&self.state.0);
+        s.promote_due(Instant::now());
         std::mem::replace(&mut s.dirty, DirtySet::Paths(BTreeSet::new()))
+    }
+
+    /// When a directory that appeared is next due to be looked at again
+    /// (see [`FRESH_RECHECKS`]); the caller calls [`FileSetWatcher::take_dirty`]
+    /// then.
+    pub fn next_recheck(&self) -> Option<Instant> {
+        lock(&self.state.0).next_recheck()
     }
 
     /// Wait until something is dirty or `timeout` passes; true if dirty.
@@ -557,13 +664,18 @@ impl FileSetWatcher {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.state;
         let mut s = lock(m);
-        while s.dirty.is_empty() {
+        loop {
             let now = Instant::now();
+            s.promote_due(now);
+            if !s.dirty.is_empty() {
+                break;
+            }
             if now >= deadline {
                 return false;
             }
+            let until = s.next_recheck().map_or(deadline, |r| r.min(deadline));
             s = cv
-                .wait_timeout(s, deadline - now)
+                .wait_timeout(s, until.saturating_duration_since(now))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
@@ -574,8 +686,12 @@ impl FileSetWatcher {
     /// overflow path).
     pub fn mark_everything(&self) {
         let (m, cv) = &*self.state;
-        lock(m).dirty = DirtySet::Everything;
+        let mut s = lock(m);
+        s.dirty = DirtySet::Everything;
         cv.notify_all();
+        if let Some(wake) = &s.wake {
+            wake();
+        }
     }
 
     /// The last watch error reported by notify, if any.

@@ -51,7 +51,7 @@ use tandem_sync::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
 
 /// Temp files being assembled start with this; a scanner of the standby's
 /// tree should leave them out.
-pub const PARTIAL_PREFIX: &str = ".tandem-partial.";
+pub use tandem_sync::fileset::PARTIAL_PREFIX;
 
 /// Where the chunks the standby does not have come from (the replication
 /// link, or in tests the primary's scanner in-process).
@@ -126,6 +126,10 @@ pub struct FileSetReplica {
     quarantine_dir: Option<PathBuf>,
     quarantined: Vec<Quarantined>,
     stats: ApplyStats,
+    /// Keep whatever a change would delete or overwrite, in quarantine.
+    keep_replaced: bool,
+    /// The same, for these paths only.
+    keep_paths: std::collections::BTreeSet<SafePath>,
 }
 
 fn mtime_ns(meta: &Metadata) -> i64 {
@@ -240,6 +244,8 @@ impl FileSetReplica {
             quarantine_dir: None,
             quarantined: Vec::new(),
             stats: ApplyStats::default(),
+            keep_replaced: false,
+            keep_paths: std::collections::BTreeSet::new(),
         })
     }
 
@@ -249,6 +255,31 @@ impl FileSetReplica {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// While set, a file or symlink that a change would delete or
+    /// overwrite is moved to quarantine instead, even when it is what the
+    /// change expects: for a copy whose history is unknown (a standby that
+    /// started without a manifest from an earlier run), whose content
+    /// nobody has vouched for.
+    pub fn set_keep_replaced(&mut self, keep: bool) {
+        self.keep_replaced = keep;
+        if !keep {
+            self.keep_paths.clear();
+        }
+    }
+
+    /// [`FileSetReplica::set_keep_replaced`] for these paths only: what is
+    /// on disk there differs from what the copy's manifest last said, and
+    /// may be a local change or an apply whose record was lost in a crash.
+    /// Whichever it is, if the primary holds the same, nothing is sent and
+    /// nothing kept; if not, it is kept.
+    pub fn keep_replaced_paths(&mut self, paths: std::collections::BTreeSet<SafePath>) {
+        self.keep_paths = paths;
+    }
+
+    fn keeps(&self, path: &SafePath) -> bool {
+        self.keep_replaced || self.keep_paths.contains(path)
     }
 
     pub fn stats(&self) -> ApplyStats {
@@ -276,6 +307,162 @@ impl FileSetReplica {
     fn parent_dir(&self, path: &SafePath) -> PathBuf {
         path.parent()
             .map_or_else(|| self.root.clone(), |p| self.root.join(p.as_str()))
+    }
+
+    /// The temp file where the new content of `path` is assembled.
+    fn partial_path(&self, path: &SafePath) -> PathBuf {
+        self.parent_dir(path).join(partial_name(path.file_name()))
+    }
+
+    /// The chunks of `entry`, the new content of the file at `path`, that
+    /// are neither in place in its temp file (an interrupted transfer) nor
+    /// anywhere in the local tree: what must come from the primary. One
+    /// [`ChunkRef`] per distinct hash. Refuses a path outside the root.
+    pub fn missing_chunks(
+        &self,
+        path: &SafePath,
+        entry: &Entry,
+    ) -> Result<Vec<ChunkRef>, ApplyError> {
+        self.resolve(path)?;
+        let partial = open_nofollow(&self.partial_path(path))
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+        let partial_len = partial
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        let mut asked = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for c in entry.chunks() {
+            if asked.contains(&c.hash) {
+                continue;
+            }
+            let in_partial = partial.as_ref().is_some_and(|f| {
+                let mut buf = vec![0u8; c.len as usize];
+                c.end() <= partial_len
+                    && f.read_exact_at(&mut buf, c.offset).is_ok()
+                    && c.verify(&buf)
+            });
+            if in_partial || self.local_chunk(c).is_some() {
+                continue;
+            }
+            asked.insert(c.hash);
+            out.push(*c);
+        }
+        Ok(out)
+    }
+
+    /// Write the bytes of a chunk of `entry` (the new content of `path`)
+    /// into its temp file, at every offset where `entry` has that chunk, so
+    /// that [`FileSetReplica::apply`] finds it there (and a transfer
+    /// interrupted after this resumes from it).
+    pub fn stage_chunk(
+        &self,
+        path: &SafePath,
+        entry: &Entry,
+        hash: &ChunkHash,
+        bytes: &[u8],
+    ) -> Result<(), ApplyError> {
+        self.resolve(path)?;
+        let io = |e| ApplyError::Io(path.clone(), e);
+        let places: Vec<&ChunkRef> = entry.chunks().iter().filter(|c| c.hash == *hash).collect();
+        let Some(first) = places.first() else {
+            return Ok(());
+        };
+        if !first.verify(bytes) {
+            return Err(ApplyError::BadChunk(path.clone(), first.offset));
+        }
+        let tmp = self.partial_path(path);
+        let creating = match fs::symlink_metadata(&tmp) {
+            Ok(m) if !m.is_file() => {
+                return Err(ApplyError::Invalid(
+                    path.clone(),
+                    "temp file name is taken by a non-file",
+                ))
+            }
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        // Creating the temp file changes its directory's mtime, which the
+        // manifest decides: put it back.
+        let parent = self.parent_dir(path);
+        let parent_mtime = if creating {
+            fs::symlink_metadata(&parent).ok().map(|m| mtime_ns(&m))
+        } else {
+            None
+        };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io)?;
+        if let Some(ns) = parent_mtime {
+            let _ = set_mtime_nofollow(&parent, ns);
+        }
+        for c in places {
+            file.write_all_at(bytes, c.offset).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Bring the manifest in line with `scanned`, a fresh scan of the tree,
+    /// taking every difference for a change made locally on the standby.
+    /// Only mode or mtime differ: the scanned entry is adopted (the
+    /// primary's next round puts them back). Content, type, or an entry
+    /// the manifest does not know: what is on disk is moved to quarantine
+    /// and forgotten (the primary sends it again). Gone from disk:
+    /// forgotten. Returns how many paths differed; what was quarantined is
+    /// in [`FileSetReplica::take_quarantined`].
+    pub fn reconcile_local(&mut self, scanned: &Manifest) -> Result<usize, ApplyError> {
+        let paths: std::collections::BTreeSet<SafePath> = self
+            .manifest
+            .iter()
+            .chain(scanned.iter())
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut gone: Vec<SafePath> = Vec::new();
+        let mut changed = 0;
+        for p in paths {
+            if gone.iter().any(|g| p.starts_with(g)) {
+                continue;
+            }
+            let have = self.manifest.get(&p).cloned();
+            match (have, scanned.get(&p)) {
+                (None, None) => continue,
+                (Some(h), Some(d)) if h == *d => continue,
+                (Some(h), Some(d)) if h.same_content(d) => {
+                    self.manifest.insert(p.clone(), d.clone());
+                }
+                (Some(_), None) => gone.push(p.clone()),
+                (_, Some(_)) => {
+                    let full = self.resolve(&p)?;
+                    if fs::symlink_metadata(&full).is_ok() {
+                        self.quarantine(&p, &full)?;
+                    }
+                    gone.push(p.clone());
+                }
+            }
+            changed += 1;
+        }
+        for g in &gone {
+            let below: Vec<SafePath> = self
+                .manifest
+                .iter()
+                .filter(|(q, _)| q.starts_with(g))
+                .map(|(q, _)| q.clone())
+                .collect();
+            for q in below {
+                self.manifest.remove(&q);
+            }
+        }
+        if changed > 0 {
+            self.index = self.manifest.chunk_index();
+        }
+        Ok(changed)
     }
 
     /// Apply one change. On success the replica's manifest includes it.
@@ -382,7 +569,8 @@ impl FileSetReplica {
                 return set_meta(&full, new).map_err(io);
             }
             Ok(m) => {
-                let expected = old.is_some_and(|o| state_matches(&full, &m, o) && !o.is_dir());
+                let expected = !self.keeps(path)
+                    && old.is_some_and(|o| state_matches(&full, &m, o) && !o.is_dir());
                 if !expected {
                     self.quarantine(path, &full)?;
                 }
@@ -524,10 +712,19 @@ impl FileSetReplica {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(e)),
         };
-        if !state_matches(&full, &meta, old) {
+        if !state_matches(&full, &meta, old) || (self.keeps(path) && !meta.is_dir()) {
             self.quarantine(path, &full)?;
         } else if meta.is_dir() {
-            match fs::remove_dir(&full) {
+            let mut removed = fs::remove_dir(&full);
+            if removed
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(nix::libc::ENOTEMPTY))
+                && remove_partials_in(&full)
+            {
+                // Only tandem's own temp files were in the way.
+                removed = fs::remove_dir(&full);
+            }
+            match removed {
                 Ok(()) => {}
                 // Something the manifest does not know was put there locally.
                 Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => {
@@ -632,6 +829,25 @@ impl FileSetReplica {
         });
         Ok(())
     }
+}
+
+/// Remove the temp files of abandoned transfers directly in `dir`; true if
+/// there were any.
+fn remove_partials_in(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let mut any = false;
+    for e in entries.flatten() {
+        let ours = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(PARTIAL_PREFIX));
+        if ours && e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            any = true;
+        }
+    }
+    any
 }
 
 /// Copy a file, symlink or directory tree without following symlinks,

@@ -21,6 +21,11 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// tandem's own temp files (a file being assembled on the standby) start
+/// with this. They are never part of a file set: scanners leave them out and
+/// a path from the peer whose last component starts so is refused.
+pub const PARTIAL_PREFIX: &str = ".tandem-partial.";
+
 /// The longest path accepted, in bytes (Linux's `PATH_MAX`).
 pub const PATH_BYTES_MAX: usize = 4096;
 /// The longest single component accepted, in bytes (Linux's `NAME_MAX`).
@@ -106,6 +111,11 @@ impl SafePath {
     /// The components, root first.
     pub fn components(&self) -> impl Iterator<Item = &str> {
         self.0.split('/')
+    }
+
+    /// Whether this names one of tandem's own temp files ([`PARTIAL_PREFIX`]).
+    pub fn is_partial(&self) -> bool {
+        self.file_name().starts_with(PARTIAL_PREFIX)
     }
 
     /// The last component.

@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod chunk;
 pub mod dbsum;
+pub mod filemsg;
 pub mod fileset;
 pub mod lineage;
 pub mod manifest;

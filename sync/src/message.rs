@@ -228,6 +228,10 @@ pub enum PeerMessage {
     /// Primary to standby: the outcome of a `DbVerifyRequest`, as the JSON
     /// the control API returns (an object with `identical`, or `error`).
     DbVerifyReport { db: String, id: u64, report: String },
+    /// A file set's conversation (see [`crate::filemsg`]). Boxed: a change
+    /// carries two manifest entries, and every other message would pay for
+    /// its size.
+    Fs(Box<crate::filemsg::FsMessage>),
 }
 
 /// The standby's own check of its copy (see [`PeerMessage::DbVerify`]).

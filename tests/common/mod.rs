@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod files;
 
 use serde_json::Value;
 use std::io::{Read, Write};
