@@ -8,9 +8,11 @@
 # schema from the database, so a writer killed by the test can be started
 # again on the same file.
 #
-# usage: db_workload.py DB SEED MAX_TX MAX_SECONDS STOP_FILE BLOB_MAX_BYTES
+# usage: db_workload.py DB SEED MAX_TX MAX_SECONDS STOP_FILE BLOB_MAX_BYTES PAUSE_MS
 #   stops after MAX_TX transactions, after MAX_SECONDS, or once STOP_FILE
-#   exists ("-" for none); prints one JSON line with what it did.
+#   exists ("-" for none); pauses PAUSE_MS between steps (the rate of the
+#   reporting software rather than a flood); prints one JSON line with what
+#   it did.
 
 import json
 import os
@@ -20,8 +22,9 @@ import time
 
 import random
 
-db, seed, max_tx, max_seconds, stop_file, blob_max = sys.argv[1:7]
+db, seed, max_tx, max_seconds, stop_file, blob_max, pause_ms = sys.argv[1:8]
 seed, max_tx, max_seconds, blob_max = int(seed), int(max_tx), float(max_seconds), int(blob_max)
+pause_s = float(pause_ms) / 1000.0
 rnd = random.Random(seed)
 started = time.monotonic()
 # Large blobs are kept under this many bytes in all, so that a VACUUM
@@ -201,6 +204,8 @@ while i < max_tx:
         n = size()
         transaction(lambda: dml(n))
     i += 1
+    if pause_s:
+        time.sleep(pause_s)
 c.close()
 done["steps"] = i
 print(json.dumps(done), flush=True)
