@@ -662,3 +662,51 @@ fn the_primary_killed_during_capture_resyncs_the_standby() {
          {resyncs} resyncs by page hashes; txid {txid}"
     );
 }
+
+/// A resync needs the primary's write lock for a moment (to begin its
+/// snapshot at a commit boundary). If a local writer holds it just then,
+/// the resync fails with "database is locked"; it must be tried again once
+/// the writer lets go, not left failed until the link drops.
+#[test]
+fn a_resync_blocked_by_a_local_writer_is_tried_again() {
+    let mut p = DbPair::with_settings(
+        "manual",
+        "wal_bytes_max = \"8MiB\"\nspool_bytes_max = \"64KiB\"",
+    );
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    common::db::run_writer(&p.db(0), 1, 20);
+    barrier(&p, 0, SETTLE);
+
+    // The standby goes away and the primary lets go of more than its spool.
+    p.pair.stop(1);
+    common::db::run_writer(&p.db(0), 2, 200);
+    wait_for(SETTLE, "the primary letting go of the standby", || {
+        p.pair
+            .log(0)
+            .contains("bytes owed to the standby; it will need a resync")
+            .then_some(())
+    });
+
+    // A local writer holds the write lock while the standby comes back.
+    let mut holder = common::db::hold_write_lock(&p.db(0));
+    p.pair.start(1);
+    wait_for(SETTLE, "a resync refused by the lock", || {
+        p.pair
+            .log(0)
+            .contains("cannot take a resync snapshot")
+            .then_some(())
+    });
+    // The fault is a long local transaction: the writer keeps the lock 3 s
+    // more, so that every resync attempt already under way fails too (the
+    // delay is the fault's length, nothing waits on it).
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    // The writer let go: the standby is resynced and streams.
+    p.wait_streaming(0, SETTLE);
+    assert_quiesced_equal(&p, 0, "after the resync");
+}
