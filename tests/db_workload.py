@@ -99,12 +99,20 @@ def dml(n):
             did("delete")
 
 
-def ddl():
+def ddl(kind=None):
     ts = tables()
-    k = rnd.random()
-    if k < 0.3 or not ts:
+    if kind is None:
+        k = rnd.random()
+        kind = (
+            "create_table" if k < 0.3 or not ts
+            else "alter_table" if k < 0.5
+            else "create_index" if k < 0.75
+            else "drop_index" if k < 0.9
+            else "drop_table"
+        )
+    if kind == "create_table" or not ts:
         create_table()
-    elif k < 0.5:
+    elif kind == "alter_table":
         t = rnd.choice(ts)
         col = "c%d" % rnd.randint(0, 10**9)
         if rnd.random() < 0.5:
@@ -112,12 +120,12 @@ def ddl():
         else:
             c.execute('ALTER TABLE "%s" ADD COLUMN "%s" TEXT' % (t, col))
         did("alter_table")
-    elif k < 0.75:
+    elif kind == "create_index":
         t = rnd.choice(ts)
         col = rnd.choice(columns(t))
         c.execute('CREATE INDEX IF NOT EXISTS "x%d" ON "%s"("%s")' % (rnd.randint(0, 10**9), t, col))
         did("create_index")
-    elif k < 0.9:
+    elif kind == "drop_index":
         xs = indexes()
         if xs:
             c.execute('DROP INDEX "%s"' % rnd.choice(xs))
@@ -142,19 +150,22 @@ def blob():
 def blob_rewrite():
     # Rewrites one blob in place with another length: its overflow chain is
     # freed and allocated again.
-    row = c.execute("SELECT id FROM big ORDER BY id DESC LIMIT 1 OFFSET ?", (rnd.randint(0, 3),)).fetchone()
-    if row:
+    ids = [r[0] for r in c.execute("SELECT id FROM big ORDER BY id")]
+    if ids:
         c.execute(
             "UPDATE big SET b = ? WHERE id = ?",
-            (rnd.randbytes(rnd.randint(BLOB_MIN, blob_max)), row[0]),
+            (rnd.randbytes(rnd.randint(BLOB_MIN, blob_max)), rnd.choice(ids)),
         )
         did("blob_rewrite")
 
 
-def transaction(body):
+def transaction(body, rollback=None):
+    # rollback: True or False as the schedule says, None for a random 4%.
     c.execute("BEGIN IMMEDIATE")
     body()
-    if rnd.random() < 0.04:
+    if rollback is None:
+        rollback = rnd.random() < 0.04
+    if rollback:
         c.execute("ROLLBACK")
         did("rollback")
     else:
@@ -167,13 +178,19 @@ def size():
 
 
 # Every kind of step once first, so that even a short run covers them all.
-SCHEDULE = ["create", "create", "ddl", "blob", "dml", "ddl", "vacuum", "mixed", "blob_rewrite", "ddl"]
+SCHEDULE = [
+    "create", "create", "create", "alter_table", "create_index", "blob", "dml",
+    "create_index", "vacuum", "mixed", "blob_rewrite", "drop_index", "drop_table",
+    "rollback", "ddl",
+]
 i = 0
 while i < max_tx:
     if time.monotonic() - started > max_seconds:
         break
     if stop_file != "-" and os.path.exists(stop_file):
         break
+    # Scheduled steps always commit (except the one that rolls back).
+    rb = False if i < len(SCHEDULE) else None
     if i < len(SCHEDULE):
         step = SCHEDULE[i]
     else:
@@ -190,19 +207,23 @@ while i < max_tx:
         c.execute("VACUUM")
         did("vacuum")
     elif step == "create":
-        transaction(create_table)
+        transaction(create_table, rb)
     elif step == "ddl":
-        transaction(ddl)
+        transaction(ddl, rb)
+    elif step in ("alter_table", "create_index", "drop_index", "drop_table"):
+        transaction(lambda: ddl(step), rb)
+    elif step == "rollback":
+        transaction(lambda: (dml(size()), ddl()), rollback=True)
     elif step == "blob":
-        transaction(blob)
+        transaction(blob, rb)
     elif step == "blob_rewrite":
-        transaction(blob_rewrite)
+        transaction(blob_rewrite, rb)
     elif step == "mixed":
         # Schema changes and data in one transaction.
-        transaction(lambda: (dml(size()), ddl(), dml(size())))
+        transaction(lambda: (dml(size()), ddl(), dml(size())), rb)
     else:
         n = size()
-        transaction(lambda: dml(n))
+        transaction(lambda: dml(n), rb)
     i += 1
     if pause_s:
         time.sleep(pause_s)
