@@ -655,9 +655,19 @@ fn the_primary_killed_during_capture_resyncs_the_standby() {
         .lines()
         .filter(|l| l.contains("resyncing the standby by page hashes"))
         .count();
+    // How the standby was brought back each time: resent from the queue, a
+    // page-hash resync, or (when the restarted primary lost count of what
+    // it had shipped) its copy quarantined and seeded anew.
+    let reseeds = p
+        .pair
+        .log(0)
+        .lines()
+        .filter(|l| l.contains("this primary's line never had"))
+        .filter(|l| l.contains("ERROR"))
+        .count();
     eprintln!(
         "{kills} kills of the primary, {behind_at_kill} with the standby behind, \
-         {resyncs} resyncs by page hashes; txid {txid}"
+         {resyncs} resyncs by page hashes, {reseeds} quarantines and new seeds; txid {txid}"
     );
 }
 
