@@ -830,6 +830,9 @@ struct PrimarySide {
     last_checkpoint: Option<serde_json::Value>,
     checkpoint_at: Instant,
     asked_at: Option<Instant>,
+    /// A resync could not start (a local writer held the write lock): the
+    /// standby is asked again where it stands, and the resync tried again.
+    resync_retry: bool,
     /// Verifies to send to the standby once everything up to their txid is
     /// shipped: id and the primary's snapshot position.
     verify_out: Vec<(u64, DbPosition)>,
@@ -1391,6 +1394,7 @@ impl Actor {
             last_checkpoint: None,
             checkpoint_at: Instant::now(),
             asked_at: None,
+            resync_retry: false,
             verify_out: Vec::new(),
             truncate_tried: None,
             last_truncate: None,
@@ -1549,7 +1553,7 @@ impl Actor {
     fn on_tick(&mut self) {
         match &mut self.side {
             Side::Primary(p) => {
-                if p.peer == Peer::Unknown
+                if (p.peer == Peer::Unknown || p.resync_retry)
                     && p.asked_at
                         .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
                 {
@@ -1579,6 +1583,7 @@ impl Actor {
     fn ask_standby(&mut self) {
         if let Side::Primary(p) = &mut self.side {
             p.asked_at = Some(Instant::now());
+            p.resync_retry = false;
             let _ = self.node.peer_link.send(PeerMessage::DbAsk {
                 db: self.e.name.clone(),
                 history: self.history.clone(),
@@ -2067,6 +2072,8 @@ impl Actor {
                 let why = format!("database {name}: cannot take a resync snapshot: {e}");
                 tracing::error!("{why}");
                 p.peer = Peer::NeedsResync(why.clone());
+                p.resync_retry = true;
+                p.asked_at = Some(Instant::now());
                 self.alarm(Some(why));
                 return;
             }

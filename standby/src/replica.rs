@@ -473,15 +473,18 @@ impl Replica {
             // Roll back, and take the lock again for the next attempt.
             self.locked = false;
             let _ = self.apply.execute_batch("ROLLBACK");
+            self.forget_parsed_pages();
             let _ = self.lock();
             return Err(e);
         }
         self.locked = false;
         if let Err(e) = self.apply.execute_batch("COMMIT") {
             let _ = self.apply.execute_batch("ROLLBACK");
+            self.forget_parsed_pages();
             let _ = self.lock();
             return Err(e.into());
         }
+        self.forget_parsed_pages();
         self.hashes.apply(tx);
         self.position = after;
         self.data_version = self
@@ -507,6 +510,23 @@ impl Replica {
             put.execute(params![1, data])?;
         }
         Ok(())
+    }
+
+    /// Drops every page from the applying connection's cache; called between
+    /// transactions, when no page is in use.
+    ///
+    /// SQLite's b-tree layer keeps, with each cached page, what it parsed of
+    /// it (cell count, offsets). `sqlite_dbpage` overwrites a page's bytes
+    /// without resetting that, so a page parsed once (the schema's pages
+    /// are, whenever the connection loads its schema) and later rewritten
+    /// would be read with its old layout at the next schema reload, which
+    /// follows every schema change: "database disk image is malformed", and
+    /// the apply fails on every retry. It takes a schema larger than page 1
+    /// (any schema with 1024-byte pages, a dozen tables with 4096-byte
+    /// ones). Pages read again come from the OS cache.
+    fn forget_parsed_pages(&self) {
+        // Only frees memory; it cannot fail in a way that matters here.
+        let _ = self.apply.execute_batch("PRAGMA shrink_memory");
     }
 
     /// Takes the write lock if it is not held, and checks that nobody wrote

@@ -252,3 +252,66 @@ fn a_batch_ends_where_its_transactions_one_by_one_do() {
     assert_eq!(batched.position(), before);
     assert_eq!(rows(batched.path()), rows(one.path()));
 }
+
+/// A schema larger than one page (any schema with 1024-byte pages, or a few
+/// tables with long definitions) lives in a b-tree whose pages other than
+/// page 1 are rewritten by schema changes. The applying connection reloads
+/// its schema after each change through SQLite's b-tree layer, which keeps
+/// what it parsed of each cached page: pages rewritten through
+/// `sqlite_dbpage` must not be read with what was parsed of their old
+/// content ("database disk image is malformed"). A reopened replica is what
+/// a standby runs after every restart and after every seed.
+#[test]
+fn schema_changes_across_several_schema_pages_apply_after_a_reopen() {
+    for page_size in [1024, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut src, rep) = seeded(dir.path(), page_size);
+        let path = rep.path().to_owned();
+        drop(rep);
+        let mut rep = Replica::open(&path).unwrap();
+        let columns: Vec<String> = (0..20).map(|i| format!("column_{i} TEXT")).collect();
+        for i in 0..40 {
+            src.conn
+                .execute_batch(&format!(
+                    "CREATE TABLE table_with_a_long_name_{i}(id INTEGER PRIMARY KEY, {});
+                     INSERT INTO table_with_a_long_name_{i}(column_0) VALUES ('row {i}');",
+                    columns.join(", ")
+                ))
+                .unwrap();
+            if i % 3 == 0 {
+                src.conn
+                    .execute_batch(&format!(
+                        "DROP TABLE IF EXISTS table_with_a_long_name_{}",
+                        i / 2
+                    ))
+                    .unwrap();
+            }
+            for s in src.take() {
+                rep.apply(Epoch(1), s.txid, &s.tx, s.sum)
+                    .unwrap_or_else(|e| panic!("page size {page_size}, step {i}: {e}"));
+            }
+            assert_eq!(
+                rep.position().sum,
+                src.sum(),
+                "page size {page_size}, step {i}"
+            );
+        }
+        let v = rep.verify().unwrap();
+        assert!(v.is_ok(), "page size {page_size}: {v:?}");
+        let schema = |p: &std::path::Path| -> Vec<String> {
+            let c = Connection::open(p).unwrap();
+            let mut s = c
+                .prepare("SELECT sql FROM sqlite_schema ORDER BY name")
+                .unwrap();
+            s.query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(
+            schema(rep.path()),
+            schema(&src.path),
+            "page size {page_size}"
+        );
+    }
+}
