@@ -207,6 +207,64 @@ pub struct Capture {
     /// path, so a file deleted and re-created under the same name must be
     /// noticed before its log is read as this one's.
     file_id: Option<(u64, u64)>,
+    /// The WAL, kept open between polls. The engine wakes on inotify events
+    /// of the `-wal` file, and opening a file is one (IN_OPEN): reopening
+    /// it at every poll woke the engine again at once, a busy loop of
+    /// thousands of polls a second with nothing written.
+    wal_file: WalFile,
+}
+
+/// An open handle on the WAL file, reopened only when the path names another
+/// file (deleted and re-created) or none.
+#[derive(Default)]
+struct WalFile {
+    open: Option<(File, u64, u64)>,
+}
+
+impl WalFile {
+    /// The handle on the file now at `path`, or None when there is none.
+    /// `stat` does not raise inotify events; only the rare reopen does.
+    fn get(&mut self, path: &Path) -> Result<Option<&File>, CaptureError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.open = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let id = (meta.dev(), meta.ino());
+        if !matches!(&self.open, Some((_, dev, ino)) if (*dev, *ino) == id) {
+            self.open = match File::open(path) {
+                Ok(f) => Some((f, id.0, id.1)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err(path)(e)),
+            };
+        }
+        Ok(self.open.as_ref().map(|(f, _, _)| f))
+    }
+
+    /// Up to `len` bytes (all, when None) from `offset`; empty when there is
+    /// no WAL.
+    fn read(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        len: Option<usize>,
+    ) -> Result<Vec<u8>, CaptureError> {
+        let Some(mut f) = self.get(path)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
+        match len {
+            Some(n) => f.take(n as u64).read_to_end(&mut out),
+            None => f.read_to_end(&mut out),
+        }
+        .map_err(io_err(path))?;
+        Ok(out)
+    }
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -322,6 +380,7 @@ impl Capture {
             unacked: VecDeque::new(),
             held_back: Vec::new(),
             file_id: file_id(db),
+            wal_file: WalFile::default(),
         };
         me.save_state()?;
         Ok((me, outcome))
@@ -463,7 +522,7 @@ impl Capture {
     }
 
     fn read_new(&mut self) -> Result<Vec<Captured>, CaptureError> {
-        let header = read_range(&self.wal, 0, WAL_HEADER_BYTES)?;
+        let header = self.wal_file.read(&self.wal, 0, Some(WAL_HEADER_BYTES))?;
         let mut txs = Vec::new();
         if header.len() == WAL_HEADER_BYTES {
             match self.reader.feed(0, &header) {
@@ -473,7 +532,7 @@ impl Capture {
             }
             let at = self.reader.next_offset();
             if at >= WAL_HEADER_BYTES as u64 {
-                let rest = read_from(&self.wal, at)?;
+                let rest = self.wal_file.read(&self.wal, at, None)?;
                 txs.extend(self.reader.feed(at, &rest)?);
             }
         }
@@ -839,19 +898,5 @@ fn read_from(path: &Path, offset: u64) -> Result<Vec<u8>, CaptureError> {
     f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
     let mut out = Vec::new();
     f.read_to_end(&mut out).map_err(io_err(path))?;
-    Ok(out)
-}
-
-fn read_range(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, CaptureError> {
-    let f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let mut out = Vec::with_capacity(len);
-    f.take(len as u64)
-        .read_to_end(&mut out)
-        .map_err(io_err(path))?;
-    let _ = offset;
     Ok(out)
 }
