@@ -636,6 +636,33 @@ def bench_seed(r, bench, litestream_bin, size_mib):
     return out
 
 
+def probe_disk(root, n=100):
+    """fdatasync latency of a 4 KiB write in the temp dir (ms p50, p99): the
+    shared disk every system here fsyncs to, as context for the figures."""
+    path = os.path.join(root, "fsync-probe")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    ms = []
+    try:
+        for i in range(n):
+            os.pwrite(fd, os.urandom(4096), (i % 16) * 4096)
+            t = time.monotonic()
+            os.fdatasync(fd)
+            ms.append((time.monotonic() - t) * 1000.0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    ms.sort()
+    return round(ms[len(ms) // 2], 2), round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 2)
+
+
+def loadavg_1min():
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
 def find_litestream(given):
     if given:
         return given if os.access(given, os.X_OK) else None
@@ -678,6 +705,12 @@ def run_database(args, r):
             out["litestream_version"] = v.stdout.strip()
         log(f"temp dir {bench.root}; lag phases {lag_s} s, max-rate phases {max_s} s x {rounds} "
             f"rounds, {n_http} + {n_cli} barriers, seed {seed_mib} MiB, litestream {ls_bin}")
+        out["env_cpus"] = os.cpu_count()
+        out["env_loadavg_1min_at_start"] = loadavg_1min()
+        out["env_fdatasync_ms_p50_at_start"], out["env_fdatasync_ms_p99_at_start"] = probe_disk(bench.root)
+        log(f"machine: load average {out['env_loadavg_1min_at_start']} on {out['env_cpus']} CPUs, "
+            f"fdatasync p50 {out['env_fdatasync_ms_p50_at_start']} ms p99 "
+            f"{out['env_fdatasync_ms_p99_at_start']} ms")
         runner = Runner(r, bench, args)
         tandem = Tandem(r, bench, "db")
         make_schema(tandem.write_db)
@@ -765,6 +798,8 @@ def run_database(args, r):
         log(f"seeding a {seed_mib} MiB database onto an empty standby")
         out.update(bench_seed(r, bench, ls_bin, seed_mib))
 
+        out["env_loadavg_1min_at_end"] = loadavg_1min()
+        out["env_fdatasync_ms_p50_at_end"], out["env_fdatasync_ms_p99_at_end"] = probe_disk(bench.root)
         ok = lambda v, lim, ge=False: v is not None and (v >= lim if ge else v <= lim)
         out["targets"] = TARGETS
         out["targets_met"] = {
