@@ -486,10 +486,13 @@ sync {{ default.rsync, source = "{src}", target = "{target}"{delay_line} }}
 
 # ---------------------------------------------------------- measurements --
 
-def latency_series(rig, label, src, dst, count, deadline_s, gap_s=0.05, trigger=None):
+def latency_series(rig, label, src, dst, count, deadline_s, gap_s=0.05, trigger=None,
+                   atomic=False):
     """`count` small files written in `src`; latency until each shows up in
     `dst` with its bytes. `trigger`: run after the write (rsync on demand),
-    returns a Popen waited for after the file arrived."""
+    returns a Popen waited for after the file arrived. `atomic`: written as
+    `NAME.tmp` (excluded) and renamed to NAME, so the watcher never sees a
+    half-written file."""
     ino = Inotify(dst)
     samples, timeouts = [], 0
     t_series = time.monotonic()
@@ -499,7 +502,11 @@ def latency_series(rig, label, src, dst, count, deadline_s, gap_s=0.05, trigger=
             data = os.urandom(SMALL_FILE_BYTES)
             ino.drain()
             t0 = time.monotonic()
-            write_file(os.path.join(src, name), data)
+            if atomic:
+                write_file(os.path.join(src, name + ".tmp"), data)
+                os.rename(os.path.join(src, name + ".tmp"), os.path.join(src, name))
+            else:
+                write_file(os.path.join(src, name), data)
             p = trigger() if trigger else None
             t1 = ino.wait(name, data, t0 + deadline_s)
             if p is not None:
@@ -521,6 +528,44 @@ def latency_series(rig, label, src, dst, count, deadline_s, gap_s=0.05, trigger=
     log(f"{label}: latency p50 {percentile(samples, 50)} ms, p99 {percentile(samples, 99)} ms "
         f"({len(samples)} files, {time.monotonic() - t_series:.1f} s)")
     return samples, timeouts
+
+
+def durable_floor(rig, path, n_small, n_big):
+    """What durability costs on this disk, measured in the same run: files
+    written the way tandem's standby writes them (temp file, fsync, rename,
+    fsync of the directory), one after the other. No tool that fsyncs each
+    file can beat these figures."""
+    os.makedirs(path)
+    small, big = os.urandom(SMALL_FILE_BYTES), os.urandom(MIB)
+
+    def one(i, data):
+        tmp, final = os.path.join(path, f".t{i}"), os.path.join(path, f"f{i}")
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+        dfd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    lat = []
+    for i in range(n_small):
+        t0 = time.monotonic()
+        one(i, small)
+        lat.append((time.monotonic() - t0) * 1000.0)
+    t0 = time.monotonic()
+    for i in range(n_big):
+        one(n_small + i, big)
+    mib_s = n_big / (time.monotonic() - t0)
+    shutil.rmtree(path)
+    log(f"durable floor: 4 KiB file p50 {percentile(lat, 50)} ms, p99 {percentile(lat, 99)} ms; "
+        f"1 MiB files one by one {mib_s:.1f} MiB/s")
+    return lat, mib_s
 
 
 def make_ops(n, seed):
@@ -714,12 +759,15 @@ def throughput_run(rig, label, staging, names, src_root, dst_root, start=None, w
     dt = time.monotonic() - t0
     if p is not None:
         p.wait(timeout=60)
+    os.sync()
+    dt_sync = time.monotonic() - t0
     bad = [r for r in names if os.path.getsize(os.path.join(dst, r)) != MIB]
     if bad:
         rig.anomaly(f"{label}: {len(bad)} files of the wrong size on the copy")
     mib_s = len(names) / dt
-    log(f"{label}: {len(names)} MiB in {dt:.2f} s = {mib_s:.1f} MiB/s")
-    return mib_s
+    log(f"{label}: {len(names)} MiB in {dt:.2f} s = {mib_s:.1f} MiB/s "
+        f"({len(names) / dt_sync:.1f} MiB/s counting a sync after the last file)")
+    return mib_s, len(names) / dt_sync
 
 
 def cp_run(rig, staging, dst):
@@ -767,7 +815,7 @@ def run_files(args, helpers):
     rsync_lat_n = max(5, lat_n // 4)
     edits = args.edits or (5 if quick else 20)
     data_mib = args.data_mib or (256 if quick else 1024)
-    tp_runs = 1 if quick else 2
+    tp_runs = 1 if quick else 3
     if not (1 <= lat_n <= 2000 and 1 <= edits <= 100 and 16 <= data_mib <= 4096):
         sys.exit("--latency-files 1..2000, --edits 1..100, --data-mib 16..4096")
     missing = [t for t in ("lsyncd", "rsync", "ss") if shutil.which(t) is None]
@@ -796,9 +844,29 @@ def run_files(args, helpers):
         tsrc, tdst = pair.root_of(pair.names[p]), pair.root_of(pair.names[1 - p])
         log(f"tandem pair up, {pair.names[p]} primary")
 
+        # ---- 0. what durability costs on this disk ----------------------
+        floor_lat, floor_mib_s = durable_floor(rig, os.path.join(r, "floor"), 50 if quick else 100,
+                                               64 if quick else 128)
+        out["disk_durable_4kib_file_ms_p50"] = percentile(floor_lat, 50)
+        out["disk_durable_4kib_file_ms_p99"] = percentile(floor_lat, 99)
+        out["disk_durable_1mib_files_one_by_one_mib_per_s"] = round(floor_mib_s, 1)
+
         # ---- 1. small-file latency -------------------------------------
         lat = {}
+        f0 = (pair.fs(p), pair.fs(1 - p))
         lat["tandem"] = latency_series(rig, "tandem", tsrc, tdst, lat_n, 5.0)
+        f1 = (pair.fs(p), pair.fs(1 - p))
+        # Where the time goes: rounds the primary started and files the
+        # standby wrote (fsync, rename, fsync of the directory) per file.
+        out["tandem_small_file_rounds_per_file"] = round(
+            (f1[0]["rounds"] - f0[0]["rounds"]) / lat_n, 2)
+        out["tandem_small_file_files_written_per_file"] = round(
+            (f1[1]["files_written"] - f0[1]["files_written"]) / lat_n, 2)
+        lat["tandem_atomic_write"] = latency_series(rig, "tandem_atomic_write", tsrc, tdst,
+                                                    max(5, lat_n // 2), 5.0, atomic=True)
+        f2 = (pair.fs(p), pair.fs(1 - p))
+        out["tandem_atomic_write_small_file_rounds_per_file"] = round(
+            (f2[0]["rounds"] - f1[0]["rounds"]) / max(5, lat_n // 2), 2)
         l0 = Lsyncd(rig, "delay0", srcs["lsyncd0"], rs.url("lsyncd0"), 0)
         lat["lsyncd_delay0"] = latency_series(rig, "lsyncd_delay0", srcs["lsyncd0"],
                                               dsts["lsyncd0"], lat_n, 10.0)
@@ -836,49 +904,45 @@ def run_files(args, helpers):
         for run in range(tp_runs):
             tp["cp"].append(cp_run(rig, staging, os.path.join(r, "cp-copy")))
             label = f"tandem{run}"
-            old = pair.fs(p)["root_hash"]
             v = throughput_run(rig, label, staging, names, tsrc, tdst)
             if v is not None:
-                tp["tandem"].append(v)
+                tp["tandem"].append(v[0])  # tandem fsyncs every file itself
             # Leave the pair empty and in sync for the next run.
             old = pair.fs(p)["root_hash"]
             shutil.rmtree(os.path.join(tsrc, f"bulk-{label}"))
             pair.wait_synced(p, old, 300)
-        rsync_runs = []
-        v = throughput_run(rig, "rsync", staging, names, srcs["rsync"], dsts["rsync"],
-                           start=lambda: rig.spawn(["rsync", "-a", srcs["rsync"] + "/", rs.url("rsync")],
-                                                   stdout=subprocess.DEVNULL))
-        if v is not None:
-            rsync_runs.append(v)
+        others = {}
+        others["rsync"] = throughput_run(
+            rig, "rsync", staging, names, srcs["rsync"], dsts["rsync"],
+            start=lambda: rig.spawn(["rsync", "-a", srcs["rsync"] + "/", rs.url("rsync")],
+                                    stdout=subprocess.DEVNULL))
         shutil.rmtree(os.path.join(srcs["rsync"], "bulk-rsync"))
         shutil.rmtree(os.path.join(dsts["rsync"], "bulk-rsync"), ignore_errors=True)
         l0 = Lsyncd(rig, "delay0-tp", srcs["lsyncd0"], rs.url("lsyncd0"), 0)
-        v0 = throughput_run(rig, "lsyncd_delay0", staging, names, srcs["lsyncd0"], dsts["lsyncd0"])
+        others["lsyncd_delay0"] = throughput_run(rig, "lsyncd_delay0", staging, names,
+                                                 srcs["lsyncd0"], dsts["lsyncd0"])
         l0.stop()
         shutil.rmtree(os.path.join(srcs["lsyncd0"], "bulk-lsyncd_delay0"))
         shutil.rmtree(os.path.join(dsts["lsyncd0"], "bulk-lsyncd_delay0"), ignore_errors=True)
-        v15 = None
         if not quick:
-            v15 = throughput_run(rig, "lsyncd_default_delay", staging, names, srcs["lsyncd15"],
-                                 dsts["lsyncd15"])
+            others["lsyncd_default_delay"] = throughput_run(
+                rig, "lsyncd_default_delay", staging, names, srcs["lsyncd15"], dsts["lsyncd15"])
             shutil.rmtree(os.path.join(srcs["lsyncd15"], "bulk-lsyncd_default_delay"))
         l15.stop()
         shutil.rmtree(os.path.join(dsts["lsyncd15"], "bulk-lsyncd_default_delay"), ignore_errors=True)
         shutil.rmtree(staging)
 
-        def med(v):
-            return percentile(v, 50) if v else None
-        cp_mib_s = med(tp["cp"])
-        t_mib_s = med(tp["tandem"])
-        out["cp_sync_throughput_mib_per_s"] = cp_mib_s
+        cp_mib_s = percentile(tp["cp"], 50)
+        t_mib_s = percentile(tp["tandem"], 50)
+        out["cp_sync_throughput_mib_per_s_p50"] = cp_mib_s
         out["cp_sync_throughput_mib_per_s_runs"] = [round(x, 1) for x in tp["cp"]]
-        out["tandem_throughput_mib_per_s"] = t_mib_s
+        out["tandem_throughput_mib_per_s_p50"] = t_mib_s
         out["tandem_throughput_mib_per_s_runs"] = [round(x, 1) for x in tp["tandem"]]
         out["tandem_throughput_vs_cp_ratio"] = (round(t_mib_s / cp_mib_s, 3)
                                                 if t_mib_s and cp_mib_s else None)
-        out["rsync_throughput_mib_per_s"] = med(rsync_runs)
-        out["lsyncd_delay0_throughput_mib_per_s"] = round(v0, 1) if v0 else None
-        out["lsyncd_default_delay_throughput_mib_per_s"] = round(v15, 1) if v15 else None
+        for k, v in others.items():
+            out[f"{k}_throughput_mib_per_s"] = round(v[0], 1) if v else None
+            out[f"{k}_throughput_with_final_sync_mib_per_s"] = round(v[1], 1) if v else None
         pair.stop()
 
         def ok(v, lim, le=True):
