@@ -354,7 +354,7 @@ exclude = ["*.tmp"]
             lf = open(os.path.join(self.dir, f"{n}.log"), "ab")
             self.procs[i] = self.rig.spawn(
                 [self.binary, "run", "--config", self.config, "--node", n],
-                stdout=lf, stderr=lf, env=dict(os.environ, TANDEM_LOG="info"))
+                stdout=lf, stderr=lf, env=dict(os.environ, TANDEM_LOG=os.environ.get("BENCH_TANDEM_LOG", "info")))
             lf.close()
 
     def stop(self):
@@ -525,8 +525,10 @@ def latency_series(rig, label, src, dst, count, deadline_s, gap_s=0.05, trigger=
             time.sleep(gap_s)
     finally:
         ino.close()
+    slowest = sorted(range(len(samples)), key=lambda k: -samples[k])[:3]
     log(f"{label}: latency p50 {percentile(samples, 50)} ms, p99 {percentile(samples, 99)} ms "
-        f"({len(samples)} files, {time.monotonic() - t_series:.1f} s)")
+        f"({len(samples)} files, {time.monotonic() - t_series:.1f} s); slowest: "
+        + ", ".join(f"#{k} {samples[k]:.1f} ms" for k in slowest))
     return samples, timeouts
 
 
@@ -871,6 +873,15 @@ def run_files(args, helpers):
         lat["lsyncd_delay0"] = latency_series(rig, "lsyncd_delay0", srcs["lsyncd0"],
                                               dsts["lsyncd0"], lat_n, 10.0)
         l0.stop()
+        # The same lsyncd to a local directory (rsync copies locally, no
+        # daemon, no TCP): how the reference figure was taken.
+        loc_src, loc_dst = os.path.join(r, "sources", "lsyncd0local"), os.path.join(r, "copies", "lsyncd0local")
+        os.makedirs(loc_src)
+        os.makedirs(loc_dst)
+        l0l = Lsyncd(rig, "delay0-local", loc_src, loc_dst, 0)
+        lat["lsyncd_delay0_local_target"] = latency_series(
+            rig, "lsyncd_delay0_local_target", loc_src, loc_dst, max(5, lat_n // 2), 10.0)
+        l0l.stop()
         lat["rsync_on_demand"] = latency_series(
             rig, "rsync_on_demand", srcs["rsync"], dsts["rsync"], rsync_lat_n, 10.0,
             trigger=lambda: rig.spawn(["rsync", "-a", srcs["rsync"] + "/", rs.url("rsync")],
