@@ -305,13 +305,23 @@ impl DbEngine {
 
     /// Wait until the standby acknowledged everything committed before now.
     pub async fn barrier(&self, within: Duration) -> Result<DbPosition, BarrierError> {
-        let waiting = self
-            .ask(Input::Barrier)
+        // The whole call is bounded: an engine busy with a long checkpoint
+        // counts against the caller's timeout too.
+        let deadline = tokio::time::Instant::now() + within;
+        let timed_out = || {
+            BarrierError::TimedOut(format!(
+                "database {}: no answer within {} ms",
+                self.name,
+                within.as_millis()
+            ))
+        };
+        let waiting = tokio::time::timeout_at(deadline, self.ask(Input::Barrier))
             .await
+            .map_err(|_| timed_out())?
             .map_err(BarrierError::Refused)?
             .map_err(BarrierError::Refused)?;
         let target = waiting.target;
-        match tokio::time::timeout(within, waiting.acked).await {
+        match tokio::time::timeout_at(deadline, waiting.acked).await {
             Ok(Ok(_)) => Ok(target),
             Ok(Err(_)) => Err(BarrierError::Refused(format!(
                 "database {}: the wait for txid {} was abandoned (role change or divergence)",
@@ -824,6 +834,11 @@ struct PrimarySide {
     waiters: Vec<(TxId, oneshot::Sender<DbPosition>)>,
     seed: Option<SeedOut>,
     resync: Option<ResyncOut>,
+    /// An epoch in which this node was primary and committed transactions
+    /// it did not count one by one (see `become_primary`): a standby's copy
+    /// of that epoch holds only this node's transactions, so it is resynced
+    /// by page hashes, whatever its txid says.
+    uncounted_epoch: Option<Epoch>,
     /// Txids at most this are inside a seed image: not queued.
     skip_to: TxId,
     checkpointed_to: TxId,
@@ -1299,6 +1314,9 @@ impl Actor {
         if let Some(dir) = self.e.state_path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        // This node's own transactions of this epoch were not all counted
+        // (killed after its log restarted past its last record).
+        let mut uncounted_epoch = None;
         let capture = match was {
             Some(at) if at.txid == TxId::UNCOUNTED => {
                 // Never placed on a line: numbering starts over here, and a
@@ -1353,12 +1371,19 @@ impl Actor {
                     Connection::open(&path)?.execute_batch("PRAGMA journal_mode=WAL")?;
                     tracing::info!("database {}: created {}", self.e.name, path.display());
                 }
+                let served = Capture::saved_position(&self.e.state_path)
+                    .ok()
+                    .flatten()
+                    .map(|p| p.epoch);
                 let (c, outcome) = Capture::open(&path, &self.e.state_path, self.epoch)?;
                 tracing::info!(
                     "database {}: primary at txid {} ({outcome:?})",
                     self.e.name,
                     c.position().txid
                 );
+                if outcome == OpenOutcome::Discontinuous {
+                    uncounted_epoch = served;
+                }
                 c
             }
         };
@@ -1389,6 +1414,7 @@ impl Actor {
             waiters: Vec::new(),
             seed: None,
             resync: None,
+            uncounted_epoch,
             skip_to: TxId(0),
             checkpointed_to: base.txid,
             last_checkpoint: None,
@@ -1924,6 +1950,28 @@ impl Actor {
         }
         p.seed = None;
         p.resync = None;
+        if p.uncounted_epoch == Some(at.epoch) && at.txid != TxId::UNCOUNTED {
+            // Its transactions of that epoch all came from this node, which
+            // lost their count in a crash: nothing in it is foreign, but its
+            // txid cannot be compared with ours.
+            tracing::warn!(
+                "database {name}: the standby is at txid {} of epoch {}, in which this node stopped abruptly as primary; resyncing it by page hashes",
+                at.txid,
+                at.epoch
+            );
+            p.peer = Peer::NeedsResync(format!(
+                "database {name}: txids of epoch {} were not counted on this node",
+                at.epoch
+            ));
+            p.waiters.clear();
+            match ranges {
+                Some(ranges) => self.start_resync(ranges),
+                None => self.alarm(Some(format!(
+                    "database {name}: the standby sent no page hashes for a resync"
+                ))),
+            }
+            return;
+        }
         if at.txid == TxId::UNCOUNTED {
             // Placed by its content alone: on this line only if its checksum
             // is one this line had; then a resync gives it a position.

@@ -655,9 +655,10 @@ fn the_primary_killed_during_capture_resyncs_the_standby() {
         .lines()
         .filter(|l| l.contains("resyncing the standby by page hashes"))
         .count();
-    // How the standby was brought back each time: resent from the queue, a
-    // page-hash resync, or (when the restarted primary lost count of what
-    // it had shipped) its copy quarantined and seeded anew.
+    // How the standby was brought back each time: resent from the queue or
+    // by a page-hash resync (also when the restarted primary lost count of
+    // what it had shipped: the standby's copy holds only its transactions).
+    // Never quarantined: nothing in it is foreign.
     let reseeds = p
         .pair
         .log(0)
@@ -668,6 +669,10 @@ fn the_primary_killed_during_capture_resyncs_the_standby() {
     eprintln!(
         "{kills} kills of the primary, {behind_at_kill} with the standby behind, \
          {resyncs} resyncs by page hashes, {reseeds} quarantines and new seeds; txid {txid}"
+    );
+    assert_eq!(
+        reseeds, 0,
+        "a copy holding only this primary's transactions was quarantined"
     );
 }
 
