@@ -175,15 +175,7 @@ impl Client {
         db: Option<&str>,
         timeout: std::time::Duration,
     ) -> Result<serde_json::Value> {
-        let mut query = vec![("timeout_ms", timeout.as_millis().to_string())];
-        if let Some(db) = db {
-            query.push(("db", db.to_string()));
-        }
-        let r = self
-            .req(reqwest::Method::POST, "/barrier")
-            .query(&query)
-            .timeout(timeout + std::time::Duration::from_secs(5));
-        self.call(r).await
+        self.post_bounded("/barrier", db, timeout).await
     }
 
     /// Print each step of switchover `op` as it happens and return its
@@ -209,12 +201,23 @@ impl Client {
         db: Option<&str>,
         timeout: std::time::Duration,
     ) -> Result<serde_json::Value> {
+        self.post_bounded("/verify", db, timeout).await
+    }
+
+    /// `POST path?timeout_ms=..[&db=..]`, the HTTP wait bounded a little past
+    /// the server's own.
+    async fn post_bounded(
+        &self,
+        path: &str,
+        db: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<serde_json::Value> {
         let mut query = vec![("timeout_ms", timeout.as_millis().to_string())];
         if let Some(db) = db {
             query.push(("db", db.to_string()));
         }
         let r = self
-            .req(reqwest::Method::POST, "/verify")
+            .req(reqwest::Method::POST, path)
             .query(&query)
             .timeout(timeout + std::time::Duration::from_secs(5));
         self.call(r).await

@@ -395,9 +395,7 @@ impl DbEngine {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::engine::lock;
 
 /// The verify report of one database: the primary's position `at` (from a
 /// read snapshot), its pages' hashes read from scratch, and the standby's
@@ -661,32 +659,15 @@ pub fn engines(cfg: &tandem_config::Config, me: &str) -> Vec<Arc<DbEngine>> {
 /// Start every engine's thread.
 pub fn start(node: &Arc<Node>) {
     for engine in &node.databases {
-        let Some(rx) = engine
-            .inbox_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let Some(rx) = lock(&engine.inbox_rx).take() else {
             continue;
         };
         let (node, engine) = (node.clone(), engine.clone());
-        let name = format!("db-{}", engine.name);
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("database {}: cannot start its runtime: {e}", engine.name);
-                    return;
-                }
-            };
-            rt.block_on(Actor::new(node, engine).run(rx));
-        });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start a database engine thread: {e}");
-        }
+        crate::engine::spawn(
+            format!("db-{}", engine.name),
+            format!("database {}", engine.name),
+            move || Actor::new(node, engine).run(rx),
+        );
     }
 }
 
@@ -941,6 +922,25 @@ struct Fence {
 
 fn unix_ms() -> u64 {
     crate::node::unix_ms()
+}
+
+/// One chunk of pages of `snap` (a seed's image, or a resync's pages).
+fn seed_chunk(
+    db: &str,
+    epoch: Epoch,
+    snap: &Snapshot,
+    pages: Vec<(u32, Vec<u8>)>,
+    last: bool,
+) -> PeerMessage {
+    PeerMessage::DbSeed(DbSeed {
+        db: db.to_string(),
+        epoch,
+        position: snap.position,
+        page_size: snap.page_size,
+        page_count: snap.page_count,
+        pages,
+        last,
+    })
 }
 
 /// The history recorded at `path`; none when there is no file. A file that
@@ -1879,15 +1879,13 @@ impl Actor {
             };
             let next = seed.next + SEED_CHUNK_PAGES;
             let last = next > seed.snap.page_count;
-            let sent = self.node.peer_link.send(PeerMessage::DbSeed(DbSeed {
-                db: self.e.name.clone(),
-                epoch: self.epoch,
-                position: seed.snap.position,
-                page_size: seed.snap.page_size,
-                page_count: seed.snap.page_count,
+            let sent = self.node.peer_link.send(seed_chunk(
+                &self.e.name,
+                self.epoch,
+                &seed.snap,
                 pages,
                 last,
-            }));
+            ));
             if sent.is_err() {
                 return;
             }
@@ -2231,15 +2229,13 @@ impl Actor {
                     }
                 }
             }
-            let sent = self.node.peer_link.send(PeerMessage::DbSeed(DbSeed {
-                db: self.e.name.clone(),
-                epoch: self.epoch,
-                position: r.snap.position,
-                page_size: r.snap.page_size,
-                page_count: r.snap.page_count,
+            let sent = self.node.peer_link.send(seed_chunk(
+                &self.e.name,
+                self.epoch,
+                &r.snap,
                 pages,
                 last,
-            }));
+            ));
             if sent.is_err() {
                 return;
             }

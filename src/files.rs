@@ -138,9 +138,7 @@ pub struct FileSetEngine {
     status: Mutex<serde_json::Value>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::engine::lock;
 
 fn unix_ms() -> u64 {
     crate::node::unix_ms()
@@ -286,23 +284,11 @@ pub fn start(node: &Arc<Node>) {
             continue;
         };
         let (node, engine) = (node.clone(), engine.clone());
-        let name = format!("fs-{}", engine.name);
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("file set {}: cannot start its runtime: {e}", engine.name);
-                    return;
-                }
-            };
-            rt.block_on(Actor::new(node, engine, rx).run());
-        });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start a file set engine thread: {e}");
-        }
+        crate::engine::spawn(
+            format!("fs-{}", engine.name),
+            format!("file set {}", engine.name),
+            move || Actor::new(node, engine, rx).run(),
+        );
     }
 }
 

@@ -6,6 +6,7 @@ mod control;
 mod db;
 mod demo;
 mod endpoint;
+mod engine;
 mod files;
 mod hooks;
 mod links;
