@@ -95,12 +95,16 @@ fn the_wal_stays_under_its_cap_with_the_standby_down_and_it_catches_up() {
         "the writer did too little to test anything: {rows}"
     );
     // The writer's rate, in WAL bytes: every page it wrote went through the
-    // WAL as a frame (page + 24 bytes) and is in the primary's queue.
+    // WAL as a frame (page + 24 bytes). The frames per transaction are taken
+    // from what the primary's queue holds (once more is owed than the queue
+    // keeps, it is let go and holds only the newest transactions), times
+    // the transactions the writer committed.
     let s = p.db_status(0).unwrap();
-    let page_bytes = s["lag_bytes"].as_u64().unwrap();
-    let frames = page_bytes / 4096;
-    let wal_rate = (frames * 4120) as f64 / started.elapsed().as_secs_f64();
-    let one_tx = frames.div_ceil(rows) * 4120;
+    let queued_frames = s["lag_bytes"].as_u64().unwrap() / 4096;
+    let queued_tx = s["lag_transactions"].as_u64().unwrap().max(1);
+    let frames_per_tx = queued_frames as f64 / queued_tx as f64;
+    let wal_rate = rows as f64 * frames_per_tx * 4120.0 / started.elapsed().as_secs_f64();
+    let one_tx = (frames_per_tx.ceil() as u64).max(1) * 4120;
     let slack = one_tx + (wal_rate * REACTION.as_secs_f64()) as u64;
     eprintln!(
         "WAL rate {:.1} MB/s, one transaction {one_tx} bytes: slack {slack} bytes; \
