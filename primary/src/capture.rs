@@ -47,6 +47,7 @@
 //! from before them are gone, so it reports how many it skipped and the
 //! standby catches up by page-hash resync.
 
+use crate::gate::WriterGate;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -216,6 +217,9 @@ pub struct Capture {
     /// it at every poll woke the engine again at once, a busy loop of
     /// thousands of polls a second with nothing written.
     wal_file: WalFile,
+    /// A place in the kernel's queue for the write lock (None: the `-shm`
+    /// file could not be opened; the busy handler's tries remain).
+    gate: Option<WriterGate>,
 }
 
 /// An open handle on the WAL file, reopened only when the path names another
@@ -385,6 +389,15 @@ impl Capture {
             held_back: Vec::new(),
             file_id: file_id(db),
             wal_file: WalFile::default(),
+            gate: {
+                let mut shm = db.as_os_str().to_owned();
+                shm.push("-shm");
+                WriterGate::open(Path::new(&shm))
+                    .map_err(|e| {
+                        tracing::warn!("{}: no queue for the write lock: {e}", db.display())
+                    })
+                    .ok()
+            },
         };
         me.save_state()?;
         Ok((me, outcome))
@@ -602,11 +615,7 @@ impl Capture {
         if self.unacked.is_empty() && self.held_back.is_empty() {
             // A writer that never pauses would keep the default busy handler
             // waiting its whole timeout; try often, briefly.
-            spin_for(PIN_MOVE_WAIT);
-            self.control.busy_handler(Some(spin))?;
-            let locked = self.control.execute_batch("BEGIN IMMEDIATE");
-            self.control.busy_timeout(Duration::from_millis(500))?;
-            if locked.is_err() {
+            if self.take_write_lock(PIN_MOVE_WAIT).is_err() {
                 return Ok(CheckpointOutcome {
                     wal_frames,
                     backfilled_frames,
@@ -712,6 +721,11 @@ impl Capture {
         }
         // Holding the writer lock, the TRUNCATE waits for readers: keep
         // that short, whatever the wait for tandem's own lock was.
+        if let Some(gate) = &self.gate {
+            if gate.wait(wait) {
+                gate.release();
+            }
+        }
         spin_for(wait.min(Duration::from_millis(30)));
         self.checkpointer.busy_handler(Some(spin))?;
         let done: Result<(i64, i64, i64), _> =
@@ -758,11 +772,7 @@ impl Capture {
         backfill: bool,
         wait: Duration,
     ) -> Result<Result<bool, &'static str>, CaptureError> {
-        spin_for(wait);
-        self.control.busy_handler(Some(spin))?;
-        let locked = self.control.execute_batch("BEGIN IMMEDIATE");
-        self.control.busy_timeout(Duration::from_millis(500))?;
-        if locked.is_err() {
+        if self.take_write_lock(wait).is_err() {
             return Ok(Err("a writer held the write lock"));
         }
         let moved = (|| -> Result<Result<bool, &'static str>, CaptureError> {
@@ -800,6 +810,26 @@ impl Capture {
             }
         }
         Ok(moved)
+    }
+
+    /// `BEGIN IMMEDIATE` on the control connection within about `wait`:
+    /// a place in the kernel's queue first ([`WriterGate`]), then SQLite's
+    /// lock while the application sleeps in its busy handler.
+    fn take_write_lock(&mut self, wait: Duration) -> Result<(), CaptureError> {
+        let started = std::time::Instant::now();
+        if let Some(gate) = &self.gate {
+            if gate.wait(wait) {
+                gate.release();
+            }
+        }
+        spin_for(
+            wait.saturating_sub(started.elapsed())
+                .max(Duration::from_millis(2)),
+        );
+        self.control.busy_handler(Some(spin))?;
+        let locked = self.control.execute_batch("BEGIN IMMEDIATE");
+        self.control.busy_timeout(Duration::from_millis(500))?;
+        Ok(locked?)
     }
 
     fn passive(&self) -> Result<(i64, i64), CaptureError> {

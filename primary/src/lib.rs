@@ -4,8 +4,10 @@
 //!
 //! - [`capture`]: reads every committed transaction of a database from its
 //!   WAL, numbers it and keeps the rolling checksum; owns checkpoints.
+//! - [`gate`]: a place in the kernel's queue for SQLite's WAL write lock.
 
 pub mod capture;
 pub mod files;
+pub mod gate;
 
 pub use capture::{Capture, CaptureError, Captured, CheckpointOutcome, OpenOutcome, Snapshot};
