@@ -139,6 +139,8 @@ const SEED_CHUNK_PAGES: u32 = 256;
 const SEED_WINDOW_CHUNKS: u32 = 8;
 /// Fallback poll of the WAL when no change notification comes.
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// Status is rebuilt at most this often (and at every tick).
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Checkpoint at most this often while acknowledgements flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// A switchover waits for a standby at most this many transactions behind.
@@ -1022,7 +1024,10 @@ impl Actor {
         let mut roles = self.node.role_signal();
         let mut connections = self.node.peer_link.connections();
         let wake = Arc::new(Notify::new());
-        let _watcher = self.watch_wal(wake.clone());
+        // Only a primary reads the WAL; a standby's own applies would wake
+        // it for nothing (its WAL and position file are in the directory).
+        let mut watching: Option<Option<notify::RecommendedWatcher>> = None;
+        let mut published_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1035,7 +1040,19 @@ impl Actor {
             self.epoch = epoch;
             self.follow_role();
             self.keep_fence();
-            self.publish();
+            match (&self.side, &watching) {
+                (Side::Primary(_), None) => watching = Some(self.watch_wal(wake.clone())),
+                (Side::Primary(_), Some(_)) => {}
+                _ => watching = None,
+            }
+            // Status is read by people and scripts: at most every few ms is
+            // fresh enough, and building it at every turn of a busy loop was
+            // a measurable share of the engine's CPU. The tick publishes
+            // what the last turns left.
+            if published_at.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
+                self.publish();
+                published_at = Some(Instant::now());
+            }
             tokio::select! {
                 r = roles.changed() => if r.is_err() { break },
                 c = connections.changed() => {
@@ -1060,7 +1077,10 @@ impl Actor {
                     self.poll_and_ship();
                     self.bound_wal();
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    published_at = None;
+                }
             }
         }
         tracing::debug!("database {}: engine stopped", self.e.name);

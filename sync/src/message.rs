@@ -288,6 +288,7 @@ pub struct DbTx {
     pub part: u32,
     pub parts: u32,
     /// (page number, page image), ascending.
+    #[serde(with = "page_images")]
     pub pages: Vec<(u32, Vec<u8>)>,
 }
 
@@ -302,9 +303,28 @@ pub struct DbSeed {
     pub page_count: u32,
     /// (page number, page image), ascending; empty in a last chunk of an
     /// empty database.
+    #[serde(with = "page_images")]
     pub pages: Vec<(u32, Vec<u8>)>,
     /// This chunk ends the image.
     pub last: bool,
+}
+
+/// Page images as byte strings. postcard writes a `Vec<u8>` the same way
+/// (a length, then the bytes) but through serde one element at a time, which
+/// was a measurable share of the engines' CPU; this is the same encoding in
+/// one copy.
+mod page_images {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(pages: &[(u32, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(pages.iter().map(|(n, d)| (n, Bytes::new(d))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u32, Vec<u8>)>, D::Error> {
+        let pages: Vec<(u32, ByteBuf)> = Deserialize::deserialize(d)?;
+        Ok(pages.into_iter().map(|(n, b)| (n, b.into_vec())).collect())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -339,6 +359,28 @@ pub fn decode<'a, T: Deserialize<'a>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Page images as byte strings are the bytes postcard wrote for them as
+    /// a plain `Vec<u8>`: nodes of either build understand each other.
+    #[test]
+    fn page_images_keep_the_plain_encoding() {
+        #[derive(Serialize)]
+        struct Plain {
+            pages: Vec<(u32, Vec<u8>)>,
+        }
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct AsBytes {
+            #[serde(with = "page_images")]
+            pages: Vec<(u32, Vec<u8>)>,
+        }
+        let pages = vec![(1, vec![0u8, 1, 255, 128]), (7, vec![9; 300]), (8, Vec::new())];
+        let plain = encode(&Plain {
+            pages: pages.clone(),
+        });
+        assert_eq!(encode(&AsBytes { pages: pages.clone() }), plain);
+        assert_eq!(decode::<AsBytes>("pages", &plain), Ok(AsBytes { pages }));
+        assert!(decode::<AsBytes>("pages", &plain[..plain.len() - 1]).is_err());
+    }
 
     #[test]
     fn heartbeat_round_trips_and_garbage_is_refused() {
