@@ -193,14 +193,30 @@ pub fn middle_pairs(old: &[ChunkRef], new: &[ChunkRef]) -> Vec<(ChunkRef, ChunkR
         .collect()
 }
 
-/// A fast, non-cryptographic hash of one block (see the module doc).
+/// A fast, non-cryptographic hash of one block (see the module doc): four
+/// independent lanes over 32-byte groups, so the multiplications overlap.
 fn block_hash(bytes: &[u8]) -> u32 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = K ^ bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
+    const M: u64 = 0xff51_afd7_ed55_8ccd;
+    let word = |w: &[u8]| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    let mut lanes = [
+        K ^ bytes.len() as u64,
+        K,
+        K.rotate_left(17),
+        K.rotate_left(41),
+    ];
+    let mut groups = bytes.chunks_exact(32);
+    for g in &mut groups {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            *lane = (*lane ^ word(&g[8 * i..])).wrapping_mul(M).rotate_left(29);
+        }
+    }
+    let mut h = lanes
+        .iter()
+        .fold(0u64, |acc, l| (acc ^ l).wrapping_mul(K).rotate_left(31));
+    let mut words = groups.remainder().chunks_exact(8);
     for w in &mut words {
-        let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        h = (h ^ v).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29);
+        h = (h ^ word(w)).wrapping_mul(M).rotate_left(29);
     }
     let mut tail = [0u8; 8];
     let rest = words.remainder();
