@@ -66,9 +66,10 @@ use tandem_config::FileSet;
 use tandem_primary::files::{DirtySet, FileSetScanner, FileSetWatcher, ReadChunkError};
 use tandem_standby::files::{ApplyError, FileSetReplica};
 use tandem_sync::chunk::{ChunkHash, ChunkRef};
+use tandem_sync::delta::{middle_pairs, ChunkDelta, SketchStore};
 use tandem_sync::filemsg::{
-    manifest_parts, ChunkData, FsMessage, CHUNKS_BYTES_MAX, CHUNK_ASK_MAX, INLINE_BYTES_MAX,
-    ROUND_CHANGES_MAX,
+    manifest_parts, ChunkData, FsMessage, WireChange, CHUNKS_BYTES_MAX, CHUNK_ASK_MAX,
+    INLINE_BYTES_MAX, ROUND_CHANGES_MAX,
 };
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{diff, Change, Entry, EntryKind, FileSetFilter, Manifest};
@@ -83,6 +84,9 @@ const INBOX: usize = 64;
 const TICK: Duration = Duration::from_millis(50);
 /// Inline chunk bytes in one round, at most.
 const ROUND_INLINE_BYTES_MAX: usize = 8 << 20;
+/// A chunk delta is sent instead of the whole chunk only if it saves at
+/// least this many bytes (its own framing, about).
+const DELTA_SAVING_MIN: usize = 128;
 /// Chunk bytes the standby has asked for and not yet received, at most.
 const FETCH_WINDOW_BYTES: u64 = 8 << 20;
 /// A standby waiting this long for asked-for chunks gives the change up.
@@ -322,6 +326,9 @@ struct RoundOut {
 
 struct PrimarySide {
     scanner: FileSetScanner,
+    /// Sketches of the chunks the scanner read (shared with it), for chunk
+    /// deltas: kept for the chunks of this tree and of the standby's.
+    sketches: Arc<Mutex<SketchStore>>,
     /// `None` when the set could not be watched (see `watch_error`).
     watcher: Option<FileSetWatcher>,
     watch_error: Option<String>,
@@ -575,7 +582,8 @@ impl Actor {
     }
 
     fn become_primary(&mut self, side: Side) -> Result<PrimarySide, String> {
-        let scanner = self.scanner()?;
+        let sketches = Arc::new(Mutex::new(SketchStore::default()));
+        let scanner = self.scanner()?.with_sketches(sketches.clone());
         // What this node's tree was last known to be: only a hint for the
         // scan (unchanged size, mtime and mode are not read again).
         let hint = match side {
@@ -616,6 +624,7 @@ impl Actor {
         );
         Ok(PrimarySide {
             scanner,
+            sketches,
             watcher,
             watch_error,
             local: scan.manifest,
@@ -910,30 +919,64 @@ impl Actor {
         let mut inline_left = ROUND_INLINE_BYTES_MAX;
         let mut sent_inline: HashSet<ChunkHash> = HashSet::new();
         let mut msgs = Vec::with_capacity(batch.len() + 1);
+        {
+            // Sketches of chunks neither side holds any more are of no use.
+            let mut sketches = p.sketches.lock().unwrap_or_else(|e| e.into_inner());
+            let local: HashSet<ChunkHash> = p
+                .local
+                .iter()
+                .flat_map(|(_, e)| e.chunks().iter().map(|c| c.hash))
+                .collect();
+            sketches.retain(|h| have.contains(h) || local.contains(h));
+        }
         for (seq, change) in batch.iter().enumerate() {
             let mut inline = Vec::new();
+            let mut deltas = Vec::new();
             let mut bytes = 0usize;
+            // A new chunk of a modified file, and the old chunk at its place
+            // in the list: what it was most likely made from.
+            let bases: HashMap<ChunkHash, ChunkHash> = match change {
+                Change::Modify { old, new, .. } => middle_pairs(old.chunks(), new.chunks())
+                    .into_iter()
+                    .filter(|(_, base)| have.contains(&base.hash))
+                    .map(|(c, base)| (c.hash, base.hash))
+                    .collect(),
+                _ => HashMap::new(),
+            };
             for c in change.changed_chunks() {
                 if have.contains(&c.hash) || sent_inline.contains(&c.hash) {
                     continue;
                 }
-                let len = c.len as usize;
-                if bytes + len > INLINE_BYTES_MAX || len > inline_left {
+                if inline.len() + deltas.len() >= CHUNK_ASK_MAX {
                     break;
                 }
                 // Unreadable now (changed since the scan): the standby asks
                 // for it and hears so; the next round has the new version.
-                if let Ok(data) = p.scanner.read_chunk(change.path(), &c) {
-                    bytes += len;
-                    inline_left -= len;
-                    sent_inline.insert(c.hash);
-                    inline.push(ChunkData {
+                let Ok(data) = p.scanner.read_chunk(change.path(), &c) else {
+                    continue;
+                };
+                let delta = bases.get(&c.hash).and_then(|base| {
+                    let sketches = p.sketches.lock().unwrap_or_else(|e| e.into_inner());
+                    let sketch = sketches.get(base)?;
+                    let d = ChunkDelta::against(*base, sketch, c.hash, &data);
+                    (d.literal.len() + DELTA_SAVING_MIN <= data.len()).then_some(d)
+                });
+                let len = delta.as_ref().map_or(data.len(), |d| d.literal.len());
+                if bytes + len > INLINE_BYTES_MAX || len > inline_left {
+                    break;
+                }
+                bytes += len;
+                inline_left -= len;
+                sent_inline.insert(c.hash);
+                match delta {
+                    Some(d) => deltas.push(d),
+                    None => inline.push(ChunkData {
                         hash: c.hash,
                         bytes: data,
-                    });
+                    }),
                 }
             }
-            p.chunks_sent += inline.len() as u64;
+            p.chunks_sent += (inline.len() + deltas.len()) as u64;
             p.chunk_bytes_sent += bytes as u64;
             if matches!(change, Change::Rename { .. }) {
                 p.renames_sent += 1;
@@ -943,8 +986,9 @@ impl Actor {
                 epoch,
                 round: id,
                 seq: seq as u32,
-                change: change.clone(),
+                change: WireChange::from_change(change),
                 inline,
+                deltas,
             });
         }
         msgs.push(FsMessage::RoundEnd {
@@ -1176,8 +1220,9 @@ impl Actor {
         &mut self,
         epoch: Epoch,
         round: u64,
-        change: Change,
+        change: WireChange,
         inline: Vec<ChunkData>,
+        deltas: Vec<ChunkDelta>,
     ) {
         let refused = self.refuse_change(epoch);
         let Side::Standby(s) = &mut self.side else {
@@ -1186,18 +1231,26 @@ impl Actor {
         if s.round.as_ref().is_none_or(|(id, _)| *id != round) {
             s.round = Some((round, Vec::new()));
         }
-        tracing::debug!(
-            "file set {}: round {round}: {}",
-            self.e.name,
-            short_change(&change)
-        );
-        let result = match refused {
-            Some(why) => Err(why),
-            None if touches_partial(&change) => Err(format!(
+        // A delta is rebuilt against this copy's manifest; one made from
+        // another version is refused like any change that cannot be
+        // applied (reported; the manifest goes back and the next round
+        // starts from it).
+        let change = change.resolve(s.replica.manifest());
+        if let Ok(change) = &change {
+            tracing::debug!(
+                "file set {}: round {round}: {}",
+                self.e.name,
+                short_change(change)
+            );
+        }
+        let result = match (refused, change) {
+            (Some(why), _) => Err(why),
+            (None, Err(e)) => Err(e.to_string()),
+            (None, Ok(change)) if touches_partial(&change) => Err(format!(
                 "{}: refused, names one of tandem's own temp files",
                 change.path()
             )),
-            None => self.apply(round, &change, inline).await,
+            (None, Ok(change)) => self.apply(round, &change, inline, deltas).await,
         };
         let Side::Standby(s) = &mut self.side else {
             return;
@@ -1218,13 +1271,15 @@ impl Actor {
         self.side = side;
     }
 
-    /// Apply one change: stage what came inline, fetch what is still
-    /// missing into the temp file, then apply from there.
+    /// Apply one change: stage what came inline (whole, or rebuilt from a
+    /// delta against a chunk held here), fetch what is still missing into
+    /// the temp file, then apply from there.
     async fn apply(
         &mut self,
         round: u64,
         change: &Change,
         inline: Vec<ChunkData>,
+        deltas: Vec<ChunkDelta>,
     ) -> Result<(), String> {
         let mut content: Option<(SafePath, Entry)> = match change {
             Change::Create { path, entry }
@@ -1251,6 +1306,29 @@ impl Actor {
                     .map_err(|e| e.to_string())?;
                 s.bytes_received += c.bytes.len() as u64;
                 s.chunks_received += 1;
+            }
+            for d in deltas.iter().filter(|d| missing.contains(&d.hash)) {
+                // The base is read from the current file, before the change
+                // replaces it. If it cannot be read or the result does not
+                // match its hash, the chunk is asked for whole below.
+                let rebuilt = s
+                    .replica
+                    .held_chunk(&d.base)
+                    .ok_or_else(|| "the base chunk is not held here".to_string())
+                    .and_then(|base| d.rebuild(&base).map_err(|e| e.to_string()));
+                match rebuilt {
+                    Ok(bytes) => {
+                        s.replica
+                            .stage_chunk(path, entry, &d.hash, &bytes)
+                            .map_err(|e| e.to_string())?;
+                        s.bytes_received += d.literal.len() as u64;
+                        s.chunks_received += 1;
+                    }
+                    Err(e) => tracing::debug!(
+                        "file set {}: {path}: a chunk delta: {e}; asking for the chunk whole",
+                        self.e.name
+                    ),
+                }
             }
         }
         for attempt in 0..APPLY_ATTEMPTS {
@@ -1504,8 +1582,9 @@ impl Actor {
                 round,
                 change,
                 inline,
+                deltas,
                 ..
-            } => self.on_change(epoch, round, change, inline).await,
+            } => self.on_change(epoch, round, change, inline, deltas).await,
             FsMessage::RoundEnd {
                 round,
                 root,

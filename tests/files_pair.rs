@@ -7,7 +7,8 @@
 //! without re-sending the tree; a standby killed mid-transfer catches up, so
 //! does a primary killed and restarted; a file being written is mirrored as
 //! whole versions only; an inotify queue overflow is reconciled by a full
-//! rescan.
+//! rescan; an insert into and an append to a large file cost about the
+//! edit.
 
 mod common;
 
@@ -418,4 +419,54 @@ fn a_fresh_standby_keeps_what_the_first_sync_replaces() {
     fs::remove_file(p.root(0).join("same.txt")).unwrap();
     p.wait_identical(0, QUIET);
     assert_eq!(p.fs_status(1).unwrap()["quarantined"], 2);
+}
+
+#[test]
+fn an_insert_and_an_append_on_a_large_file_send_little_more_than_the_edit() {
+    let mut p = FilesPair::new(1000);
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, Duration::from_secs(20));
+    p.wait_identical(0, QUIET);
+    let random = |seed: &[u8], len: usize| {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed)
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    };
+    let path = p.root(0).join("big.dat");
+    let mut content = random(b"big", 8 << 20);
+    fs::write(&path, &content).unwrap();
+    p.wait_identical(0, QUIET);
+
+    // A 1-byte insert, written whole beside the file and renamed over it:
+    // the changed chunk goes as a delta against the one it replaced.
+    let before = fetched(&p, 1);
+    content.insert(3_000_000, 0x5a);
+    let tmp = p.root(0).join("big.dat.tmp");
+    fs::write(&tmp, &content).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    p.wait_identical(0, QUIET);
+    let insert = fetched(&p, 1) - before;
+    assert!(insert < 16 * 1024, "a 1-byte insert fetched {insert} bytes");
+
+    // A 1 MiB append: the new bytes, not the old last chunk again.
+    let before = fetched(&p, 1);
+    let more = random(b"more", 1 << 20);
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&more).unwrap();
+    }
+    content.extend_from_slice(&more);
+    p.wait_identical(0, QUIET);
+    let append = fetched(&p, 1) - before;
+    eprintln!("fetched for the 1-byte insert: {insert} B; for the 1 MiB append: {append} B");
+    assert!(
+        append < (1 << 20) + 16 * 1024,
+        "a 1 MiB append fetched {append} bytes"
+    );
+    assert_eq!(fs::read(p.root(1).join("big.dat")).unwrap(), content);
 }

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tandem_sync::chunk::{ChunkRef, Chunker};
+use tandem_sync::delta::SketchStore;
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{Entry, EntryKind, FileSetFilter, Manifest, MODE_MASK};
 
@@ -88,6 +89,9 @@ pub enum ReadChunkError {
 pub struct FileSetScanner {
     root: PathBuf,
     filter: FileSetFilter,
+    /// Where the sketches of the chunks it reads go (a primary's, for
+    /// chunk deltas), if anywhere.
+    sketches: Option<Arc<Mutex<SketchStore>>>,
 }
 
 fn mtime_ns(meta: &Metadata) -> i64 {
@@ -112,7 +116,19 @@ impl FileSetScanner {
         if !meta.is_dir() {
             return Err(ScanError::RootNotDir(root));
         }
-        Ok(Self { root, filter })
+        Ok(Self {
+            root,
+            filter,
+            sketches: None,
+        })
+    }
+
+    /// Keep a sketch of every chunk this scanner reads in `store` (see
+    /// [`tandem_sync::delta`]): a primary's, so that a chunk made by an edit
+    /// can be sent as a delta against the one it replaced.
+    pub fn with_sketches(mut self, store: Arc<Mutex<SketchStore>>) -> Self {
+        self.sketches = Some(store);
+        self
     }
 
     /// The canonical root.
@@ -322,7 +338,11 @@ impl FileSetScanner {
             if !before.is_file() {
                 return Ok(None);
             }
-            let mut chunker = Chunker::new();
+            let mut chunker = if self.sketches.is_some() {
+                Chunker::with_sketches()
+            } else {
+                Chunker::new()
+            };
             let mut chunks = Vec::new();
             let mut hasher = blake3::Hasher::new();
             let mut buf = vec![0u8; READ_BUFFER_BYTES];
@@ -349,6 +369,12 @@ impl FileSetScanner {
                 && before.ctime() == after.ctime()
                 && before.ctime_nsec() == after.ctime_nsec();
             if stable && still_there {
+                if let Some(store) = &self.sketches {
+                    let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+                    for (hash, sketch) in chunker.take_sketches() {
+                        store.insert(hash, sketch);
+                    }
+                }
                 return Ok(Some(Entry {
                     kind: EntryKind::File {
                         size,

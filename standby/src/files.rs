@@ -692,6 +692,14 @@ impl FileSetReplica {
         Ok(bytes)
     }
 
+    /// The bytes of a chunk found in the local tree by its hash (checked),
+    /// if any: the base of a chunk delta.
+    pub fn held_chunk(&self, hash: &ChunkHash) -> Option<Vec<u8>> {
+        let (_, at) = self.index.get(hash)?;
+        let at = *at;
+        self.local_chunk(&at)
+    }
+
     fn local_chunk(&self, c: &ChunkRef) -> Option<Vec<u8>> {
         let (path, at) = self.index.get(&c.hash)?;
         let full = self.resolve(path).ok()?;

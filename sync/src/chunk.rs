@@ -12,6 +12,7 @@
 //! known. Its boundaries are exactly those of FastCDC over the whole buffer,
 //! because a cut never looks further than [`CHUNK_BYTES_MAX`] ahead.
 
+use crate::delta::ChunkSketch;
 use serde::{Deserialize, Serialize};
 
 /// The smallest chunk, except for the last chunk of a file.
@@ -82,12 +83,31 @@ pub struct Chunker {
     pending: Vec<u8>,
     /// File offset of `pending[0]`.
     offset: u64,
+    /// The sketch of every chunk cut so far, if asked for.
+    sketches: Option<Vec<(ChunkHash, ChunkSketch)>>,
 }
 
 impl Chunker {
     /// A chunker at the start of a file.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A chunker that also keeps a [`ChunkSketch`] of every chunk (see
+    /// [`Chunker::take_sketches`]).
+    pub fn with_sketches() -> Self {
+        Self {
+            sketches: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// The sketches of the chunks cut since the last call.
+    pub fn take_sketches(&mut self) -> Vec<(ChunkHash, ChunkSketch)> {
+        self.sketches
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Feed the next bytes of the file; returns the chunks that are complete.
@@ -105,7 +125,7 @@ impl Chunker {
     }
 
     /// The end of the file: the remaining chunks.
-    pub fn finish(mut self) -> Vec<ChunkRef> {
+    pub fn finish(&mut self) -> Vec<ChunkRef> {
         let mut out = Vec::new();
         let mut start = 0;
         while start < self.pending.len() {
@@ -125,6 +145,9 @@ impl Chunker {
             hash: *blake3::hash(bytes).as_bytes(),
         };
         self.offset += len as u64;
+        if let Some(sketches) = &mut self.sketches {
+            sketches.push((chunk.hash, ChunkSketch::of(bytes)));
+        }
         chunk
     }
 }

@@ -19,6 +19,13 @@
 //!    with the root it reached; if that is not the expected one it also
 //!    sends its manifest.
 //!
+//! **Deltas.** A change crosses the wire as a [`WireChange`]: whole, except
+//! a file's `Modify`, which names the version the standby holds by
+//! [`entry_digest`] and carries the new chunk list as a [`ChunkListDelta`]
+//! from it; [`WireChange::resolve`] rebuilds the [`Change`] from the
+//! standby's manifest, or refuses if that holds another version. New chunks
+//! made from an old chunk the standby holds travel as [`ChunkDelta`]s.
+//!
 //! Every decoded message is checked with [`FsMessage::validate`] before use:
 //! paths are [`SafePath`]s already (refused while decoding), and the checks
 //! here cover what serde cannot: chunk lists that do not tile a file, chunk
@@ -26,8 +33,9 @@
 //! targets that are empty or hold NUL, counts past the caps.
 
 use crate::chunk::{ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
+use crate::delta::{byte_vec, entry_digest, ChunkDelta, ChunkListDelta};
 use crate::fileset::{SafePath, PATH_BYTES_MAX};
-use crate::manifest::{Change, Entry, EntryKind, MODE_MASK};
+use crate::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
 use crate::message::Epoch;
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +57,152 @@ pub const CHUNK_ASK_MAX: usize = 4096;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkData {
     pub hash: ChunkHash,
+    #[serde(with = "byte_vec")]
     pub bytes: Vec<u8>,
+}
+
+/// The version of an entry the receiver holds, named without its chunk
+/// list: its size and [`entry_digest`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldEntry {
+    pub size: u64,
+    pub digest: [u8; 32],
+}
+
+/// A [`Change`] as it crosses the wire (see the module doc).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum WireChange {
+    /// Any change, entries whole.
+    Whole(Change),
+    /// A `Modify` of a file into a file, relative to the version held.
+    FileModify {
+        path: SafePath,
+        old: HeldEntry,
+        size: u64,
+        hash: [u8; 32],
+        mode: u32,
+        mtime_ns: i64,
+        chunks: ChunkListDelta,
+    },
+}
+
+impl WireChange {
+    /// How `change` is sent.
+    pub fn from_change(change: &Change) -> WireChange {
+        match change {
+            Change::Modify { path, old, new } => match (&old.kind, &new.kind) {
+                (
+                    EntryKind::File {
+                        size: old_size,
+                        chunks: old_chunks,
+                        ..
+                    },
+                    EntryKind::File { size, hash, chunks },
+                ) => WireChange::FileModify {
+                    path: path.clone(),
+                    old: HeldEntry {
+                        size: *old_size,
+                        digest: entry_digest(old),
+                    },
+                    size: *size,
+                    hash: *hash,
+                    mode: new.mode,
+                    mtime_ns: new.mtime_ns,
+                    chunks: ChunkListDelta::between(old_chunks, chunks),
+                },
+                _ => WireChange::Whole(change.clone()),
+            },
+            _ => WireChange::Whole(change.clone()),
+        }
+    }
+
+    /// The path the change leaves in place.
+    pub fn path(&self) -> &SafePath {
+        match self {
+            WireChange::Whole(c) => c.path(),
+            WireChange::FileModify { path, .. } => path,
+        }
+    }
+
+    /// The change, with a delta's entries rebuilt from what `held` (the
+    /// receiver's manifest) has at the path, and checked as
+    /// [`validate_change`] does. A delta from a version other than the one
+    /// held is refused, except when the new version is already held (a
+    /// replayed change, harmless as ever).
+    pub fn resolve(&self, held: &Manifest) -> Result<Change, FsInvalid> {
+        let change = match self {
+            WireChange::Whole(c) => c.clone(),
+            WireChange::FileModify {
+                path,
+                old,
+                size,
+                hash,
+                mode,
+                mtime_ns,
+                chunks,
+            } => {
+                let Some(
+                    cur @ Entry {
+                        kind:
+                            EntryKind::File {
+                                size: cur_size,
+                                hash: cur_hash,
+                                chunks: cur_chunks,
+                            },
+                        ..
+                    },
+                ) = held.get(path)
+                else {
+                    return bad(format!(
+                        "{path}: a delta against a file this copy does not hold"
+                    ));
+                };
+                let new_chunks = if *cur_size == old.size && entry_digest(cur) == old.digest {
+                    chunks
+                        .apply(cur_chunks)
+                        .map_err(|e| FsInvalid(format!("{path}: {e}")))?
+                } else if cur_size == size && cur_hash == hash {
+                    cur_chunks.clone()
+                } else {
+                    return bad(format!(
+                        "{path}: a delta against another version than this copy holds"
+                    ));
+                };
+                Change::Modify {
+                    path: path.clone(),
+                    old: cur.clone(),
+                    new: Entry {
+                        kind: EntryKind::File {
+                            size: *size,
+                            hash: *hash,
+                            chunks: new_chunks,
+                        },
+                        mode: *mode,
+                        mtime_ns: *mtime_ns,
+                    },
+                }
+            }
+        };
+        validate_change(&change)?;
+        Ok(change)
+    }
+
+    /// Checks that need no manifest.
+    pub fn validate(&self) -> Result<(), FsInvalid> {
+        match self {
+            WireChange::Whole(c) => validate_change(c),
+            WireChange::FileModify {
+                path, mode, chunks, ..
+            } => {
+                if mode & !MODE_MASK != 0 {
+                    return bad(format!("{path}: mode {mode:o} outside 0o7777"));
+                }
+                chunks
+                    .check_shape()
+                    .map_err(|e| FsInvalid(format!("{path}: {e}")))
+            }
+        }
+    }
 }
 
 /// File-set messages on the replication link (see the module doc).
@@ -65,6 +218,7 @@ pub enum FsMessage {
         id: u64,
         part: u32,
         parts: u32,
+        #[serde(with = "byte_vec")]
         bytes: Vec<u8>,
     },
     /// Primary to standby: change `seq` (from 0) of round `round`.
@@ -73,9 +227,11 @@ pub enum FsMessage {
         epoch: Epoch,
         round: u64,
         seq: u32,
-        change: Change,
+        change: WireChange,
         /// Chunks of the new content the standby is believed to lack.
         inline: Vec<ChunkData>,
+        /// More of them, as deltas against old chunks it holds.
+        deltas: Vec<ChunkDelta>,
     },
     /// Primary to standby: round `round` had `changes` changes and should
     /// leave the standby at `root` with `entries` entries.
@@ -122,6 +278,7 @@ pub enum FsMessage {
         id: u64,
         part: u32,
         parts: u32,
+        #[serde(with = "byte_vec")]
         bytes: Vec<u8>,
     },
 }
@@ -232,11 +389,24 @@ impl FsMessage {
                 }
                 Ok(())
             }
-            FsMessage::Change { change, inline, .. } => {
-                validate_change(change)?;
-                let total: usize = inline.iter().map(|c| c.bytes.len()).sum();
+            FsMessage::Change {
+                change,
+                inline,
+                deltas,
+                ..
+            } => {
+                change.validate()?;
+                let total: usize = inline.iter().map(|c| c.bytes.len()).sum::<usize>()
+                    + deltas.iter().map(|d| d.literal.len()).sum::<usize>();
                 if total > INLINE_BYTES_MAX + CHUNK_BYTES_MAX {
                     return bad("too many inline chunk bytes");
+                }
+                if inline.len() + deltas.len() > CHUNK_ASK_MAX {
+                    return bad("too many inline chunks");
+                }
+                for d in deltas {
+                    d.check_shape()
+                        .map_err(|e| FsInvalid(format!("a chunk delta: {e}")))?;
                 }
                 chunks_ok(inline)
             }
@@ -301,8 +471,9 @@ mod tests {
             epoch: Epoch(3),
             round: 1,
             seq: 0,
-            change,
+            change: WireChange::from_change(&change),
             inline,
+            deltas: vec![],
         }))
     }
 
@@ -369,11 +540,12 @@ mod tests {
             epoch: Epoch(1),
             round: 1,
             seq: 0,
-            change: Change::Create {
+            change: WireChange::Whole(Change::Create {
                 path: p("f"),
                 entry: e,
-            },
+            }),
             inline: vec![],
+            deltas: vec![],
         };
         assert!(m.validate().is_err());
         let mut e = file(b"x");
@@ -426,6 +598,7 @@ mod tests {
         fn hostile_bytes_never_panic(
             garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
             flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+            flips_again in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
         ) {
             if let Ok(PeerMessage::Fs(m)) = decode::<PeerMessage>("peer message", &garbage) {
                 let _ = m.validate();
@@ -443,7 +616,222 @@ mod tests {
             if let Ok(PeerMessage::Fs(m)) = decode::<PeerMessage>("peer message", &wire) {
                 let _ = m.validate();
             }
+            // A delta, flipped, resolved against the version it was made from.
+            let old_bytes = vec![6u8; 300_000];
+            let mut new_bytes = old_bytes.clone();
+            new_bytes.insert(1000, 1);
+            let mut held = Manifest::new();
+            held.insert(p("f"), file(&old_bytes));
+            let mut wire = encode(&change_msg(
+                Change::Modify { path: p("f"), old: file(&old_bytes), new: file(&new_bytes) },
+                vec![],
+            ));
+            for (at, b) in flips_again {
+                let n = wire.len();
+                wire[at % n] ^= b | 1;
+            }
+            if let Ok(PeerMessage::Fs(m)) = decode::<PeerMessage>("peer message", &wire) {
+                if m.validate().is_ok() {
+                    if let FsMessage::Change { change, .. } = *m {
+                        let _ = change.resolve(&held);
+                    }
+                }
+            }
         }
+
+        /// Random edit scripts on a chunk list: the delta crosses the wire
+        /// and is rebuilt into exactly the change that was sent, against the
+        /// old version; against any other version it is refused.
+        #[test]
+        fn file_modify_deltas_round_trip(
+            n in 0usize..300,
+            script in proptest::collection::vec((0.0f64..=1.0, 0usize..5, 0usize..5), 0..5),
+            seed in proptest::prelude::any::<u8>(),
+        ) {
+            let old_chunks = fake_chunks(&(0..n).map(|i| (1000 + i as u32, seed)).collect::<Vec<_>>());
+            let mut specs: Vec<(u32, u8)> = old_chunks.iter().map(|c| (c.len, c.hash[0])).collect();
+            for (k, (at, del, ins)) in script.iter().enumerate() {
+                let at = ((at * specs.len() as f64) as usize).min(specs.len());
+                let del = (*del).min(specs.len() - at);
+                let new: Vec<(u32, u8)> = (0..*ins).map(|i| (7 + (k * 5 + i) as u32, seed.wrapping_add(1))).collect();
+                specs.splice(at..at + del, new);
+            }
+            let new_chunks = fake_chunks(&specs);
+            let old = fake_file(old_chunks, 1);
+            let new = fake_file(new_chunks, 2);
+            proptest::prop_assume!(!old.same_content(&new));
+            let change = Change::Modify { path: p("d/f"), old: old.clone(), new };
+            let wire = encode(&change_msg(change.clone(), vec![]));
+            let PeerMessage::Fs(m) = decode::<PeerMessage>("peer message", &wire).unwrap() else {
+                panic!("not a file-set message")
+            };
+            m.validate().unwrap();
+            let FsMessage::Change { change: wc, .. } = *m else { panic!("not a change") };
+            let mut held = Manifest::new();
+            held.insert(p("d"), Entry { kind: EntryKind::Dir, mode: 0o755, mtime_ns: 0 });
+            held.insert(p("d/f"), old.clone());
+            proptest::prop_assert_eq!(wc.resolve(&held).unwrap(), change);
+            let mut other = old;
+            other.mtime_ns += 1;
+            held.insert(p("d/f"), other);
+            proptest::prop_assert!(wc.resolve(&held).is_err());
+        }
+    }
+
+    /// A chunk list of the given lengths, each chunk's hash starting with
+    /// the given byte (the rest tells them apart).
+    fn fake_chunks(specs: &[(u32, u8)]) -> Vec<ChunkRef> {
+        let mut at = 0;
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, (len, tag))| {
+                let mut hash =
+                    *blake3::hash(&(i as u64 ^ u64::from(*len) << 32).to_le_bytes()).as_bytes();
+                hash[0] = *tag;
+                let c = ChunkRef {
+                    offset: at,
+                    len: *len,
+                    hash,
+                };
+                at += u64::from(*len);
+                c
+            })
+            .collect()
+    }
+
+    fn fake_file(chunks: Vec<ChunkRef>, mtime_ns: i64) -> Entry {
+        let size = chunks.last().map_or(0, ChunkRef::end);
+        let mut h = blake3::Hasher::new();
+        for c in &chunks {
+            h.update(&c.hash);
+        }
+        Entry {
+            kind: EntryKind::File {
+                size,
+                hash: *h.finalize().as_bytes(),
+                chunks,
+            },
+            mode: 0o640,
+            mtime_ns,
+        }
+    }
+
+    fn modify_of(old_bytes: &[u8], new_bytes: &[u8]) -> (Change, WireChange) {
+        let change = Change::Modify {
+            path: p("f"),
+            old: file(old_bytes),
+            new: file(new_bytes),
+        };
+        let wire = WireChange::from_change(&change);
+        (change, wire)
+    }
+
+    #[test]
+    fn a_modify_of_a_large_file_sends_only_the_edited_middle() {
+        // 1600 chunks: a 100 MiB file's list.
+        let specs: Vec<(u32, u8)> = (0..1600).map(|i| (65_536 + i, 1)).collect();
+        let old = fake_file(fake_chunks(&specs), 1);
+        let mut specs2 = specs.clone();
+        specs2[800] = (70_000, 2);
+        let new = fake_file(fake_chunks(&specs2), 2);
+        let change = Change::Modify {
+            path: p("big"),
+            old: old.clone(),
+            new,
+        };
+        let whole = encode(&WireChange::Whole(change.clone())).len();
+        let delta = encode(&WireChange::from_change(&change)).len();
+        assert!(whole > 100_000, "{whole}");
+        assert!(delta < 200, "{delta}");
+        let mut held = Manifest::new();
+        held.insert(p("big"), old);
+        assert_eq!(
+            WireChange::from_change(&change).resolve(&held).unwrap(),
+            change
+        );
+    }
+
+    #[test]
+    fn a_delta_that_does_not_fit_the_held_version_is_refused() {
+        let a = vec![1u8; 300_000];
+        let mut b = a.clone();
+        b.insert(150_000, 9);
+        let (change, wire) = modify_of(&a, &b);
+        assert!(matches!(wire, WireChange::FileModify { .. }));
+        let mut held = Manifest::new();
+        // Nothing held, a directory, another version of the file.
+        assert!(wire.resolve(&held).is_err());
+        held.insert(
+            p("f"),
+            Entry {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                mtime_ns: 0,
+            },
+        );
+        assert!(wire.resolve(&held).is_err());
+        held.insert(p("f"), file(&[2u8; 300_000]));
+        assert!(wire
+            .resolve(&held)
+            .unwrap_err()
+            .0
+            .contains("another version"));
+        // The right version, but a forged delta that keeps too many chunks.
+        held.insert(p("f"), file(&a));
+        assert_eq!(wire.resolve(&held).unwrap(), change);
+        let WireChange::FileModify {
+            path,
+            old,
+            size,
+            hash,
+            mode,
+            mtime_ns,
+            mut chunks,
+        } = wire
+        else {
+            unreachable!()
+        };
+        chunks.suffix = 1000;
+        let forged = WireChange::FileModify {
+            path: path.clone(),
+            old,
+            size,
+            hash,
+            mode,
+            mtime_ns,
+            chunks: chunks.clone(),
+        };
+        assert!(forged.validate().is_ok());
+        assert!(forged.resolve(&held).unwrap_err().0.contains("keeps"));
+        // A delta whose chunks do not tile the new size.
+        chunks.suffix = 0;
+        let forged = WireChange::FileModify {
+            path,
+            old,
+            size: size + 1,
+            hash,
+            mode,
+            mtime_ns,
+            chunks,
+        };
+        assert!(forged.resolve(&held).is_err());
+    }
+
+    #[test]
+    fn a_replayed_delta_finds_the_new_version_in_place() {
+        let a = vec![1u8; 100_000];
+        let b = vec![3u8; 100_000];
+        let (change, wire) = modify_of(&a, &b);
+        let mut held = Manifest::new();
+        held.insert(p("f"), file(&b));
+        let Change::Modify { new, .. } = &change else {
+            unreachable!()
+        };
+        let Change::Modify { new: got, .. } = wire.resolve(&held).unwrap() else {
+            panic!("not a modify")
+        };
+        assert_eq!(&got, new);
     }
 
     #[test]

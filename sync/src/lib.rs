@@ -10,12 +10,15 @@
 //! - [`auth`]: the pre-shared pair key, the handshake and authenticated sessions.
 //! - [`message`]: what the two nodes say to each other inside a session.
 //! - [`role`]: the role machine (roles, epochs, leases, failover, switchover).
+//! - [`chunk`], [`manifest`], [`delta`], [`filemsg`]: file sets (chunks,
+//!   manifests, what crosses the wire).
 //! - [`resource`]: the seam through which databases, file sets and serial ports
 //!   take part in a switchover.
 
 pub mod auth;
 pub mod chunk;
 pub mod dbsum;
+pub mod delta;
 pub mod filemsg;
 pub mod fileset;
 pub mod lineage;
