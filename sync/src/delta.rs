@@ -348,7 +348,7 @@ pub struct ChunkDelta {
     /// Bytes kept from the end of the base.
     pub suffix: u32,
     /// The bytes in between.
-    #[serde(with = "byte_vec")]
+    #[serde(with = "serde_bytes")]
     pub literal: Vec<u8>,
 }
 
@@ -423,49 +423,6 @@ impl ChunkDelta {
             return Err(DeltaError::Hash);
         }
         Ok(out)
-    }
-}
-
-/// Serde for a byte buffer as bytes (postcard: a length, then the bytes in
-/// one piece), not as a sequence of `u8`s.
-pub mod byte_vec {
-    use serde::de::{Error, SeqAccess, Visitor};
-    use serde::{Deserializer, Serializer};
-    use std::fmt;
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(ByteVec)
-    }
-
-    struct ByteVec;
-
-    impl<'de> Visitor<'de> for ByteVec {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("bytes")
-        }
-
-        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            // Formats without a bytes type; the length hint is not trusted.
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(b) = seq.next_element()? {
-                out.push(b);
-            }
-            Ok(out)
-        }
     }
 }
 

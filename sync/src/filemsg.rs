@@ -33,7 +33,7 @@
 //! targets that are empty or hold NUL, counts past the caps.
 
 use crate::chunk::{ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
-use crate::delta::{byte_vec, entry_digest, ChunkDelta, ChunkListDelta};
+use crate::delta::{entry_digest, ChunkDelta, ChunkListDelta};
 use crate::fileset::{SafePath, PATH_BYTES_MAX};
 use crate::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
 use crate::message::Epoch;
@@ -57,7 +57,7 @@ pub const CHUNK_ASK_MAX: usize = 4096;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkData {
     pub hash: ChunkHash,
-    #[serde(with = "byte_vec")]
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -218,7 +218,7 @@ pub enum FsMessage {
         id: u64,
         part: u32,
         parts: u32,
-        #[serde(with = "byte_vec")]
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Primary to standby: change `seq` (from 0) of round `round`.
@@ -278,7 +278,7 @@ pub enum FsMessage {
         id: u64,
         part: u32,
         parts: u32,
-        #[serde(with = "byte_vec")]
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
 }

@@ -373,11 +373,20 @@ mod tests {
             #[serde(with = "page_images")]
             pages: Vec<(u32, Vec<u8>)>,
         }
-        let pages = vec![(1, vec![0u8, 1, 255, 128]), (7, vec![9; 300]), (8, Vec::new())];
+        let pages = vec![
+            (1, vec![0u8, 1, 255, 128]),
+            (7, vec![9; 300]),
+            (8, Vec::new()),
+        ];
         let plain = encode(&Plain {
             pages: pages.clone(),
         });
-        assert_eq!(encode(&AsBytes { pages: pages.clone() }), plain);
+        assert_eq!(
+            encode(&AsBytes {
+                pages: pages.clone()
+            }),
+            plain
+        );
         assert_eq!(decode::<AsBytes>("pages", &plain), Ok(AsBytes { pages }));
         assert!(decode::<AsBytes>("pages", &plain[..plain.len() - 1]).is_err());
     }
