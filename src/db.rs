@@ -827,6 +827,8 @@ struct PrimarySide {
     checkpointed_to: TxId,
     last_checkpoint: Option<serde_json::Value>,
     checkpoint_at: Instant,
+    /// When [`Capture::replaced`] last looked at the database's path.
+    identity_checked_at: Instant,
     asked_at: Option<Instant>,
     /// A resync could not start (a local writer held the write lock): the
     /// standby is asked again where it stands, and the resync tried again.
@@ -1439,6 +1441,7 @@ impl Actor {
             checkpointed_to: base.txid,
             last_checkpoint: None,
             checkpoint_at: Instant::now(),
+            identity_checked_at: Instant::now(),
             asked_at: None,
             resync_retry: false,
             verify_out: Vec::new(),
@@ -1642,7 +1645,11 @@ impl Actor {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
-        if let Some(gone) = p.capture.replaced() {
+        // A `stat` of the database's path at every wake-up was a share of
+        // the engine's CPU: the capture itself checks when the WAL changes
+        // identity, and a deletion alone is noticed within a tick.
+        let due = p.identity_checked_at.elapsed() >= POLL_EVERY || p.capture.wal_moved();
+        if let Some(gone) = due.then(|| p.capture.replaced()).flatten() {
             // Its log is not this capture's any more. Reopened (after a
             // pause) once a database is at the path again, as content that
             // only a resync can ship; until then the standby keeps its copy.
@@ -1654,6 +1661,9 @@ impl Actor {
             self.alarm(Some(why.clone()));
             self.side = Side::Failed(Role::Primary, why, Instant::now());
             return;
+        }
+        if due {
+            p.identity_checked_at = Instant::now();
         }
         match p.capture.poll() {
             Ok(batch) => {
@@ -2390,7 +2400,7 @@ impl Actor {
         // The file keeps its size when the log restarts: what is in use is
         // what the capture read. Past a quarter of the cap the log is made
         // to restart; a file past half of it is cut.
-        let wal = p.capture.wal_bytes();
+        let wal = p.capture.wal_bytes_at_poll();
         let used = p.capture.wal_end().min(wal);
         let cut = wal > cap / 100 * CUT_AT_PERCENT;
         if (used <= cap / 100 * RESTART_AT_PERCENT && !cut)

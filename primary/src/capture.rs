@@ -227,6 +227,12 @@ pub struct Capture {
 #[derive(Default)]
 struct WalFile {
     open: Option<(File, u64, u64)>,
+    /// The file's length at the last look.
+    len: u64,
+    /// Another file (or none) is at the path since the last look: the
+    /// database may have been re-created, and its log must not be read as
+    /// this one's before that is ruled out.
+    moved: bool,
 }
 
 impl WalFile {
@@ -237,13 +243,17 @@ impl WalFile {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.moved |= self.open.is_some();
                 self.open = None;
+                self.len = 0;
                 return Ok(None);
             }
             Err(e) => return Err(io_err(path)(e)),
         };
+        self.len = meta.len();
         let id = (meta.dev(), meta.ino());
         if !matches!(&self.open, Some((_, dev, ino)) if (*dev, *ino) == id) {
+            self.moved |= self.open.is_some();
             self.open = match File::open(path) {
                 Ok(f) => Some((f, id.0, id.1)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -252,27 +262,35 @@ impl WalFile {
         }
         Ok(self.open.as_ref().map(|(f, _, _)| f))
     }
+}
 
-    /// Up to `len` bytes (all, when None) from `offset`; empty when there is
-    /// no WAL.
-    fn read(
-        &mut self,
-        path: &Path,
-        offset: u64,
-        len: Option<usize>,
-    ) -> Result<Vec<u8>, CaptureError> {
-        let Some(mut f) = self.get(path)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        f.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
-        match len {
-            Some(n) => f.take(n as u64).read_to_end(&mut out),
-            None => f.read_to_end(&mut out),
+/// Up to `len` bytes of `f` from `offset` (fewer at the end of the file).
+fn read_at(f: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, CaptureError> {
+    use std::os::unix::fs::FileExt;
+    let mut out = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut out[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(path)(e)),
         }
-        .map_err(io_err(path))?;
-        Ok(out)
     }
+    out.truncate(got);
+    Ok(out)
+}
+
+/// Whether `bytes` (read at the reader's next offset) start with a frame of
+/// the log `reader` is in (its salts), rather than one left from before the
+/// log restarted, or nothing.
+fn frame_continues_log(reader: &WalReader, bytes: &[u8]) -> bool {
+    let (Some(position), Some(head)) =
+        (reader.position(), bytes.first_chunk::<FRAME_HEADER_BYTES>())
+    else {
+        return false;
+    };
+    WalFrame::parse(head).salts == position.header.salts
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -453,6 +471,12 @@ impl Capture {
         std::fs::metadata(&self.wal).map_or(0, |m| m.len())
     }
 
+    /// Bytes in the WAL file at the last poll: [`Capture::wal_bytes`]
+    /// without another `stat`.
+    pub fn wal_bytes_at_poll(&self) -> u64 {
+        self.wal_file.len
+    }
+
     /// A read snapshot of the whole database at exactly [`Capture::position`]
     /// as of the return: what seeds a new standby while writers go on. The
     /// write lock is held only to read the WAL to its end and begin the
@@ -518,7 +542,6 @@ impl Capture {
         })
     }
 
-    /// Reads what was committed since the last poll.
     /// Why the file at the database's path is no longer the one this capture
     /// opened (deleted, or replaced by another file), if it is not.
     pub fn replaced(&self) -> Option<String> {
@@ -532,23 +555,17 @@ impl Capture {
         }
     }
 
+    /// Whether a poll found another WAL file (or none) at the path and
+    /// read nothing until [`Capture::replaced`] rules a new database out.
+    pub fn wal_moved(&self) -> bool {
+        self.wal_file.moved
+    }
+
+    /// Reads what was committed since the last poll.
     pub fn poll(&mut self) -> Result<Vec<Captured>, CaptureError> {
         let mut out = std::mem::take(&mut self.held_back);
         out.extend(self.read_new()?);
         Ok(out)
-    }
-
-    /// Whether `bytes` (read at the reader's next offset) start with a frame
-    /// of the current log (its salts), rather than one left from before the
-    /// log restarted.
-    fn frame_continues_log(&self, bytes: &[u8]) -> bool {
-        let (Some(position), Some(head)) = (
-            self.reader.position(),
-            bytes.first_chunk::<FRAME_HEADER_BYTES>(),
-        ) else {
-            return false;
-        };
-        WalFrame::parse(head).salts == position.header.salts
     }
 
     /// Reads what was committed since the last read. The WAL is read from
@@ -556,8 +573,23 @@ impl Capture {
     /// of the file: after the log restarts, the file keeps its old size and
     /// its tail holds stale frames, and reading that tail at every poll cost
     /// most of the primary's CPU at a few hundred transactions a second.
+    ///
+    /// Each step first reads one frame header: when it is not a frame of
+    /// the current log (nothing new, or the stale tail) the poll ends there,
+    /// so a wake-up with nothing to read costs a few dozen bytes, not a step.
     fn read_new(&mut self) -> Result<Vec<Captured>, CaptureError> {
-        let header = self.wal_file.read(&self.wal, 0, Some(WAL_HEADER_BYTES))?;
+        self.wal_file.get(&self.wal)?;
+        if self.wal_file.moved {
+            if self.replaced().is_some() {
+                // The caller finds out by `replaced`; nothing is read.
+                return Ok(Vec::new());
+            }
+            self.wal_file.moved = false;
+        }
+        let Some((file, ..)) = &self.wal_file.open else {
+            return Ok(Vec::new());
+        };
+        let header = read_at(file, &self.wal, 0, WAL_HEADER_BYTES)?;
         let mut txs = Vec::new();
         if header.len() == WAL_HEADER_BYTES {
             match self.reader.feed(0, &header) {
@@ -570,7 +602,11 @@ impl Capture {
             // Each turn reaches the end of the file, consumes a commit, or
             // grows `want` (up to the file's end): bounded by the file.
             while at >= WAL_HEADER_BYTES as u64 {
-                let rest = self.wal_file.read(&self.wal, at, Some(want))?;
+                let head = read_at(file, &self.wal, at, FRAME_HEADER_BYTES)?;
+                if !frame_continues_log(&self.reader, &head) {
+                    break;
+                }
+                let rest = read_at(file, &self.wal, at, want)?;
                 txs.extend(self.reader.feed(at, &rest)?);
                 if rest.len() < want {
                     break;
@@ -578,7 +614,7 @@ impl Capture {
                 let next = self.reader.next_offset();
                 if next > at {
                     at = next;
-                } else if self.frame_continues_log(&rest) {
+                } else if frame_continues_log(&self.reader, &rest) {
                     // One transaction larger than what was read.
                     want = want.saturating_mul(4);
                 } else {

@@ -54,6 +54,11 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 pub enum ReplicaError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("position file {path}: {source}")]
     PositionFile {
         path: PathBuf,

@@ -41,7 +41,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReplicaError + '_ {
-    move |source| ReplicaError::PositionFile {
+    move |source| ReplicaError::Io {
         path: path.to_owned(),
         source,
     }
@@ -76,6 +76,10 @@ impl Seeder {
             ));
         }
         let tmp = with_suffix(path, ".tandem-seed");
+        // A new standby may not have the primary's directory yet.
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
