@@ -21,11 +21,12 @@ const SETTLE: Duration = Duration::from_secs(20);
 const INSISTENT_WRITER: &str = r#"
 import sqlite3, sys, time
 c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
-c.execute("CREATE TABLE IF NOT EXISTS w(n INTEGER)")
 deadline = time.monotonic() + 60
 done = refused = 0
 while done + refused < 1000000 and time.monotonic() < deadline:
     try:
+        # In the loop too: tandem takes the write lock for moments.
+        c.execute("CREATE TABLE IF NOT EXISTS w(n INTEGER)")
         c.execute("INSERT INTO w VALUES (?)", (done,))
         done += 1
         time.sleep(0.005)
