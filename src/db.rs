@@ -139,6 +139,28 @@ const SEED_CHUNK_PAGES: u32 = 256;
 const SEED_WINDOW_CHUNKS: u32 = 8;
 /// Fallback poll of the WAL when no change notification comes.
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// While a standby streams, the log is restarted once this much of it is in
+/// use (or [`RESTART_AT_PERCENT`] of the cap, if less): SQLite's own default
+/// (1000 pages) is about this, and a small log is overwritten in place,
+/// which keeps the application's commits cheap.
+const RESTART_AT_BYTES: u64 = 4 << 20;
+/// How long writers are held off, at most, while a log restart waits for
+/// the standby's acknowledgements.
+const RESTART_HOLD_MAX: Duration = Duration::from_millis(20);
+/// A standby applies (two fsyncs) at most once in this time; what arrives
+/// meanwhile is applied together.
+const FLUSH_EVERY_MIN: Duration = Duration::from_millis(4);
+
+fn flush_every_min() -> Duration {
+    static V: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("TANDEM_FLUSH_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(FLUSH_EVERY_MIN, Duration::from_micros)
+    })
+}
+
 /// Status is rebuilt at most this often (and at every tick).
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Checkpoint at most this often while acknowledgements flow.
@@ -700,6 +722,7 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
         PeerMessage::DbSeed(s) => &s.db,
         PeerMessage::DbResyncPlan(p) => &p.db,
         PeerMessage::DbAck { db, .. }
+        | PeerMessage::DbFlush { db, .. }
         | PeerMessage::DbHello { db, .. }
         | PeerMessage::DbAsk { db, .. }
         | PeerMessage::DbResyncNeed { db, .. }
@@ -829,6 +852,8 @@ struct PrimarySide {
     checkpoint_at: Instant,
     /// When [`Capture::replaced`] last looked at the database's path.
     identity_checked_at: Instant,
+    /// Since when the write lock is held for a log restart.
+    restart_begun: Option<Instant>,
     asked_at: Option<Instant>,
     /// A resync could not start (a local writer held the write lock): the
     /// standby is asked again where it stands, and the resync tried again.
@@ -881,6 +906,10 @@ struct StandbySide {
     /// Whole transactions received and not applied yet (see `flush_batch`).
     batch: Vec<(Epoch, TxId, Transaction, DbSum)>,
     batch_bytes: u64,
+    /// When the last batch was applied (see [`FLUSH_EVERY_MIN`]).
+    flushed_at: Option<Instant>,
+    /// A barrier on the primary waits for this txid: up to it, no grouping.
+    flush_upto: TxId,
     /// The newest (txid, sum) the primary shipped.
     primary: Option<(TxId, DbSum)>,
     hello_at: Option<Instant>,
@@ -922,6 +951,11 @@ struct Fence {
     alarmed: bool,
     /// Switchover fence steps waiting for the fence: deadline and answer.
     waiters: Vec<(Instant, oneshot::Sender<Result<(), String>>)>,
+}
+
+/// WAL bytes in use past which a log restart is due while streaming.
+fn restart_at(cap: u64) -> u64 {
+    (cap / 100 * RESTART_AT_PERCENT).min(RESTART_AT_BYTES)
 }
 
 fn unix_ms() -> u64 {
@@ -1041,6 +1075,7 @@ impl Actor {
             self.role = role;
             self.epoch = epoch;
             self.follow_role();
+            self.step_restart();
             self.keep_fence();
             match (&self.side, &watching) {
                 (Side::Primary(_), None) => watching = Some(self.watch_wal(wake.clone())),
@@ -1055,6 +1090,7 @@ impl Actor {
                 self.publish();
                 published_at = Some(Instant::now());
             }
+            let flush_at = self.flush_due();
             tokio::select! {
                 r = roles.changed() => if r.is_err() { break },
                 c = connections.changed() => {
@@ -1071,10 +1107,18 @@ impl Actor {
                                 Err(_) => break,
                             }
                         }
-                        self.flush_batch();
+                        if self.flush_due().is_some_and(|t| t <= Instant::now()) {
+                            self.flush_batch();
+                        }
                     }
                     None => break,
                 },
+                _ = async {
+                    match flush_at {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.flush_batch(),
                 _ = wake.notified() => {
                     self.poll_and_ship();
                     self.bound_wal();
@@ -1442,6 +1486,7 @@ impl Actor {
             last_checkpoint: None,
             checkpoint_at: Instant::now(),
             identity_checked_at: Instant::now(),
+            restart_begun: None,
             asked_at: None,
             resync_retry: false,
             verify_out: Vec::new(),
@@ -1465,6 +1510,8 @@ impl Actor {
                 partial: None,
                 batch: Vec::new(),
                 batch_bytes: 0,
+                flushed_at: None,
+                flush_upto: TxId(0),
                 primary: None,
                 hello_at: None,
                 retry: false,
@@ -2403,6 +2450,29 @@ impl Actor {
         let wal = p.capture.wal_bytes_at_poll();
         let used = p.capture.wal_end().min(wal);
         let cut = wal > cap / 100 * CUT_AT_PERCENT;
+        let away = p.peer != Peer::Streaming || !self.node.peer_link.is_connected();
+        if !away && !cut && used > restart_at(cap) && p.seed.is_none() {
+            // Streaming: restart the log once acknowledgements catch up,
+            // holding writers off for that round trip (see `step_restart`).
+            if !p.capture.restarting()
+                && p.truncate_tried
+                    .is_none_or(|t| t.elapsed() >= TRUNCATE_RETRY)
+            {
+                p.truncate_tried = Some(Instant::now());
+                match p.capture.begin_restart(p.truncate_wait) {
+                    Ok(true) => p.restart_begun = Some(Instant::now()),
+                    Ok(false) => {
+                        *p.reset_failures
+                            .entry("a writer held the write lock".into())
+                            .or_default() += 1
+                    }
+                    Err(e) => tracing::warn!("database {name}: log restart: {e}"),
+                }
+            }
+            self.poll_and_ship();
+            self.step_restart();
+            return;
+        }
         if (used <= cap / 100 * RESTART_AT_PERCENT && !cut)
             || p.truncate_tried.is_some_and(|t| t.elapsed() < TRUNCATE_RETRY)
             // A seed's read snapshot holds the WAL until the seed is sent.
@@ -2411,8 +2481,7 @@ impl Actor {
             return;
         }
         p.truncate_tried = Some(Instant::now());
-        let away = p.peer != Peer::Streaming || !self.node.peer_link.is_connected();
-        let owed_kept = away || wal > cap / 100 * CUT_AT_PERCENT;
+        let owed_kept = away || cut;
         let upto = p.base.txid;
         let wait = p.truncate_wait;
         p.truncate_wait = (wait * 2).min(TRUNCATE_WAIT_MAX);
@@ -2454,6 +2523,48 @@ impl Actor {
         }
         // What the truncation read under its lock is queued now.
         self.poll_and_ship();
+    }
+
+    /// Step 2 of a log restart ([`Capture::begin_restart`]): once the
+    /// standby acknowledged everything read, the pin moves and writers go
+    /// on; after [`RESTART_HOLD_MAX`], or as soon as the node is not a
+    /// streaming primary, the lock is let go and it is tried again later.
+    fn step_restart(&mut self) {
+        let name = self.e.name.clone();
+        let streaming = self.role == Role::Primary && self.node.peer_link.is_connected();
+        let Side::Primary(p) = &mut self.side else {
+            return;
+        };
+        let Some(begun) = p.restart_begun else {
+            return;
+        };
+        let result =
+            if !streaming || p.peer != Peer::Streaming || begun.elapsed() > RESTART_HOLD_MAX {
+                p.capture.abort_restart().map(|()| {
+                    *p.reset_failures
+                        .entry("the standby did not acknowledge in time".into())
+                        .or_default() += 1;
+                    Some(false)
+                })
+            } else {
+                p.capture.finish_restart(p.base.txid)
+            };
+        match result {
+            Ok(None) => return,
+            Ok(Some(true)) => {
+                p.resets += 1;
+                p.checkpointed_to = p.capture.position().txid;
+                p.last_checkpoint = Some(json!({
+                    "mode": "restart", "at_unix_ms": unix_ms(),
+                    "upto_txid": p.checkpointed_to.0,
+                    "writers_held_ms": begun.elapsed().as_secs_f64() * 1000.0,
+                    "standby_acknowledged_all": true,
+                }));
+            }
+            Ok(Some(false)) => {}
+            Err(e) => tracing::warn!("database {name}: log restart: {e}"),
+        }
+        p.restart_begun = None;
     }
 
     // ----- standby ---------------------------------------------------------
@@ -2811,8 +2922,15 @@ impl Actor {
         if s.replica.is_some() {
             return;
         }
+        // Page 1 again: the primary began another image (its hello and a
+        // new connection crossed); that one is the one to write.
+        let starts = chunk.pages.first().is_some_and(|(p, _)| *p == 1);
+        if starts && s.seeder.is_some() {
+            tracing::info!("database {name}: the primary began the seed again");
+            s.seeder = None;
+        }
         if s.seeder.is_none() {
-            if chunk.pages.first().is_some_and(|(p, _)| *p != 1) {
+            if !starts && !chunk.pages.is_empty() {
                 return;
             }
             match Seeder::begin(&path, chunk.position, chunk.page_size, chunk.page_count) {
@@ -2894,6 +3012,7 @@ impl Actor {
         }
         let batch = std::mem::take(&mut s.batch);
         s.batch_bytes = 0;
+        s.flushed_at = Some(Instant::now());
         let Some(replica) = &mut s.replica else {
             return;
         };
@@ -2923,6 +3042,25 @@ impl Actor {
     /// Whether received transactions wait to be applied.
     fn batch_pending(&self) -> bool {
         matches!(&self.side, Side::Standby(s) if !s.batch.is_empty())
+    }
+
+    /// When the waiting batch is due: at once, unless the last one was
+    /// applied less than [`FLUSH_EVERY_MIN`] ago.
+    fn flush_due(&self) -> Option<Instant> {
+        let Side::Standby(s) = &self.side else {
+            return None;
+        };
+        if s.batch.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        if s.batch.first().is_some_and(|b| b.1 <= s.flush_upto) {
+            return Some(now);
+        }
+        Some(
+            s.flushed_at
+                .map_or(now, |t| (t + flush_every_min()).max(now)),
+        )
     }
 
     // ----- inputs ----------------------------------------------------------
@@ -2978,6 +3116,11 @@ impl Actor {
                 self.set_copy_aside(&reason, true)
             }
             PeerMessage::DbAck { txid, sum, .. } => self.on_ack(txid, sum),
+            PeerMessage::DbFlush { upto, .. } => {
+                if let Side::Standby(s) = &mut self.side {
+                    s.flush_upto = s.flush_upto.max(upto);
+                }
+            }
             PeerMessage::DbVerify { id, .. } => self.answer_verify(id),
             PeerMessage::DbVerifyRequest { id, .. } => {
                 // Run the verify as the primary, off the engine's loop (it
@@ -3091,6 +3234,12 @@ impl Actor {
             let _ = tx.send(p.base);
         } else {
             p.waiters.push((target.txid, tx));
+            // The standby groups what arrives close together; a waiting
+            // sender should not wait for the group.
+            let _ = self.node.peer_link.send(PeerMessage::DbFlush {
+                db: name,
+                upto: target.txid,
+            });
         }
         Ok(Waiting { target, acked: rx })
     }

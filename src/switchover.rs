@@ -452,6 +452,7 @@ pub async fn on_peer_message(node: &Arc<Node>, msg: PeerMessage) {
         }
         PeerMessage::DbTx(_)
         | PeerMessage::DbAck { .. }
+        | PeerMessage::DbFlush { .. }
         | PeerMessage::DbHello { .. }
         | PeerMessage::DbAsk { .. }
         | PeerMessage::DbSeed(_)

@@ -220,6 +220,10 @@ pub struct Capture {
     /// A place in the kernel's queue for the write lock (None: the `-shm`
     /// file could not be opened; the busy handler's tries remain).
     gate: Option<WriterGate>,
+    /// The control connection holds the write lock across polls, waiting
+    /// for the standby to acknowledge what was read so that the log can
+    /// restart ([`Capture::begin_restart`]).
+    restarting: bool,
 }
 
 /// An open handle on the WAL file, reopened only when the path names another
@@ -416,6 +420,7 @@ impl Capture {
                     })
                     .ok()
             },
+            restarting: false,
         };
         me.save_state()?;
         Ok((me, outcome))
@@ -483,6 +488,7 @@ impl Capture {
     /// snapshot; transactions read then are returned by the next poll (they
     /// are inside the snapshot: their txids are at most its position).
     pub fn snapshot(&mut self) -> Result<Snapshot, CaptureError> {
+        self.abort_restart()?;
         let conn = Connection::open_with_flags(&self.db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(Duration::from_millis(500))?;
         self.control.execute_batch("BEGIN IMMEDIATE")?;
@@ -648,7 +654,7 @@ impl Capture {
         }
         let (mut wal_frames, mut backfilled_frames) = self.passive()?;
         let mut pin_moved = false;
-        if self.unacked.is_empty() && self.held_back.is_empty() {
+        if self.unacked.is_empty() && self.held_back.is_empty() && !self.restarting {
             // A writer that never pauses would keep the default busy handler
             // waiting its whole timeout; try often, briefly.
             if self.take_write_lock(PIN_MOVE_WAIT).is_err() {
@@ -728,6 +734,9 @@ impl Capture {
         };
         while self.unacked.front().is_some_and(|t| *t <= acked) {
             self.unacked.pop_front();
+        }
+        if self.restarting {
+            return Ok(not("a log restart is waiting for acknowledgements", before));
         }
         if owed_kept {
             self.unacked.clear();
@@ -846,6 +855,83 @@ impl Capture {
             }
         }
         Ok(moved)
+    }
+
+    /// Makes the log restart while writers never pause (step 1 of 2).
+    ///
+    /// [`Capture::checkpoint`] moves the pin only when everything read is
+    /// acknowledged, and against a writer committing back to back that is
+    /// never so: the pin stayed where it was, the log never restarted, and
+    /// the WAL grew until the cap forced a cut; every commit then appended
+    /// to a growing file, which made the application's own fsyncs slower.
+    /// Here tandem takes the write lock, reads the log to its end and keeps
+    /// the lock while the standby acknowledges what is in flight (a round
+    /// trip); [`Capture::finish_restart`] then moves the pin with everything
+    /// backfilled, and the application's next commit restarts the log.
+    /// True when the lock is held.
+    pub fn begin_restart(&mut self, wait: Duration) -> Result<bool, CaptureError> {
+        if self.restarting {
+            return Ok(true);
+        }
+        if self.take_write_lock(wait).is_err() {
+            return Ok(false);
+        }
+        self.restarting = true;
+        match self.read_new() {
+            Ok(fresh) => {
+                self.held_back.extend(fresh);
+                Ok(true)
+            }
+            Err(e) => {
+                self.abort_restart()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Step 2 of [`Capture::begin_restart`]: once everything read is
+    /// acknowledged (`acked`) and polled, moves the pin with every frame
+    /// backfilled and lets the lock go. `Some(log may restart)` when done,
+    /// None while acknowledgements are still due (the lock is kept).
+    pub fn finish_restart(&mut self, acked: TxId) -> Result<Option<bool>, CaptureError> {
+        if !self.restarting {
+            return Ok(None);
+        }
+        while self.unacked.front().is_some_and(|t| *t <= acked) {
+            self.unacked.pop_front();
+        }
+        if !self.unacked.is_empty() || !self.held_back.is_empty() {
+            return Ok(None);
+        }
+        let moved = (|| -> Result<bool, CaptureError> {
+            self.pin.execute_batch("COMMIT")?;
+            let (log, done) = self.passive()?;
+            self.pin.execute_batch("BEGIN")?;
+            self.pin
+                .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                    r.get::<_, i64>(0)
+                })?;
+            Ok(done >= log)
+        })();
+        self.abort_restart()?;
+        let full = moved?;
+        self.image_available = false;
+        self.save_state()?;
+        Ok(Some(full))
+    }
+
+    /// Lets the write lock of [`Capture::begin_restart`] go without moving
+    /// the pin (the standby is slow, the role changes, a snapshot is due).
+    pub fn abort_restart(&mut self) -> Result<(), CaptureError> {
+        if std::mem::take(&mut self.restarting) {
+            self.control.execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Whether the write lock is held for a log restart.
+    pub fn restarting(&self) -> bool {
+        self.restarting
     }
 
     /// `BEGIN IMMEDIATE` on the control connection within about `wait`:

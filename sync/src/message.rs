@@ -232,6 +232,9 @@ pub enum PeerMessage {
     /// carries two manifest entries, and every other message would pay for
     /// its size.
     Fs(Box<crate::filemsg::FsMessage>),
+    /// Primary to standby: a barrier waits for `upto`; apply what is
+    /// received up to it at once rather than with the next group.
+    DbFlush { db: String, upto: TxId },
 }
 
 /// The standby's own check of its copy (see [`PeerMessage::DbVerify`]).
