@@ -469,6 +469,15 @@ impl Actor {
                     _ = shutdown.changed() => Event::Stop,
                 },
             };
+            // Files a round left pending are made durable before anything
+            // else is looked at: only another change may wait for them.
+            let another_change = matches!(
+                &event,
+                Event::Input(Input::Peer(m)) if matches!(**m, FsMessage::Change { .. })
+            );
+            if !another_change {
+                self.commit_pending();
+            }
             match event {
                 Event::Stop => break,
                 Event::Role => {}
@@ -478,8 +487,31 @@ impl Actor {
                 Event::Tick => self.on_tick().await,
             }
         }
+        self.commit_pending();
         self.persist(true);
         tracing::debug!("file set {}: engine stopped", self.e.name);
+    }
+
+    /// Make the standby's pending files durable and put them in place
+    /// (`FileSetReplica::commit`); what failed counts against the round.
+    fn commit_pending(&mut self) {
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        let errors = s.replica.commit();
+        if errors.is_empty() {
+            return;
+        }
+        s.partials_maybe = true;
+        for e in errors {
+            let e = e.to_string();
+            tracing::warn!("file set {}: {e}", self.e.name);
+            if let Some((_, round_errors)) = &mut s.round {
+                if round_errors.len() < 100 {
+                    round_errors.push(e);
+                }
+            }
+        }
     }
 
     fn alarm(&self, message: Option<String>) {
@@ -1302,7 +1334,7 @@ impl Actor {
                 .collect();
             for c in inline.iter().filter(|c| missing.contains(&c.hash)) {
                 s.replica
-                    .stage_chunk(path, entry, &c.hash, &c.bytes)
+                    .stage_checked_chunk(path, entry, &c.hash, &c.bytes)
                     .map_err(|e| e.to_string())?;
                 s.bytes_received += c.bytes.len() as u64;
                 s.chunks_received += 1;
@@ -1319,7 +1351,7 @@ impl Actor {
                 match rebuilt {
                     Ok(bytes) => {
                         s.replica
-                            .stage_chunk(path, entry, &d.hash, &bytes)
+                            .stage_checked_chunk(path, entry, &d.hash, &bytes)
                             .map_err(|e| e.to_string())?;
                         s.bytes_received += d.literal.len() as u64;
                         s.chunks_received += 1;
@@ -1344,7 +1376,7 @@ impl Actor {
                     format!("chunk at {} of {p} not staged", c.offset),
                 ))
             };
-            match s.replica.apply(change, &mut nothing) {
+            match s.replica.apply_batched(change, &mut nothing) {
                 Ok(()) => return Ok(()),
                 Err(ApplyError::Fetch(..)) if attempt + 1 < APPLY_ATTEMPTS => {
                     // A rename or a metadata change whose source was changed
@@ -1455,7 +1487,7 @@ impl Actor {
                             outstanding = outstanding.saturating_sub(len);
                             s.partials_maybe = true;
                             s.replica
-                                .stage_chunk(path, entry, &c.hash, &c.bytes)
+                                .stage_checked_chunk(path, entry, &c.hash, &c.bytes)
                                 .map_err(|e| e.to_string())?;
                             s.bytes_received += c.bytes.len() as u64;
                             s.chunks_received += 1;
@@ -1471,6 +1503,7 @@ impl Actor {
     }
 
     async fn on_round_end(&mut self, round: u64, root: [u8; 32], entries: u64) {
+        self.commit_pending();
         let set = self.e.name.clone();
         let Side::Standby(s) = &mut self.side else {
             return;
