@@ -1944,7 +1944,8 @@ async fn send_to(node: &Node, set: &str, msg: FsMessage) -> bool {
     loop {
         match node.peer_link.send_or_return(msg) {
             Ok(()) => return true,
-            Err((back, e)) => {
+            Err(failed) => {
+                let (back, e) = *failed;
                 if !node.peer_link.is_connected() || Instant::now() >= deadline {
                     tracing::debug!("file set {set}: not sent: {e}");
                     return false;

@@ -85,14 +85,17 @@ impl PeerLink {
 
     /// [`PeerLink::send`] that hands the message back when it could not be
     /// queued, so a caller that waits and retries need not copy it.
-    pub fn send_or_return(&self, msg: PeerMessage) -> Result<(), (PeerMessage, String)> {
+    pub fn send_or_return(&self, msg: PeerMessage) -> Result<(), Box<(PeerMessage, String)>> {
         let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
             Some((_, tx)) => tx.try_send(msg).map_err(|e| {
                 let why = format!("replication link: {e}");
-                (e.into_inner(), why)
+                Box::new((e.into_inner(), why))
             }),
-            None => Err((msg, "the replication link to the peer is down".into())),
+            None => Err(Box::new((
+                msg,
+                "the replication link to the peer is down".into(),
+            ))),
         }
     }
 

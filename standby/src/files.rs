@@ -961,7 +961,10 @@ impl FileSetReplica {
         let (full, at) = match self.index.get(&c.hash) {
             Some((path, at)) => (self.resolve(path).ok()?, at),
             // In a file of this batch, not yet in place.
-            None => self.pending_index.get(&c.hash).map(|(t, at)| (t.clone(), at))?,
+            None => self
+                .pending_index
+                .get(&c.hash)
+                .map(|(t, at)| (t.clone(), at))?,
         };
         let f = open_nofollow(&full).ok()?;
         if !f.metadata().ok()?.is_file() {
