@@ -499,7 +499,16 @@ impl Actor {
         let Side::Standby(s) = &mut self.side else {
             return;
         };
+        let (files, bytes) = s.replica.pending();
+        let started = Instant::now();
         let errors = s.replica.commit();
+        if files > 1 {
+            tracing::debug!(
+                "file set {}: {files} file(s), {bytes} bytes made durable in {:?}",
+                self.e.name,
+                started.elapsed()
+            );
+        }
         if errors.is_empty() {
             return;
         }
