@@ -12,7 +12,11 @@
 //!   asked of the [`ChunkSource`]. Every chunk is checked against its hash,
 //!   and the whole-file blake3 over the bytes written in order against the
 //!   manifest's. Then mode and mtime, fsync, rename over the target, fsync of
-//!   the directory.
+//!   the directory: at once with [`FileSetReplica::apply`]; with
+//!   [`FileSetReplica::apply_batched`] the file waits, complete and
+//!   verified, in its temp file until [`FileSetReplica::commit`] makes a
+//!   whole batch durable (fsyncs in flight together, each directory fsynced
+//!   once), so a kill leaves every path its old or its new version.
 //! - **Renames** are renames; deletes, directories (empty ones too), symlinks,
 //!   modes and mtimes are mirrored. Every operation keeps its parent
 //!   directory's mtime as it was, since directory mtimes come from the
