@@ -82,8 +82,9 @@ const INBOX: usize = 64;
 /// How often the engine looks at the watcher's fresh directories, stalled
 /// rounds and the reconcile clock.
 const TICK: Duration = Duration::from_millis(50);
-/// Inline chunk bytes in one round, at most.
-const ROUND_INLINE_BYTES_MAX: usize = 8 << 20;
+/// Inline chunk bytes in one round, at most: a round ends where they run
+/// out (and they bound what one round holds in the link's outbox).
+const ROUND_INLINE_BYTES_MAX: usize = 64 << 20;
 /// A chunk delta is sent instead of the whole chunk only if it saves at
 /// least this many bytes (its own framing, about).
 const DELTA_SAVING_MIN: usize = 128;
@@ -469,6 +470,15 @@ impl Actor {
                     _ = shutdown.changed() => Event::Stop,
                 },
             };
+            // Files a round left pending are made durable before anything
+            // else is looked at: only another change may wait for them.
+            let another_change = matches!(
+                &event,
+                Event::Input(Input::Peer(m)) if matches!(**m, FsMessage::Change { .. })
+            );
+            if !another_change {
+                self.commit_pending();
+            }
             match event {
                 Event::Stop => break,
                 Event::Role => {}
@@ -478,8 +488,40 @@ impl Actor {
                 Event::Tick => self.on_tick().await,
             }
         }
+        self.commit_pending();
         self.persist(true);
         tracing::debug!("file set {}: engine stopped", self.e.name);
+    }
+
+    /// Make the standby's pending files durable and put them in place
+    /// (`FileSetReplica::commit`); what failed counts against the round.
+    fn commit_pending(&mut self) {
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        let (files, bytes) = s.replica.pending();
+        let started = Instant::now();
+        let errors = s.replica.commit();
+        if files > 1 {
+            tracing::debug!(
+                "file set {}: {files} file(s), {bytes} bytes made durable in {:?}",
+                self.e.name,
+                started.elapsed()
+            );
+        }
+        if errors.is_empty() {
+            return;
+        }
+        s.partials_maybe = true;
+        for e in errors {
+            let e = e.to_string();
+            tracing::warn!("file set {}: {e}", self.e.name);
+            if let Some((_, round_errors)) = &mut s.round {
+                if round_errors.len() < 100 {
+                    round_errors.push(e);
+                }
+            }
+        }
     }
 
     fn alarm(&self, message: Option<String>) {
@@ -490,20 +532,7 @@ impl Actor {
     /// Queue a message for the peer, waiting (within bounds) while the
     /// link's outbox is full. False if it could not be sent.
     async fn send(&self, msg: FsMessage) -> bool {
-        let deadline = Instant::now() + SEND_PATIENCE;
-        let msg = PeerMessage::Fs(Box::new(msg));
-        loop {
-            match self.node.peer_link.send(msg.clone()) {
-                Ok(()) => return true,
-                Err(e) => {
-                    if !self.node.peer_link.is_connected() || Instant::now() >= deadline {
-                        tracing::debug!("file set {}: not sent: {e}", self.e.name);
-                        return false;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        send_to(&self.node, &self.e.name, msg).await
     }
 
     // ----- following the role -------------------------------------------
@@ -907,18 +936,16 @@ impl Actor {
             .filter(|c| !have.contains(&c.hash))
             .map(|c| u64::from(c.len))
             .sum();
-        let batch: Vec<Change> = changes.into_iter().take(ROUND_CHANGES_MAX).collect();
+        let candidates: Vec<Change> = changes.into_iter().take(ROUND_CHANGES_MAX).collect();
         let mut expected = peer.clone();
-        for c in &batch {
-            expected.apply(c);
-        }
+        let mut batch_len = 0usize;
         let id = p.next_round;
         p.next_round += 1;
         p.rounds += 1;
         let epoch = self.epoch;
+        let node = self.node.clone();
         let mut inline_left = ROUND_INLINE_BYTES_MAX;
         let mut sent_inline: HashSet<ChunkHash> = HashSet::new();
-        let mut msgs = Vec::with_capacity(batch.len() + 1);
         {
             // Sketches of chunks neither side holds any more are of no use.
             let mut sketches = p.sketches.lock().unwrap_or_else(|e| e.into_inner());
@@ -929,10 +956,15 @@ impl Actor {
                 .collect();
             sketches.retain(|h| have.contains(h) || local.contains(h));
         }
-        for (seq, change) in batch.iter().enumerate() {
+        // Each change is sent as soon as it is built (the standby starts
+        // on it while the next is read), and the round ends where its
+        // inline budget does: a change whose bytes no longer fit goes first
+        // in the next round rather than one chunk request at a time.
+        for (seq, change) in candidates.iter().enumerate() {
             let mut inline = Vec::new();
             let mut deltas = Vec::new();
             let mut bytes = 0usize;
+            let mut round_full = false;
             // A new chunk of a modified file, and the old chunk at its place
             // in the list: what it was most likely made from.
             let bases: HashMap<ChunkHash, ChunkHash> = match change {
@@ -950,6 +982,11 @@ impl Actor {
                 if inline.len() + deltas.len() >= CHUNK_ASK_MAX {
                     break;
                 }
+                if inline_left < c.len as usize && bytes == 0 {
+                    // Not even a delta is likely to fit: no need to read it.
+                    round_full = true;
+                    break;
+                }
                 // Unreadable now (changed since the scan): the standby asks
                 // for it and hears so; the next round has the new version.
                 let Ok(data) = p.scanner.read_chunk(change.path(), &c) else {
@@ -962,12 +999,15 @@ impl Actor {
                     (d.literal.len() + DELTA_SAVING_MIN <= data.len()).then_some(d)
                 });
                 let len = delta.as_ref().map_or(data.len(), |d| d.literal.len());
-                if bytes + len > INLINE_BYTES_MAX || len > inline_left {
+                if len > inline_left {
+                    round_full = true;
+                    break;
+                }
+                if bytes + len > INLINE_BYTES_MAX {
                     break;
                 }
                 bytes += len;
                 inline_left -= len;
-                sent_inline.insert(c.hash);
                 match delta {
                     Some(d) => deltas.push(d),
                     None => inline.push(ChunkData {
@@ -976,12 +1016,19 @@ impl Actor {
                     }),
                 }
             }
+            if round_full && seq > 0 {
+                break;
+            }
+            sent_inline.extend(inline.iter().map(|c| c.hash));
+            sent_inline.extend(deltas.iter().map(|d| d.hash));
+            expected.apply(change);
+            batch_len += 1;
             p.chunks_sent += (inline.len() + deltas.len()) as u64;
             p.chunk_bytes_sent += bytes as u64;
             if matches!(change, Change::Rename { .. }) {
                 p.renames_sent += 1;
             }
-            msgs.push(FsMessage::Change {
+            let msg = FsMessage::Change {
                 set: name.clone(),
                 epoch,
                 round: id,
@@ -989,32 +1036,32 @@ impl Actor {
                 change: WireChange::from_change(change),
                 inline,
                 deltas,
-            });
+            };
+            if !send_to(&node, &name, msg).await {
+                // The link went down or stayed full: start over when it
+                // comes back (a new connection asks for the manifest).
+                p.round = None;
+                p.retry_at = Some(Instant::now() + RETRY_AFTER);
+                return;
+            }
         }
-        msgs.push(FsMessage::RoundEnd {
+        let end = FsMessage::RoundEnd {
             set: name.clone(),
             epoch,
             round: id,
-            changes: batch.len() as u32,
+            changes: batch_len as u32,
             root: expected.root(),
             entries: expected.len() as u64,
-        });
+        };
         p.round = Some(RoundOut {
             id,
             expected,
             last_progress: Instant::now(),
         });
-        tracing::debug!("file set {name}: round {id}: {} change(s)", batch.len());
-        for m in msgs {
-            if !self.send(m).await {
-                // The link went down or stayed full: start over when it
-                // comes back (a new connection asks for the manifest).
-                if let Side::Primary(p) = &mut self.side {
-                    p.round = None;
-                    p.retry_at = Some(Instant::now() + RETRY_AFTER);
-                }
-                return;
-            }
+        tracing::debug!("file set {name}: round {id}: {batch_len} change(s)");
+        if !send_to(&node, &name, end).await {
+            p.round = None;
+            p.retry_at = Some(Instant::now() + RETRY_AFTER);
         }
     }
 
@@ -1302,7 +1349,7 @@ impl Actor {
                 .collect();
             for c in inline.iter().filter(|c| missing.contains(&c.hash)) {
                 s.replica
-                    .stage_chunk(path, entry, &c.hash, &c.bytes)
+                    .stage_checked_chunk(path, entry, &c.hash, &c.bytes)
                     .map_err(|e| e.to_string())?;
                 s.bytes_received += c.bytes.len() as u64;
                 s.chunks_received += 1;
@@ -1319,7 +1366,7 @@ impl Actor {
                 match rebuilt {
                     Ok(bytes) => {
                         s.replica
-                            .stage_chunk(path, entry, &d.hash, &bytes)
+                            .stage_checked_chunk(path, entry, &d.hash, &bytes)
                             .map_err(|e| e.to_string())?;
                         s.bytes_received += d.literal.len() as u64;
                         s.chunks_received += 1;
@@ -1344,7 +1391,7 @@ impl Actor {
                     format!("chunk at {} of {p} not staged", c.offset),
                 ))
             };
-            match s.replica.apply(change, &mut nothing) {
+            match s.replica.apply_batched(change, &mut nothing) {
                 Ok(()) => return Ok(()),
                 Err(ApplyError::Fetch(..)) if attempt + 1 < APPLY_ATTEMPTS => {
                     // A rename or a metadata change whose source was changed
@@ -1455,7 +1502,7 @@ impl Actor {
                             outstanding = outstanding.saturating_sub(len);
                             s.partials_maybe = true;
                             s.replica
-                                .stage_chunk(path, entry, &c.hash, &c.bytes)
+                                .stage_checked_chunk(path, entry, &c.hash, &c.bytes)
                                 .map_err(|e| e.to_string())?;
                             s.bytes_received += c.bytes.len() as u64;
                             s.chunks_received += 1;
@@ -1471,6 +1518,7 @@ impl Actor {
     }
 
     async fn on_round_end(&mut self, round: u64, root: [u8; 32], entries: u64) {
+        self.commit_pending();
         let set = self.e.name.clone();
         let Side::Standby(s) = &mut self.side else {
             return;
@@ -1897,6 +1945,27 @@ pub fn render_verify(v: &serde_json::Value) -> String {
 }
 
 /// Bring the primary's manifest up to date for `dirty`, noting skips.
+/// Queue a message for the peer, waiting (within bounds) while the link's
+/// outbox is full. False if it could not be sent.
+async fn send_to(node: &Node, set: &str, msg: FsMessage) -> bool {
+    let deadline = Instant::now() + SEND_PATIENCE;
+    let mut msg = PeerMessage::Fs(Box::new(msg));
+    loop {
+        match node.peer_link.send_or_return(msg) {
+            Ok(()) => return true,
+            Err(failed) => {
+                let (back, e) = *failed;
+                if !node.peer_link.is_connected() || Instant::now() >= deadline {
+                    tracing::debug!("file set {set}: not sent: {e}");
+                    return false;
+                }
+                msg = back;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet) {
     let before = p.local.root();
     match p.scanner.rescan(&mut p.local, dirty) {

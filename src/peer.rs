@@ -83,6 +83,22 @@ impl PeerLink {
         }
     }
 
+    /// [`PeerLink::send`] that hands the message back when it could not be
+    /// queued, so a caller that waits and retries need not copy it.
+    pub fn send_or_return(&self, msg: PeerMessage) -> Result<(), Box<(PeerMessage, String)>> {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some((_, tx)) => tx.try_send(msg).map_err(|e| {
+                let why = format!("replication link: {e}");
+                Box::new((e.into_inner(), why))
+            }),
+            None => Err(Box::new((
+                msg,
+                "the replication link to the peer is down".into(),
+            ))),
+        }
+    }
+
     fn install(&self, id: u64, tx: mpsc::Sender<PeerMessage>) {
         *self.tx.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, tx));
         self.generation.send_modify(|g| *g = g.wrapping_add(1));

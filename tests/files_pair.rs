@@ -250,6 +250,75 @@ fn a_standby_killed_mid_transfer_catches_up_and_resumes() {
     );
 }
 
+/// The bytes of version `v` of file `i` in the batch test.
+fn batch_bytes(i: u32, v: u32, len: u32) -> Vec<u8> {
+    (0..len)
+        .map(|j| {
+            (j.wrapping_mul(2_654_435_761)
+                .wrapping_add(i * 7 + v * 1_000_003)
+                >> 11) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_standby_killed_during_a_batch_leaves_every_file_old_or_new() {
+    let mut p = FilesPair::new(1000);
+    // 128 MiB: more than one round, so more than one batch.
+    let (files, len) = (256u32, 512 * 1024u32);
+    let name = |i: u32| format!("d{}/f{i:03}.bin", i % 4);
+    for d in 0..4 {
+        fs::create_dir(p.root(0).join(format!("d{d}"))).unwrap();
+    }
+    for i in 0..files {
+        fs::write(p.root(0).join(name(i)), batch_bytes(i, 0, len)).unwrap();
+    }
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, Duration::from_secs(20));
+    p.wait_identical(0, QUIET);
+
+    // Every file replaced at once (written beside it, renamed over it), so
+    // the standby writes them in batches; it is killed twice while doing so.
+    for i in 0..files {
+        let tmp = p.root(0).join(format!("{}.tmp", name(i)));
+        fs::write(&tmp, batch_bytes(i, 1, len)).unwrap();
+        fs::rename(&tmp, p.root(0).join(name(i))).unwrap();
+    }
+    for round in 0..2 {
+        // Killed right after its first batch is in place, while it writes
+        // the next ones (a restarted standby counts from zero).
+        wait_for(QUIET, "the standby writing new versions", || {
+            let s = p.fs_status(1)?;
+            (s["files_written"].as_u64()? > 0).then_some(())
+        });
+        p.pair.kill(1);
+        let mut new = 0;
+        for i in 0..files {
+            let got = fs::read(p.root(1).join(name(i))).unwrap();
+            if got == batch_bytes(i, 1, len) {
+                new += 1;
+            } else {
+                assert!(
+                    got == batch_bytes(i, 0, len),
+                    "kill {round}: {} is neither the old version nor the new one",
+                    name(i)
+                );
+            }
+        }
+        eprintln!("at kill {round}: {new} of {files} files new, the rest old");
+        p.pair.start(1);
+    }
+    p.wait_identical(0, Duration::from_secs(60));
+    let leftovers: Vec<String> = walk(&p.root(1))
+        .into_keys()
+        .filter(|k| k.contains(".tandem-partial."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let s = wait_for(QUIET, "the standby's status", || p.fs_status(1));
+    assert_eq!(s["quarantined"], 0, "{s}");
+}
+
 #[test]
 fn a_file_written_while_synced_and_a_restarted_primary_converge() {
     let mut p = FilesPair::new(1000);

@@ -12,7 +12,11 @@
 //!   asked of the [`ChunkSource`]. Every chunk is checked against its hash,
 //!   and the whole-file blake3 over the bytes written in order against the
 //!   manifest's. Then mode and mtime, fsync, rename over the target, fsync of
-//!   the directory.
+//!   the directory: at once with [`FileSetReplica::apply`]; with
+//!   [`FileSetReplica::apply_batched`] the file waits, complete and
+//!   verified, in its temp file until [`FileSetReplica::commit`] makes a
+//!   whole batch durable (fsyncs in flight together, each directory fsynced
+//!   once), so a kill leaves every path its old or its new version.
 //! - **Renames** are renames; deletes, directories (empty ones too), symlinks,
 //!   modes and mtimes are mirrored. Every operation keeps its parent
 //!   directory's mtime as it was, since directory mtimes come from the
@@ -130,7 +134,39 @@ pub struct FileSetReplica {
     keep_replaced: bool,
     /// The same, for these paths only.
     keep_paths: std::collections::BTreeSet<SafePath>,
+    /// Files assembled and verified in their temp files, waiting for the
+    /// batch's fsync and rename ([`FileSetReplica::commit`]).
+    pending: Vec<PendingFile>,
+    pending_bytes: u64,
+    /// Where the chunks of pending files are: their temp files.
+    pending_index: HashMap<ChunkHash, (PathBuf, ChunkRef)>,
+    /// The change being applied, when its file may wait in the batch.
+    defer: Option<Change>,
+    /// Offsets in temp files where this process staged a chunk it had
+    /// checked: read back without hashing it again (the whole-file hash
+    /// still covers every byte).
+    staged: HashMap<PathBuf, std::collections::HashSet<(u64, ChunkHash)>>,
 }
+
+/// A file's new content, complete and verified in its temp file, not yet
+/// durable nor renamed over its target.
+#[derive(Debug)]
+struct PendingFile {
+    path: SafePath,
+    full: PathBuf,
+    tmp: PathBuf,
+    parent: PathBuf,
+    file: File,
+    change: Change,
+}
+
+/// Files one batch holds, at most, before it is committed (each holds a
+/// descriptor open).
+pub const BATCH_FILES_MAX: usize = 256;
+/// Bytes one batch holds, at most, before it is committed.
+pub const BATCH_BYTES_MAX: u64 = 128 << 20;
+/// fsyncs of one batch in flight at once.
+const FSYNC_THREADS: usize = 4;
 
 fn mtime_ns(meta: &Metadata) -> i64 {
     meta.mtime()
@@ -156,6 +192,56 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
 
 fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+fn file_len(e: &Entry) -> u64 {
+    match e.kind {
+        EntryKind::File { size, .. } => size,
+        _ => 0,
+    }
+}
+
+/// Ask the kernel to start writing `file` back now, without waiting, so
+/// the batch's fsync finds most of it on disk already. Only a hint.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor `file` keeps open; no
+    // memory is passed.
+    unsafe {
+        nix::libc::sync_file_range(file.as_raw_fd(), 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// fsync every pending file, [`FSYNC_THREADS`] at a time: the filesystem
+/// joins concurrent fsyncs into fewer journal commits. One result per file,
+/// in order.
+fn sync_all_files(files: &[PendingFile]) -> Vec<io::Result<()>> {
+    if files.len() == 1 {
+        return vec![files[0].file.sync_all()];
+    }
+    let per_thread = files.len().div_ceil(FSYNC_THREADS);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = files
+            .chunks(per_thread)
+            .map(|part| {
+                let n = part.len();
+                (
+                    n,
+                    scope.spawn(move || part.iter().map(|p| p.file.sync_all()).collect::<Vec<_>>()),
+                )
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|(n, h)| {
+                h.join().unwrap_or_else(|_| {
+                    (0..n)
+                        .map(|_| Err(io::Error::other("the fsync thread panicked")))
+                        .collect()
+                })
+            })
+            .collect()
+    })
 }
 
 /// Set an entry's mtime without following a symlink.
@@ -246,6 +332,11 @@ impl FileSetReplica {
             stats: ApplyStats::default(),
             keep_replaced: false,
             keep_paths: std::collections::BTreeSet::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            pending_index: HashMap::new(),
+            defer: None,
+            staged: HashMap::new(),
         })
     }
 
@@ -357,7 +448,25 @@ impl FileSetReplica {
     /// that [`FileSetReplica::apply`] finds it there (and a transfer
     /// interrupted after this resumes from it).
     pub fn stage_chunk(
-        &self,
+        &mut self,
+        path: &SafePath,
+        entry: &Entry,
+        hash: &ChunkHash,
+        bytes: &[u8],
+    ) -> Result<(), ApplyError> {
+        if let Some(first) = entry.chunks().iter().find(|c| c.hash == *hash) {
+            if !first.verify(bytes) {
+                return Err(ApplyError::BadChunk(path.clone(), first.offset));
+            }
+        }
+        self.stage_checked_chunk(path, entry, hash, bytes)
+    }
+
+    /// [`FileSetReplica::stage_chunk`] for bytes the caller has already
+    /// checked against `hash` (a validated message's chunk, a chunk delta
+    /// rebuilt and checked): not hashed again here.
+    pub fn stage_checked_chunk(
+        &mut self,
         path: &SafePath,
         entry: &Entry,
         hash: &ChunkHash,
@@ -366,11 +475,8 @@ impl FileSetReplica {
         self.resolve(path)?;
         let io = |e| ApplyError::Io(path.clone(), e);
         let places: Vec<&ChunkRef> = entry.chunks().iter().filter(|c| c.hash == *hash).collect();
-        let Some(first) = places.first() else {
+        if places.is_empty() {
             return Ok(());
-        };
-        if !first.verify(bytes) {
-            return Err(ApplyError::BadChunk(path.clone(), first.offset));
         }
         let tmp = self.partial_path(path);
         let creating = match fs::symlink_metadata(&tmp) {
@@ -403,8 +509,10 @@ impl FileSetReplica {
         if let Some(ns) = parent_mtime {
             let _ = set_mtime_nofollow(&parent, ns);
         }
+        let staged = self.staged.entry(tmp).or_default();
         for c in places {
             file.write_all_at(bytes, c.offset).map_err(io)?;
+            staged.insert((c.offset, c.hash));
         }
         Ok(())
     }
@@ -465,12 +573,59 @@ impl FileSetReplica {
         Ok(changed)
     }
 
-    /// Apply one change. On success the replica's manifest includes it.
+    /// Apply one change, durably. On success the replica's manifest
+    /// includes it (and every change [`FileSetReplica::apply_batched`]
+    /// left pending before it).
     pub fn apply(
         &mut self,
         change: &Change,
         source: &mut dyn ChunkSource,
     ) -> Result<(), ApplyError> {
+        self.apply_batched(change, source)?;
+        match self.commit().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Files (and bytes) waiting for [`FileSetReplica::commit`].
+    pub fn pending(&self) -> (usize, u64) {
+        (self.pending.len(), self.pending_bytes)
+    }
+
+    /// Apply one change, leaving a file's new content pending: assembled,
+    /// verified (chunks and whole-file hash), mode and mtime set in its temp
+    /// file, then left there for the next [`FileSetReplica::commit`], which
+    /// makes a whole batch durable at once. Until then the change is not in
+    /// the manifest and the target still holds the old version. Any other
+    /// change (a delete, a rename, a symlink, metadata: anything but a new
+    /// file or directory whose path is not pending) commits what is pending
+    /// first, so changes still take effect in the order given; so does a
+    /// batch that is full ([`BATCH_FILES_MAX`], [`BATCH_BYTES_MAX`]).
+    /// An error from that commit is returned for this change.
+    pub fn apply_batched(
+        &mut self,
+        change: &Change,
+        source: &mut dyn ChunkSource,
+    ) -> Result<(), ApplyError> {
+        // Nothing pending at the path or below it (a quarantine there
+        // would move a pending temp file).
+        let path_pending = |p: &SafePath| self.pending.iter().any(|f| f.path.starts_with(p));
+        let may_wait = match change {
+            Change::Create { path, entry } => {
+                !matches!(entry.kind, EntryKind::Symlink { .. }) && !path_pending(path)
+            }
+            Change::Modify { path, new, .. } => {
+                matches!(new.kind, EntryKind::File { .. }) && !path_pending(path)
+            }
+            _ => false,
+        };
+        let full = self.pending.len() >= BATCH_FILES_MAX || self.pending_bytes >= BATCH_BYTES_MAX;
+        if !may_wait || full {
+            if let Some(e) = self.commit().into_iter().next() {
+                return Err(e);
+            }
+        }
         // Remember the parents' mtimes: every operation below changes them,
         // the manifest decides them.
         let mut parents: Vec<SafePath> = Vec::new();
@@ -491,7 +646,10 @@ impl FileSetReplica {
                 }
             }
         }
+        let pending_before = self.pending.len();
+        self.defer = may_wait.then(|| change.clone());
         let result = self.apply_inner(change, source);
+        self.defer = None;
         for (full, ns) in saved {
             // Best effort: the directory may have been removed by the change
             // itself (a delete of its last child does not remove it, but a
@@ -499,6 +657,84 @@ impl FileSetReplica {
             let _ = set_mtime_nofollow(&full, ns);
         }
         result?;
+        if self.pending.len() > pending_before {
+            // In the manifest once committed.
+            return Ok(());
+        }
+        self.note_applied(change);
+        Ok(())
+    }
+
+    /// Make every pending file durable and put it in place: fsync the temp
+    /// files (several at once), rename each over its target, fsync each
+    /// directory touched once. A kill at any point leaves each target
+    /// holding its old version or its new one, never anything else, and
+    /// the temp files of the rest to resume from. What failed is returned
+    /// (those changes are not applied, their temp files stay); everything
+    /// else is in the manifest.
+    pub fn commit(&mut self) -> Vec<ApplyError> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.pending_index.clear();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let synced = sync_all_files(&pending);
+        let mut errors = Vec::new();
+        // Renames change their directories' mtimes, which the manifest
+        // decides: kept as they are and put back before the directories'
+        // own fsync.
+        let mut dirs: Vec<(PathBuf, Option<i64>)> = Vec::new();
+        let mut done: Vec<PendingFile> = Vec::new();
+        for (p, synced) in pending.into_iter().zip(synced) {
+            let io = |e| ApplyError::Io(p.path.clone(), e);
+            if let Err(e) = synced {
+                errors.push(io(e));
+                continue;
+            }
+            // Checked again: the tree may have changed since the file was
+            // assembled.
+            if let Err(e) = self.resolve(&p.path) {
+                errors.push(e);
+                continue;
+            }
+            if !dirs.iter().any(|(d, _)| *d == p.parent) {
+                let ns = fs::symlink_metadata(&p.parent).ok().map(|m| mtime_ns(&m));
+                dirs.push((p.parent.clone(), ns));
+            }
+            if let Err(e) = fs::rename(&p.tmp, &p.full) {
+                errors.push(io(e));
+                continue;
+            }
+            done.push(p);
+        }
+        let mut failed_dirs: Vec<&PathBuf> = Vec::new();
+        for (dir, ns) in &dirs {
+            if let Some(ns) = ns {
+                let _ = set_mtime_nofollow(dir, *ns);
+            }
+            if let Err(e) = fsync_dir(dir) {
+                for p in done.iter().filter(|p| p.parent == *dir) {
+                    errors.push(ApplyError::Io(
+                        p.path.clone(),
+                        io::Error::new(e.kind(), format!("fsync of its directory: {e}")),
+                    ));
+                }
+                failed_dirs.push(dir);
+            }
+        }
+        for p in done {
+            if failed_dirs.contains(&&p.parent) {
+                continue;
+            }
+            self.stats.files_written += 1;
+            self.note_applied(&p.change);
+        }
+        errors
+    }
+
+    /// The manifest and the chunk index after `change` took effect.
+    fn note_applied(&mut self, change: &Change) {
         self.manifest.apply(change);
         if let Change::Create { path, entry }
         | Change::Modify {
@@ -514,7 +750,6 @@ impl FileSetReplica {
                 self.index.insert(c.hash, (to.clone(), *c));
             }
         }
-        Ok(())
     }
 
     fn apply_inner(
@@ -591,20 +826,46 @@ impl FileSetReplica {
                 set_mtime_nofollow(&tmp, new.mtime_ns).map_err(io)?;
                 fs::rename(&tmp, &full).map_err(io)?;
             }
-            EntryKind::File { .. } => self.write_file(path, &full, &parent, new, source)?,
+            EntryKind::File { .. } => {
+                let (tmp, file) = self.write_file(path, &parent, new, source)?;
+                let Some(change) = self.defer.take() else {
+                    // Not a change that may wait (a rename or metadata
+                    // change rebuilt from chunks): durable now.
+                    file.sync_all().map_err(io)?;
+                    drop(file);
+                    fs::rename(&tmp, &full).map_err(io)?;
+                    self.stats.files_written += 1;
+                    return fsync_dir(&parent).map_err(io);
+                };
+                // Made durable and renamed by `commit`, with the rest of the
+                // batch.
+                for c in new.chunks() {
+                    self.pending_index.insert(c.hash, (tmp.clone(), *c));
+                }
+                self.pending_bytes += file_len(new);
+                self.pending.push(PendingFile {
+                    path: path.clone(),
+                    full,
+                    tmp,
+                    parent,
+                    file,
+                    change,
+                });
+                return Ok(());
+            }
         }
         fsync_dir(&parent).map_err(io)
     }
 
-    /// Assemble a file in its temp file, verify, make durable, rename.
+    /// Assemble a file in its temp file, verify it, set its mode and mtime,
+    /// and start its writeback; the temp file's path and the open file.
     fn write_file(
         &mut self,
         path: &SafePath,
-        full: &Path,
         parent: &Path,
         new: &Entry,
         source: &mut dyn ChunkSource,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<(PathBuf, File), ApplyError> {
         let EntryKind::File { size, hash, chunks } = &new.kind else {
             return Err(ApplyError::Invalid(path.clone(), "not a file"));
         };
@@ -629,9 +890,10 @@ impl FileSetReplica {
             .open(&tmp)
             .map_err(io)?;
         let partial_len = file.metadata().map_err(io)?.len();
+        let staged = self.staged.remove(&tmp).unwrap_or_default();
         let mut hasher = blake3::Hasher::new();
         for c in chunks {
-            let bytes = self.chunk_bytes(path, c, &file, partial_len, source)?;
+            let bytes = self.chunk_bytes(path, c, &file, partial_len, &staged, source)?;
             hasher.update(&bytes);
         }
         file.set_len(*size).map_err(io)?;
@@ -644,11 +906,8 @@ impl FileSetReplica {
         file.set_permissions(fs::Permissions::from_mode(new.mode))
             .map_err(io)?;
         file.set_modified(system_time(new.mtime_ns)).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        fs::rename(&tmp, full).map_err(io)?;
-        self.stats.files_written += 1;
-        Ok(())
+        start_writeback(&file);
+        Ok((tmp, file))
     }
 
     /// The bytes of chunk `c` of the new `path`, written into `file` at its
@@ -659,14 +918,16 @@ impl FileSetReplica {
         c: &ChunkRef,
         file: &File,
         partial_len: u64,
+        staged: &std::collections::HashSet<(u64, ChunkHash)>,
         source: &mut dyn ChunkSource,
     ) -> Result<Vec<u8>, ApplyError> {
         let io = |e| ApplyError::Io(path.clone(), e);
         let mut buf = vec![0u8; c.len as usize];
-        // 1. Already in the temp file from an earlier attempt.
+        // 1. Already in the temp file: staged (checked) by this process, or
+        // from an earlier attempt (checked now).
         if c.end() <= partial_len
             && file.read_exact_at(&mut buf, c.offset).is_ok()
-            && c.verify(&buf)
+            && (staged.contains(&(c.offset, c.hash)) || c.verify(&buf))
         {
             self.stats.chunks_reused += 1;
             self.stats.bytes_reused += u64::from(c.len);
@@ -701,8 +962,14 @@ impl FileSetReplica {
     }
 
     fn local_chunk(&self, c: &ChunkRef) -> Option<Vec<u8>> {
-        let (path, at) = self.index.get(&c.hash)?;
-        let full = self.resolve(path).ok()?;
+        let (full, at) = match self.index.get(&c.hash) {
+            Some((path, at)) => (self.resolve(path).ok()?, at),
+            // In a file of this batch, not yet in place.
+            None => self
+                .pending_index
+                .get(&c.hash)
+                .map(|(t, at)| (t.clone(), at))?,
+        };
         let f = open_nofollow(&full).ok()?;
         if !f.metadata().ok()?.is_file() {
             return None;

@@ -533,3 +533,85 @@ fn a_file_changed_after_its_scan_fails_the_apply_cleanly_then_converges() {
     // The next round (a rescan) converges.
     pair.sync();
 }
+
+#[test]
+fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versions() {
+    let mut pair = Pair::new();
+    let mut rng = StdRng::seed_from_u64(41);
+    fs::create_dir(pair.p("d")).unwrap();
+    for i in 0..6 {
+        fs::write(pair.p(&format!("d/f{i}")), random_bytes(&mut rng, 300_000)).unwrap();
+    }
+    pair.sync();
+    let old: Vec<Vec<u8>> = (0..6)
+        .map(|i| fs::read(pair.standby.join(format!("d/f{i}"))).unwrap())
+        .collect();
+
+    // New versions of every file, one new file, and a delete at the end.
+    for i in 0..6 {
+        fs::write(pair.p(&format!("d/f{i}")), random_bytes(&mut rng, 300_000)).unwrap();
+    }
+    fs::write(pair.p("d/new"), random_bytes(&mut rng, 100_000)).unwrap();
+    let scan = pair.scanner.scan(Some(pair.replica.manifest())).unwrap();
+    let changes = diff(pair.replica.manifest(), &scan.manifest);
+    let scanner = pair.scanner.clone();
+    let mut source = move |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
+        scanner.read_chunk(path, c).map_err(io::Error::other)
+    };
+    let files: Vec<&Change> = changes
+        .iter()
+        .filter(|c| matches!(c, Change::Create { .. } | Change::Modify { .. }))
+        .filter(|c| c.path().as_str() != "d")
+        .collect();
+    assert_eq!(files.len(), 7, "{changes:#?}");
+    for c in &files {
+        pair.replica.apply_batched(c, &mut source).unwrap();
+    }
+    assert_eq!(pair.replica.pending().0, 7);
+    // Nothing in place yet, nothing in the manifest: the temp files hold it.
+    for i in 0..6 {
+        assert_eq!(
+            fs::read(pair.standby.join(format!("d/f{i}"))).unwrap(),
+            old[i]
+        );
+    }
+    assert!(!pair.standby.join("d/new").exists());
+    assert!(pair
+        .replica
+        .manifest()
+        .get(&SafePath::parse("d/new").unwrap())
+        .is_none());
+
+    // A crash here (the replica gone, nothing committed): the old versions,
+    // and temp files a new replica resumes from without fetching anything.
+    let kept = pair.replica.manifest().clone();
+    let mut replica = FileSetReplica::open(&pair.standby, &pair.data, 1, kept).unwrap();
+    for i in 0..6 {
+        assert_eq!(
+            fs::read(pair.standby.join(format!("d/f{i}"))).unwrap(),
+            old[i]
+        );
+    }
+    let mut never = |_: &SafePath, _: &tandem_sync::chunk::ChunkRef| -> io::Result<Vec<u8>> {
+        panic!("the temp files hold every chunk")
+    };
+    for c in &files {
+        replica.apply_batched(c, &mut never).unwrap();
+    }
+    // Any other kind of change commits the batch first, so it lands in order.
+    let gone = SafePath::parse("d/f0").unwrap();
+    let delete = Change::Delete {
+        path: gone.clone(),
+        old: scan.manifest.get(&gone).unwrap().clone(),
+    };
+    replica.apply_batched(&delete, &mut never).unwrap();
+    assert_eq!(replica.pending().0, 0);
+    assert!(!pair.standby.join("d/f0").exists());
+    assert!(replica.commit().is_empty());
+    assert_eq!(replica.stats().files_written, 7);
+    // The primary deletes it too; the next round has only that to do.
+    fs::remove_file(pair.p("d/f0")).unwrap();
+    pair.replica = replica;
+    let st = pair.sync();
+    assert_eq!((st.files_written, st.chunks_fetched), (0, 0));
+}
