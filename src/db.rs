@@ -151,16 +151,6 @@ const RESTART_HOLD_MAX: Duration = Duration::from_millis(20);
 /// meanwhile is applied together.
 const FLUSH_EVERY_MIN: Duration = Duration::from_millis(4);
 
-fn flush_every_min() -> Duration {
-    static V: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("TANDEM_FLUSH_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(FLUSH_EVERY_MIN, Duration::from_micros)
-    })
-}
-
 /// Status is rebuilt at most this often (and at every tick).
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Checkpoint at most this often while acknowledgements flow.
@@ -3057,10 +3047,7 @@ impl Actor {
         if s.batch.first().is_some_and(|b| b.1 <= s.flush_upto) {
             return Some(now);
         }
-        Some(
-            s.flushed_at
-                .map_or(now, |t| (t + flush_every_min()).max(now)),
-        )
+        Some(s.flushed_at.map_or(now, |t| (t + FLUSH_EVERY_MIN).max(now)))
     }
 
     // ----- inputs ----------------------------------------------------------
