@@ -2015,13 +2015,16 @@ impl Actor {
         }
         p.seed = None;
         p.resync = None;
-        // A position this node has counted since it reopened (the base, a
-        // queued transaction, or where its capture stands now) is on its
-        // line whatever its epoch: a resync ends there.
-        let counted = [(p.base.txid, p.base.sum), (cap.txid, cap.sum)]
-            .into_iter()
-            .chain(p.queue.iter().map(|q| (q.txid, q.sum)))
-            .any(|c| c == (at.txid, at.sum));
+        // A position of this epoch that this node has counted since it
+        // reopened (the base, a queued transaction, or where its capture
+        // stands now) is on its line: a resync in this epoch ends there (the
+        // database was re-created while this node served the epoch). A copy
+        // from an earlier epoch is resynced even if it looks the same.
+        let counted = at.epoch == self.epoch
+            && [(p.base.txid, p.base.sum), (cap.txid, cap.sum)]
+                .into_iter()
+                .chain(p.queue.iter().map(|q| (q.txid, q.sum)))
+                .any(|c| c == (at.txid, at.sum));
         if p.uncounted_epoch == Some(at.epoch) && at.txid != TxId::UNCOUNTED && !counted {
             // Its transactions of that epoch all came from this node, which
             // lost their count in a crash: nothing in it is foreign, but its
