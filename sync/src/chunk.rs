@@ -161,13 +161,14 @@ pub fn chunk_bytes(bytes: &[u8]) -> Vec<ChunkRef> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
     use std::collections::HashSet;
 
-    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    /// Seeded random bytes (the other modules' tests use them too).
+    pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut v = vec![0u8; len];
         rng.fill(&mut v[..]);

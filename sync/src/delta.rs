@@ -430,15 +430,8 @@ impl ChunkDelta {
 mod tests {
     use super::*;
     use crate::chunk::chunk_bytes;
+    use crate::chunk::tests::random_bytes;
     use proptest::prelude::*;
-    use rand::{Rng, SeedableRng};
-
-    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut v = vec![0u8; len];
-        rng.fill(&mut v[..]);
-        v
-    }
 
     fn hash(b: &[u8]) -> ChunkHash {
         *blake3::hash(b).as_bytes()
