@@ -569,10 +569,10 @@ fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versi
     }
     assert_eq!(pair.replica.pending().0, 7);
     // Nothing in place yet, nothing in the manifest: the temp files hold it.
-    for i in 0..6 {
+    for (i, before) in old.iter().enumerate().take(6) {
         assert_eq!(
-            fs::read(pair.standby.join(format!("d/f{i}"))).unwrap(),
-            old[i]
+            &fs::read(pair.standby.join(format!("d/f{i}"))).unwrap(),
+            before
         );
     }
     assert!(!pair.standby.join("d/new").exists());
@@ -586,10 +586,10 @@ fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versi
     // and temp files a new replica resumes from without fetching anything.
     let kept = pair.replica.manifest().clone();
     let mut replica = FileSetReplica::open(&pair.standby, &pair.data, 1, kept).unwrap();
-    for i in 0..6 {
+    for (i, before) in old.iter().enumerate().take(6) {
         assert_eq!(
-            fs::read(pair.standby.join(format!("d/f{i}"))).unwrap(),
-            old[i]
+            &fs::read(pair.standby.join(format!("d/f{i}"))).unwrap(),
+            before
         );
     }
     let mut never = |_: &SafePath, _: &tandem_sync::chunk::ChunkRef| -> io::Result<Vec<u8>> {
