@@ -1054,6 +1054,7 @@ impl Actor {
         // it for nothing (its WAL and position file are in the directory).
         let mut watching: Option<Option<notify::RecommendedWatcher>> = None;
         let mut published_at: Option<Instant> = None;
+        let mut published = (TxId(0), TxId(0));
         let mut tick = tokio::time::interval(POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1072,12 +1073,14 @@ impl Actor {
                 (Side::Primary(_), Some(_)) => {}
                 _ => watching = None,
             }
-            // Status is read by people and scripts: at most every few ms is
-            // fresh enough, and building it at every turn of a busy loop was
-            // a measurable share of the engine's CPU. The tick publishes
-            // what the last turns left.
-            if published_at.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
+            // Building the status at every turn of a busy loop (most of
+            // them wake-ups with nothing new) was a measurable share of the
+            // engine's CPU: it is rebuilt when a position moved, else at most
+            // every few ms, and at every tick.
+            let positions = self.positions();
+            if positions != published || published_at.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
                 self.publish();
+                published = positions;
                 published_at = Some(Instant::now());
             }
             let flush_at = self.flush_due();
@@ -2453,7 +2456,14 @@ impl Actor {
             {
                 p.truncate_tried = Some(Instant::now());
                 match p.capture.begin_restart(p.truncate_wait) {
-                    Ok(true) => p.restart_begun = Some(Instant::now()),
+                    Ok(true) => {
+                        p.restart_begun = Some(Instant::now());
+                        // Writers wait for this: the standby need not group.
+                        let _ = self.node.peer_link.send(PeerMessage::DbFlush {
+                            db: name.clone(),
+                            upto: p.capture.position().txid,
+                        });
+                    }
                     Ok(false) => {
                         *p.reset_failures
                             .entry("a writer held the write lock".into())
@@ -3029,6 +3039,22 @@ impl Actor {
                 );
                 s.retry = true;
             }
+        }
+    }
+
+    /// This copy's position and the other side's, as far as known: what
+    /// status must show without delay.
+    fn positions(&self) -> (TxId, TxId) {
+        match &self.side {
+            Side::Primary(p) => (
+                p.capture.position().txid,
+                p.acked.map_or(TxId(0), |a| a.txid),
+            ),
+            Side::Standby(s) => (
+                s.replica.as_ref().map_or(TxId(0), |r| r.position().txid),
+                s.primary.map_or(TxId(0), |p| p.0),
+            ),
+            _ => (TxId(0), TxId(0)),
         }
     }
 

@@ -553,8 +553,17 @@ fn the_standby_killed_during_apply_is_consistent_every_time() {
         // A random moment within the apply stream: the delay only spreads
         // the kills over the transactions, nothing waits on it.
         std::thread::sleep(Duration::from_millis(rng.gen_range(0..40)));
-        let applied = txid(&p, 1).unwrap_or(0);
-        let captured = txid(&p, 0).unwrap_or(0);
+        // Then, for a while, a moment when the primary has captured more
+        // than the standby applied: the kill the test is about (a standby
+        // that keeps up at once is killed all the same after it).
+        let until = std::time::Instant::now() + Duration::from_millis(500);
+        let (applied, captured) = loop {
+            let applied = txid(&p, 1).unwrap_or(0);
+            let captured = txid(&p, 0).unwrap_or(0);
+            if captured > applied || std::time::Instant::now() >= until {
+                break (applied, captured);
+            }
+        };
         p.pair.kill(1);
         if captured > applied {
             behind_at_kill += 1;
