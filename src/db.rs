@@ -2541,6 +2541,11 @@ impl Actor {
         let Some(begun) = p.restart_begun else {
             return;
         };
+        if !p.capture.restarting() {
+            // Let go by the capture itself (a snapshot was taken).
+            p.restart_begun = None;
+            return;
+        }
         let result =
             if !streaming || p.peer != Peer::Streaming || begun.elapsed() > RESTART_HOLD_MAX {
                 p.capture.abort_restart().map(|()| {
