@@ -126,12 +126,17 @@ def ddl(kind=None):
         c.execute('CREATE INDEX IF NOT EXISTS "x%d" ON "%s"("%s")' % (rnd.randint(0, 10**9), t, col))
         did("create_index")
     elif kind == "drop_index":
-        xs = indexes()
-        if xs:
-            c.execute('DROP INDEX "%s"' % rnd.choice(xs))
-            did("drop_index")
-    elif len(ts) > 2:
-        c.execute('DROP TABLE "%s"' % rnd.choice(ts))
+        while not indexes():
+            # An earlier step dropped the tables they were on: make one (and
+            # a table first if none is left), so that a drop happens
+            # whenever one is asked for.
+            ddl("create_index")
+        c.execute('DROP INDEX "%s"' % rnd.choice(indexes()))
+        did("drop_index")
+    else:
+        while len(tables()) <= 2:
+            create_table()
+        c.execute('DROP TABLE "%s"' % rnd.choice(tables()))
         did("drop_table")
 
 
