@@ -23,6 +23,15 @@ fn fetched(p: &FilesPair, i: usize) -> u64 {
     p.fs_status(i).unwrap()["bytes_fetched"].as_u64().unwrap()
 }
 
+/// No temp file of tandem's is left in node `i`'s tree.
+fn assert_no_partials(p: &FilesPair, i: usize) {
+    let leftovers: Vec<String> = walk(&p.root(i))
+        .into_keys()
+        .filter(|k| k.contains(".tandem-partial."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[test]
 fn random_tree_operations_are_mirrored_exactly() {
     let mut p = FilesPair::new(1000);
@@ -230,11 +239,7 @@ fn a_standby_killed_mid_transfer_catches_up_and_resumes() {
         .sum();
     p.pair.start(1);
     p.wait_identical(0, Duration::from_secs(60));
-    let leftovers: Vec<String> = walk(&p.root(1))
-        .into_keys()
-        .filter(|k| k.contains(".tandem-partial."))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_partials(&p, 1);
     // Only what it lacked was sent again: neither the whole files nor the
     // chunks in the temp files (give or take a chunk per file at the edge).
     let s = p.fs_status(1).unwrap();
@@ -310,11 +315,7 @@ fn a_standby_killed_during_a_batch_leaves_every_file_old_or_new() {
         p.pair.start(1);
     }
     p.wait_identical(0, Duration::from_secs(60));
-    let leftovers: Vec<String> = walk(&p.root(1))
-        .into_keys()
-        .filter(|k| k.contains(".tandem-partial."))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_partials(&p, 1);
     let s = wait_for(QUIET, "the standby's status", || p.fs_status(1));
     assert_eq!(s["quarantined"], 0, "{s}");
 }

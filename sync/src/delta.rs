@@ -24,7 +24,7 @@
 //! result's blake3, and anything that fails is asked for whole.
 
 use crate::chunk::{ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
-use crate::manifest::{Entry, EntryKind};
+use crate::manifest::Entry;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -68,27 +68,12 @@ pub enum DeltaError {
 /// the same entry.
 pub fn entry_digest(e: &Entry) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key(ENTRY_DIGEST_CONTEXT);
-    h.update(&e.mode.to_le_bytes());
-    h.update(&e.mtime_ns.to_le_bytes());
-    match &e.kind {
-        EntryKind::File { size, hash, chunks } => {
-            h.update(&[0]);
-            h.update(&size.to_le_bytes());
-            h.update(hash);
-            h.update(&(chunks.len() as u64).to_le_bytes());
-            for c in chunks {
-                h.update(&c.len.to_le_bytes());
-                h.update(&c.hash);
-            }
-        }
-        EntryKind::Dir => {
-            h.update(&[1]);
-        }
-        EntryKind::Symlink { target } => {
-            h.update(&[2]);
-            h.update(&(target.len() as u64).to_le_bytes());
-            h.update(target.as_bytes());
-        }
+    e.hash_fields(&mut h);
+    let chunks = e.chunks();
+    h.update(&(chunks.len() as u64).to_le_bytes());
+    for c in chunks {
+        h.update(&c.len.to_le_bytes());
+        h.update(&c.hash);
     }
     *h.finalize().as_bytes()
 }
@@ -431,6 +416,7 @@ mod tests {
     use super::*;
     use crate::chunk::chunk_bytes;
     use crate::chunk::tests::random_bytes;
+    use crate::manifest::EntryKind;
     use proptest::prelude::*;
 
     fn hash(b: &[u8]) -> ChunkHash {

@@ -109,6 +109,13 @@ impl Entry {
         let mut h = blake3::Hasher::new_derive_key(ENTRY_CONTEXT);
         h.update(&(path.as_str().len() as u64).to_le_bytes());
         h.update(path.as_str().as_bytes());
+        self.hash_fields(&mut h);
+        *h.finalize().as_bytes()
+    }
+
+    /// Feeds mode, mtime, type and (file) size and hash or (symlink)
+    /// target to `h`: what the manifest's entry hash covers besides the path.
+    pub(crate) fn hash_fields(&self, h: &mut blake3::Hasher) {
         h.update(&self.mode.to_le_bytes());
         h.update(&self.mtime_ns.to_le_bytes());
         match &self.kind {
@@ -126,7 +133,6 @@ impl Entry {
                 h.update(target.as_bytes());
             }
         }
-        *h.finalize().as_bytes()
     }
 }
 
