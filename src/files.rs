@@ -35,10 +35,13 @@
 //! `<data_dir>/quarantine/`, reported, and sent again by the primary. Its
 //! manifest is kept in `<data_dir>/filesets/<name>.manifest`; at start the
 //! tree as scanned is taken as the copy's state, and the paths where it
-//! differs from the kept manifest (changed while tandem was stopped, or
-//! applied just before a crash) are quarantined if the primary replaces
-//! them. A standby with no kept manifest treats its whole tree so until the
-//! first round that ends in sync.
+//! differs from the kept manifest (changed while tandem was stopped) are
+//! quarantined if the primary replaces them. The manifest is rewritten at
+//! most once a second; what the standby applied since is in
+//! `<name>.applied` (`tandem_standby::applied`), so a file applied just
+//! before a crash is not taken for a local change. A standby with no kept
+//! manifest treats its whole tree so until the first round that ends in
+//! sync.
 //!
 //! # Switchover
 //!
@@ -64,6 +67,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_config::FileSet;
 use tandem_primary::files::{DirtySet, FileSetScanner, FileSetWatcher, ReadChunkError};
+use tandem_standby::applied::AppliedLog;
 use tandem_standby::files::{ApplyError, FileSetReplica};
 use tandem_sync::chunk::{ChunkHash, ChunkRef};
 use tandem_sync::delta::{middle_pairs, ChunkDelta, SketchStore};
@@ -196,6 +200,11 @@ impl FileSetEngine {
         self.data_dir
             .join("filesets")
             .join(format!("{}.manifest", self.name))
+    }
+
+    /// The standby's record of applies since the manifest was kept.
+    fn applied_log_path(&self) -> PathBuf {
+        self.manifest_path().with_extension("applied")
     }
 
     /// Wait for the engine's [`Input::Verify`] answer, or report that the
@@ -692,21 +701,40 @@ impl Actor {
             _ => self.load_persisted(),
         };
         let scan = scanner.scan(believed.as_ref()).map_err(|e| e.to_string())?;
-        // What differs between the manifest kept on disk and the tree is
-        // either a local change or an apply whose record was not written
-        // before a crash (the record is kept at most once a second). The
-        // tree as scanned is taken for the copy's state, so a file the
-        // primary holds too is not sent again, and whatever of those paths
-        // the primary replaces is kept in quarantine. A copy with no record
-        // at all is treated so as a whole.
+        // What tandem wrote since that manifest was kept: a path that holds
+        // one of these states was not changed locally.
+        let (applied_log, applied) = match AppliedLog::open(&self.e.applied_log_path()) {
+            Ok((log, records)) => (Some(log), records),
+            Err(e) => {
+                tracing::warn!(
+                    "file set {}: cannot keep its log of applies in {}: {e}; \
+                     after a crash, files applied in the last second may be taken for local changes",
+                    self.e.name,
+                    self.e.applied_log_path().display()
+                );
+                (None, Vec::new())
+            }
+        };
+        // What else differs between the manifest kept on disk and the tree
+        // is a local change (or an apply whose record was lost in a power
+        // cut). The tree as scanned is taken for the copy's state, so a
+        // file the primary holds too is not sent again, and whatever of
+        // those paths the primary replaces is kept in quarantine. A copy
+        // with no record at all is treated so as a whole.
         let suspects: Option<std::collections::BTreeSet<SafePath>> = believed.as_ref().map(|b| {
             let differ = b.differing_paths(&scan.manifest);
-            // A directory whose mode or mtime differ holds nothing to keep.
             differ
                 .into_iter()
                 .filter(|p| {
-                    !(b.get(p).is_some_and(Entry::is_dir)
-                        && scan.manifest.get(p).is_some_and(Entry::is_dir))
+                    let now = scan.manifest.get(p);
+                    // A directory whose mode or mtime differ holds nothing
+                    // to keep.
+                    let dir_either_way =
+                        b.get(p).is_some_and(Entry::is_dir) && now.is_some_and(Entry::is_dir);
+                    let written_by_tandem = applied
+                        .iter()
+                        .any(|(at, state)| at == p && state.as_ref() == now);
+                    !dir_either_way && !written_by_tandem
                 })
                 .collect()
         });
@@ -717,6 +745,9 @@ impl Actor {
             scan.manifest.clone(),
         )
         .map_err(|e| e.to_string())?;
+        if let Some(log) = applied_log {
+            replica.set_applied_log(log);
+        }
         match suspects {
             None => replica.set_keep_replaced(true),
             Some(paths) if paths.is_empty() => {}
@@ -1817,6 +1848,15 @@ impl Actor {
                 self.e.name,
                 self.e.manifest_path().display()
             );
+            return;
+        }
+        if let Side::Standby(s) = &mut self.side {
+            if let Err(e) = s.replica.clear_applied_log() {
+                tracing::warn!(
+                    "file set {}: cannot empty its log of applies: {e}",
+                    self.e.name
+                );
+            }
         }
     }
 

@@ -40,6 +40,7 @@
 //!   change's new state is left as it is, so replaying a change after a
 //!   restart is harmless.
 
+use crate::applied::AppliedLog;
 use nix::libc::O_NOFOLLOW;
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -146,6 +147,9 @@ pub struct FileSetReplica {
     /// checked: read back without hashing it again (the whole-file hash
     /// still covers every byte).
     staged: HashMap<PathBuf, std::collections::HashSet<(u64, ChunkHash)>>,
+    /// Where each apply is recorded before it takes effect, when the node
+    /// keeps one ([`AppliedLog`]).
+    applied: Option<AppliedLog>,
 }
 
 /// A file's new content, complete and verified in its temp file, not yet
@@ -337,6 +341,7 @@ impl FileSetReplica {
             pending_index: HashMap::new(),
             defer: None,
             staged: HashMap::new(),
+            applied: None,
         })
     }
 
@@ -367,6 +372,42 @@ impl FileSetReplica {
     /// nothing kept; if not, it is kept.
     pub fn keep_replaced_paths(&mut self, paths: std::collections::BTreeSet<SafePath>) {
         self.keep_paths = paths;
+    }
+
+    /// Record every apply in `log` before it takes effect, from now on.
+    pub fn set_applied_log(&mut self, log: AppliedLog) {
+        self.applied = Some(log);
+    }
+
+    /// Empty the applied log: the manifest as it stands now is kept.
+    /// Files still pending are recorded when they are committed.
+    pub fn clear_applied_log(&mut self) -> io::Result<()> {
+        match &mut self.applied {
+            Some(log) => log.clear(),
+            None => Ok(()),
+        }
+    }
+
+    /// Record what `changes` will leave before they take effect. An apply
+    /// that cannot be recorded is not made (it would look like a local
+    /// change after a crash).
+    fn record_applied<'a>(
+        &mut self,
+        path: &SafePath,
+        changes: impl IntoIterator<Item = &'a Change>,
+    ) -> Result<(), ApplyError> {
+        let Some(log) = &mut self.applied else {
+            return Ok(());
+        };
+        log.record(changes).map_err(|e| {
+            ApplyError::Io(
+                path.clone(),
+                io::Error::new(
+                    e.kind(),
+                    format!("recording it in {}: {e}", log.path().display()),
+                ),
+            )
+        })
     }
 
     fn keeps(&self, path: &SafePath) -> bool {
@@ -646,6 +687,21 @@ impl FileSetReplica {
                 }
             }
         }
+        // A file that may wait is recorded when its batch is committed.
+        let deferred_file = may_wait
+            && matches!(
+                change,
+                Change::Create {
+                    entry: Entry {
+                        kind: EntryKind::File { .. },
+                        ..
+                    },
+                    ..
+                } | Change::Modify { .. }
+            );
+        if !deferred_file {
+            self.record_applied(change.path(), [change])?;
+        }
         let pending_before = self.pending.len();
         self.defer = may_wait.then(|| change.clone());
         let result = self.apply_inner(change, source);
@@ -678,6 +734,10 @@ impl FileSetReplica {
         self.pending_index.clear();
         if pending.is_empty() {
             return Vec::new();
+        }
+        if let Err(e) = self.record_applied(&pending[0].path, pending.iter().map(|p| &p.change)) {
+            // Nothing renamed: the temp files stay to resume from.
+            return vec![e];
         }
         let synced = sync_all_files(&pending);
         let mut errors = Vec::new();
