@@ -205,17 +205,6 @@ fn file_len(e: &Entry) -> u64 {
     }
 }
 
-/// Ask the kernel to start writing `file` back now, without waiting, so
-/// the batch's fsync finds most of it on disk already. Only a hint.
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on a descriptor `file` keeps open; no
-    // memory is passed.
-    unsafe {
-        nix::libc::sync_file_range(file.as_raw_fd(), 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
 /// fsync every pending file, [`FSYNC_THREADS`] at a time: the filesystem
 /// joins concurrent fsyncs into fewer journal commits. One result per file,
 /// in order.
@@ -966,7 +955,7 @@ impl FileSetReplica {
         file.set_permissions(fs::Permissions::from_mode(new.mode))
             .map_err(io)?;
         file.set_modified(system_time(new.mtime_ns)).map_err(io)?;
-        start_writeback(&file);
+        crate::start_writeback(&file, 0, 0);
         Ok((tmp, file))
     }
 

@@ -18,3 +18,20 @@ pub mod seed;
 
 pub use replica::{Replica, ReplicaError, Verification};
 pub use seed::{adopt, adopt_locked, forget_position, Seeder};
+
+/// Ask the kernel to start writing `len` bytes of `file` from `offset` back
+/// now (`len` 0: to the end), without waiting, so that a later fsync finds
+/// most of it on disk already. Only a hint.
+pub(crate) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor `file` keeps open; no
+    // memory is passed.
+    unsafe {
+        nix::libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            nix::libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}

@@ -252,6 +252,23 @@ impl Replica {
     /// to the replica with no moment in between where a local writer could
     /// take it and commit to the copy.
     pub fn open_locked(path: &Path, apply: Connection) -> Result<Replica, ReplicaError> {
+        Replica::open_inner(path, apply, None)
+    }
+
+    /// [`Replica::open`] of a copy just written whole by a
+    /// [`crate::Seeder`], whose page hashes it computed from the bytes it
+    /// wrote: not read back and hashed a second time.
+    pub(crate) fn open_seeded(path: &Path, hashes: PageHashes) -> Result<Replica, ReplicaError> {
+        let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        apply.execute_batch("BEGIN IMMEDIATE")?;
+        Replica::open_inner(path, apply, Some(hashes))
+    }
+
+    fn open_inner(
+        path: &Path,
+        apply: Connection,
+        known: Option<PageHashes>,
+    ) -> Result<Replica, ReplicaError> {
         if apply.is_autocommit() {
             apply.execute_batch("BEGIN IMMEDIATE")?;
         }
@@ -270,7 +287,10 @@ impl Replica {
                 path: pos_path.clone(),
                 source,
             })?;
-        let hashes = read_pages(&apply, page_size_of(&apply)?)?;
+        let hashes = match known {
+            Some(h) => h,
+            None => read_pages(&apply, page_size_of(&apply)?)?,
+        };
         let found = hashes.sum();
         let Some(newest) = intents.first() else {
             return Err(ReplicaError::NoPosition { path: pos_path });

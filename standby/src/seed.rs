@@ -138,6 +138,15 @@ impl Seeder {
             self.hashes.set(*pgno, data);
             self.next_pgno = pgno + 1;
         }
+        // Written back while the rest arrives: the final fsync is short.
+        if let (Some((first, _)), Some((last, _))) = (pages.first(), pages.last()) {
+            let size = u64::from(self.page_size);
+            crate::start_writeback(
+                &self.file,
+                u64::from(first - 1) * size,
+                u64::from(last - first + 1) * size,
+            );
+        }
         Ok(())
     }
 
@@ -175,7 +184,7 @@ impl Seeder {
         std::fs::rename(&self.tmp, &self.path).map_err(io(&self.path))?;
         sync_dir(&self.path)?;
         PositionFile::create(&pos_path, self.at).map_err(io(&pos_path))?;
-        Replica::open(&self.path)
+        Replica::open_seeded(&self.path, hashes)
     }
 }
 
