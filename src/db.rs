@@ -149,7 +149,7 @@ const RESTART_AT_BYTES: u64 = 4 << 20;
 const RESTART_HOLD_MAX: Duration = Duration::from_millis(20);
 /// A standby applies (two fsyncs) at most once in this time; what arrives
 /// meanwhile is applied together.
-const FLUSH_EVERY_MIN: Duration = Duration::from_millis(4);
+const FLUSH_EVERY_MIN: Duration = Duration::from_millis(2);
 
 /// Status is rebuilt at most this often (and at every tick).
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
