@@ -1090,6 +1090,15 @@ impl Actor {
                 }
                 input = inbox.recv() => match input {
                     Some(i) => {
+                        // A message that came on a new connection is taken
+                        // after the engine has seen that connection (which
+                        // resets what was shipped on the old one), however
+                        // `select!` ordered the two wakeups: a hello handled
+                        // first had its seed reset and stalled.
+                        if connections.has_changed().unwrap_or(false) {
+                            connections.borrow_and_update();
+                            self.on_connected();
+                        }
                         self.handle(i);
                         // Take what else is already there into the batch.
                         while self.batch_pending() {
@@ -3100,12 +3109,10 @@ impl Actor {
             // While a seed is being written the primary knows already.
             PeerMessage::DbAsk { history, .. } => {
                 self.adopt_history(history);
-                // While a seed or resync is being written the primary knows.
-                if !matches!(&self.side, Side::Standby(s) if s.seeder.is_some()
-                    || matches!(s.state, CopyState::Resyncing(_)))
-                {
-                    self.hello()
-                }
+                // Answered even while a seed or resync is being written: the
+                // primary asks because it lost track of it (a primary that
+                // still has it ignores the hello).
+                self.hello()
             }
             PeerMessage::DbHello {
                 epoch,
