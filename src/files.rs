@@ -492,7 +492,15 @@ impl Actor {
                 Event::Stop => break,
                 Event::Role => {}
                 Event::Connected => self.on_connected().await,
-                Event::Input(i) => self.handle(i).await,
+                Event::Input(i) => {
+                    // A message that came on a new connection is taken after
+                    // the connection (as in the database engine).
+                    if connections.has_changed().unwrap_or(false) {
+                        connections.borrow_and_update();
+                        self.on_connected().await;
+                    }
+                    self.handle(i).await
+                }
                 Event::Dirty => self.take_dirty(),
                 Event::Tick => self.on_tick().await,
             }
