@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::db::{dump, hold_write_lock, integrity, run_writer, try_write, DbPair};
+use common::db::{dump, hold_write_lock, integrity, run_writer, try_write, write, DbPair};
 use common::wait_for;
 use nix::sys::signal::Signal;
 use std::time::Duration;
@@ -47,7 +47,7 @@ fn start_streaming(p: &mut DbPair) {
     p.wait_streaming(0, SETTLE);
     run_writer(&p.db(0), 1, 30);
     // The primary's copy is open to local writers.
-    try_write(&p.db(0)).expect("the primary's copy takes writes");
+    write(&p.db(0)).expect("the primary's copy takes writes");
     p.barrier_txid(0);
     p.wait_same_position(Duration::from_secs(5));
     let s = p.db_status(0).unwrap();
@@ -76,7 +76,7 @@ fn a_primary_resumed_after_a_failover_locks_out_local_writers() {
     assert_locked_out(&p, 0, "a standby of b");
 
     // The new primary takes writes, and they reach a.
-    try_write(&p.db(1)).expect("b's copy takes writes");
+    write(&p.db(1)).expect("b's copy takes writes");
     p.barrier_txid(1);
     p.wait_same_position(Duration::from_secs(5));
     assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
@@ -139,7 +139,7 @@ fn a_primary_fenced_by_a_lapsed_lease_locks_out_local_writers() {
     wait_for(SETTLE, "the primary's copy unlocked", || {
         (p.db_status(primary)?["fenced"] == false).then_some(())
     });
-    try_write(&p.db(primary)).expect("the primary's copy takes writes");
+    write(&p.db(primary)).expect("the primary's copy takes writes");
     p.barrier_txid(primary);
     p.wait_same_position(Duration::from_secs(5));
     assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
@@ -192,7 +192,7 @@ fn a_writer_holding_the_lock_delays_the_fence_with_an_alarm() {
     p.pair.wait_roles(1, SETTLE);
     p.wait_streaming(1, SETTLE);
     assert_locked_out(&p, 0, "a standby of b");
-    try_write(&p.db(1)).expect("b's copy takes writes");
+    write(&p.db(1)).expect("b's copy takes writes");
     p.barrier_txid(1);
     p.wait_same_position(Duration::from_secs(5));
     assert_eq!(dump(&p.db(0)), dump(&p.db(1)));

@@ -201,7 +201,7 @@ pub fn integrity(db: &Path) -> String {
 
 const TRY_WRITE: &str = r#"
 import sqlite3, sys
-c = sqlite3.connect(sys.argv[1], timeout=0.2, isolation_level=None)
+c = sqlite3.connect(sys.argv[1], timeout=float(sys.argv[2]), isolation_level=None)
 try:
     c.execute("CREATE TABLE IF NOT EXISTS probe(v TEXT)")
     c.execute("INSERT INTO probe VALUES ('local writer')")
@@ -212,11 +212,25 @@ except sqlite3.Error as e:
 
 /// One write to `db` from another process, as local software would do it,
 /// with a 200 ms busy timeout: `Err` with SQLite's message when refused.
+/// For a write that must be refused: it is not waited for long.
 pub fn try_write(db: &Path) -> Result<(), String> {
+    write_within(db, 0.2)
+}
+
+/// One write to `db` from another process with Python's default busy
+/// timeout (5 s), for a write that must go through: tandem takes the write
+/// lock for moments (a pin move), which a loaded machine can stretch past
+/// 200 ms.
+pub fn write(db: &Path) -> Result<(), String> {
+    write_within(db, 5.0)
+}
+
+fn write_within(db: &Path, busy_timeout_s: f64) -> Result<(), String> {
     let out = Command::new("python3")
         .arg("-c")
         .arg(TRY_WRITE)
         .arg(db)
+        .arg(busy_timeout_s.to_string())
         .output()
         .expect("python3 is required by the database tests");
     match out.status.code() {
