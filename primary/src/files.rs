@@ -35,6 +35,10 @@ use tandem_sync::manifest::{Entry, EntryKind, FileSetFilter, Manifest, MODE_MASK
 pub const READ_ATTEMPTS_MAX: usize = 4;
 /// Read buffer size.
 const READ_BUFFER_BYTES: usize = 1024 * 1024;
+/// A directory's files are read on several threads past this many bytes.
+const PARALLEL_READ_BYTES_MIN: u64 = 8 << 20;
+/// Threads reading one directory's files, at most.
+const READ_THREADS_MAX: usize = 4;
 
 /// Why something below the root was not put in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +246,7 @@ impl FileSetScanner {
                 return;
             }
         };
+        let mut to_read = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
@@ -261,8 +266,80 @@ impl FileSetScanner {
             if path.is_partial() {
                 continue;
             }
-            if let Ok(meta) = fs::symlink_metadata(entry.path()) {
-                self.visit(&path, &meta, previous, scan);
+            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            // Files to read are read after the walk of this directory, on
+            // several threads when there is enough to read.
+            if meta.is_file()
+                && self.filter.includes_file(&path)
+                && !previous
+                    .get(&path)
+                    .is_some_and(|prev| quick_match(prev, &meta))
+            {
+                to_read.push((path, meta.len()));
+                continue;
+            }
+            self.visit(&path, &meta, previous, scan);
+        }
+        self.read_files(to_read, scan);
+    }
+
+    /// Read and chunk `files` into the scan. With more than
+    /// [`PARALLEL_READ_BYTES_MIN`] to read, one thread per core takes them
+    /// in turn: hashing is the scan's cost, and a primary scanning a
+    /// directory of new files has cores to spare (the standby waits for
+    /// the scan).
+    fn read_files(&self, files: Vec<(SafePath, u64)>, scan: &mut Scan) {
+        let total: u64 = files.iter().map(|(_, len)| len).sum();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(READ_THREADS_MAX)
+            .min(files.len());
+        let results: Vec<(SafePath, Result<Option<Entry>, SkipReason>)> =
+            if threads < 2 || total < PARALLEL_READ_BYTES_MIN {
+                files
+                    .into_iter()
+                    .map(|(p, _)| {
+                        let r = self.read_file(&p);
+                        (p, r)
+                    })
+                    .collect()
+            } else {
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let files = &files;
+                std::thread::scope(|scope| {
+                    let workers: Vec<_> = (0..threads)
+                        .map(|_| {
+                            scope.spawn(|| {
+                                let mut out = Vec::new();
+                                loop {
+                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let Some((p, _)) = files.get(i) else { break };
+                                    out.push((p.clone(), self.read_file(p)));
+                                }
+                                out
+                            })
+                        })
+                        .collect();
+                    workers
+                        .into_iter()
+                        // A file left out would read as deleted: a panic
+                        // goes on as it would have on this thread.
+                        .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                        .collect()
+                })
+            };
+        for (path, result) in results {
+            match result {
+                Ok(Some(entry)) => {
+                    scan.manifest.insert(path, entry);
+                }
+                Ok(None) => {}
+                Err(reason) => scan.skipped.push(Skipped {
+                    path: path.to_string(),
+                    reason,
+                }),
             }
         }
     }
@@ -729,6 +806,45 @@ impl FileSetWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_read_on_several_threads_gives_each_path_its_own_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("sub")).unwrap();
+        // Past PARALLEL_READ_BYTES_MIN in one directory, with files of
+        // different sizes so that the threads finish out of order.
+        let mut want = std::collections::BTreeMap::new();
+        for i in 0..12u32 {
+            let len = (i as usize % 4 + 1) << 20;
+            let bytes: Vec<u8> = (0..len).map(|j| (j as u32 * 31 + i) as u8).collect();
+            fs::write(root.join(format!("f{i:02}")), &bytes).unwrap();
+            want.insert(
+                format!("f{i:02}"),
+                (len as u64, *blake3::hash(&bytes).as_bytes()),
+            );
+        }
+        assert!(want.values().map(|(len, _)| len).sum::<u64>() > PARALLEL_READ_BYTES_MIN);
+        fs::write(root.join("sub/small"), b"x").unwrap();
+        want.insert("sub/small".into(), (1, *blake3::hash(b"x").as_bytes()));
+        let scan = FileSetScanner::new(root, FileSetFilter::all())
+            .unwrap()
+            .scan(None)
+            .unwrap();
+        assert!(scan.skipped.is_empty());
+        let got: std::collections::BTreeMap<String, (u64, [u8; 32])> = scan
+            .manifest
+            .iter()
+            .filter_map(|(p, e)| match &e.kind {
+                EntryKind::File { size, hash, chunks } => {
+                    assert_eq!(chunks.iter().map(|c| u64::from(c.len)).sum::<u64>(), *size);
+                    Some((p.to_string(), (*size, *hash)))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn opening_a_symlink_fails() {
