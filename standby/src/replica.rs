@@ -242,8 +242,7 @@ impl Replica {
     /// recorded position it matches.
     pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
         let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        apply.execute_batch("BEGIN IMMEDIATE")?;
-        Replica::open_locked(path, apply)
+        Replica::open_inner(path, apply, None)
     }
 
     /// [`Replica::open`] with a connection the caller opened with
@@ -260,7 +259,6 @@ impl Replica {
     /// wrote: not read back and hashed a second time.
     pub(crate) fn open_seeded(path: &Path, hashes: PageHashes) -> Result<Replica, ReplicaError> {
         let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        apply.execute_batch("BEGIN IMMEDIATE")?;
         Replica::open_inner(path, apply, Some(hashes))
     }
 
