@@ -3106,7 +3106,6 @@ impl Actor {
         match msg {
             PeerMessage::DbTx(t) => self.on_tx(t),
             PeerMessage::DbSeed(c) => self.on_seed(c),
-            // While a seed is being written the primary knows already.
             PeerMessage::DbAsk { history, .. } => {
                 self.adopt_history(history);
                 // Answered even while a seed or resync is being written: the

@@ -40,10 +40,7 @@ fn random_tree_operations_are_mirrored_exactly() {
     // Something there before tandem starts: the standby is filled from it.
     fs::create_dir_all(p.root(0).join("conf/empty")).unwrap();
     fs::write(p.root(0).join("conf/station.toml"), b"id = 7\n").unwrap();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
     assert!(p.root(1).join("conf/empty").is_dir());
 
     // Three bursts of random operations, each checked once quiet.
@@ -147,10 +144,7 @@ fn a_switchover_reverses_the_direction_without_resending() {
     let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
     fs::write(p.root(0).join("data.bin"), &big).unwrap();
     fs::create_dir(p.root(0).join("reports")).unwrap();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
 
     // A loaded machine can delay heartbeats enough for the pre-checks to
     // refuse (nothing changes then): ask again once the pair is healthy.
@@ -199,10 +193,7 @@ fn a_switchover_reverses_the_direction_without_resending() {
 fn a_standby_killed_mid_transfer_catches_up_and_resumes() {
     let mut p = FilesPair::new(1000);
     fs::create_dir(p.root(0).join("other")).unwrap();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
 
     // About 48 MB in 6 files: the standby is killed while it fetches.
     let size = 8_000_000u32;
@@ -260,10 +251,7 @@ fn a_standby_killed_mid_transfer_catches_up_and_resumes() {
 #[test]
 fn a_file_applied_just_before_a_standby_crash_is_not_taken_for_a_local_change() {
     let mut p = FilesPair::new(1000);
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
     let kept = p.pair.dir.path().join("b/filesets/etc.manifest");
     let report = SafePath::parse("report.csv").unwrap();
     // The standby keeps its manifest at most once a second: a file applied
@@ -324,10 +312,7 @@ fn a_standby_killed_during_a_batch_leaves_every_file_old_or_new() {
     for i in 0..files {
         fs::write(p.root(0).join(name(i)), batch_bytes(i, 0, len)).unwrap();
     }
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
 
     // Every file replaced at once (written beside it, renamed over it), so
     // the standby writes them in batches; it is killed twice while doing so.
@@ -369,10 +354,7 @@ fn a_standby_killed_during_a_batch_leaves_every_file_old_or_new() {
 #[test]
 fn a_file_written_while_synced_and_a_restarted_primary_converge() {
     let mut p = FilesPair::new(1000);
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
 
     // A writer appends (and fsyncs) while the set is being mirrored: the
     // standby's copy is always some prefix of what is written (each version
@@ -439,10 +421,7 @@ fn an_inotify_queue_overflow_is_reconciled_by_a_full_rescan() {
     // The periodic reconcile is out of reach: only the overflow path can
     // find what the lost events said.
     let mut p = FilesPair::new(600_000);
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
 
     // The primary is paused (manual failover: no lease to lose) while more
     // events happen than its inotify queue holds: one-byte appends to two
@@ -510,10 +489,7 @@ fn a_fresh_standby_keeps_what_the_first_sync_replaces() {
     fs::write(p.root(1).join("station.toml"), b"id = 99\n").unwrap();
     fs::write(p.root(1).join("only-here.txt"), b"local notes").unwrap();
     fs::write(p.root(1).join("same.txt"), b"same on both").unwrap();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
     assert_eq!(
         fs::read(p.root(1).join("station.toml")).unwrap(),
         b"id = 7\n"
@@ -540,10 +516,7 @@ fn a_fresh_standby_keeps_what_the_first_sync_replaces() {
 #[test]
 fn an_insert_and_an_append_on_a_large_file_send_little_more_than_the_edit() {
     let mut p = FilesPair::new(1000);
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_identical(0, QUIET);
+    p.start_in_sync();
     let random = |seed: &[u8], len: usize| {
         let mut v = vec![0u8; len];
         blake3::Hasher::new()

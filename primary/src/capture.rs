@@ -649,9 +649,7 @@ impl Capture {
     /// Checkpoints what the standby acknowledged (every txid up to `acked`);
     /// see the module doc.
     pub fn checkpoint(&mut self, acked: TxId) -> Result<CheckpointOutcome, CaptureError> {
-        while self.unacked.front().is_some_and(|t| *t <= acked) {
-            self.unacked.pop_front();
-        }
+        self.forget_acked(acked);
         let (mut wal_frames, mut backfilled_frames) = self.passive()?;
         let mut pin_moved = false;
         if self.unacked.is_empty() && self.held_back.is_empty() && !self.restarting {
@@ -670,13 +668,9 @@ impl Capture {
                     self.held_back = fresh;
                     return Ok(false);
                 }
-                self.pin.execute_batch("COMMIT")?;
-                (wal_frames, backfilled_frames) = self.passive()?;
-                self.pin.execute_batch("BEGIN")?;
-                self.pin
-                    .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-                        r.get::<_, i64>(0)
-                    })?;
+                if let Some(counts) = self.repin(true)? {
+                    (wal_frames, backfilled_frames) = counts;
+                }
                 Ok(true)
             })();
             self.control.execute_batch("COMMIT")?;
@@ -732,9 +726,7 @@ impl Capture {
             wal_bytes_after: after,
             not_because: Some(why.to_string()),
         };
-        while self.unacked.front().is_some_and(|t| *t <= acked) {
-            self.unacked.pop_front();
-        }
+        self.forget_acked(acked);
         if self.restarting {
             return Ok(not("a log restart is waiting for acknowledgements", before));
         }
@@ -829,18 +821,7 @@ impl Capture {
                 }
                 self.unacked.clear();
             }
-            self.pin.execute_batch("COMMIT")?;
-            let full = if backfill {
-                let (log, done) = self.passive()?;
-                done >= log
-            } else {
-                false
-            };
-            self.pin.execute_batch("BEGIN")?;
-            self.pin
-                .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-                    r.get::<_, i64>(0)
-                })?;
+            let full = self.repin(backfill)?.is_some_and(|(log, done)| done >= log);
             Ok(Ok(full))
         })();
         self.control.execute_batch("COMMIT")?;
@@ -897,24 +878,13 @@ impl Capture {
         if !self.restarting {
             return Ok(None);
         }
-        while self.unacked.front().is_some_and(|t| *t <= acked) {
-            self.unacked.pop_front();
-        }
+        self.forget_acked(acked);
         if !self.unacked.is_empty() || !self.held_back.is_empty() {
             return Ok(None);
         }
-        let moved = (|| -> Result<bool, CaptureError> {
-            self.pin.execute_batch("COMMIT")?;
-            let (log, done) = self.passive()?;
-            self.pin.execute_batch("BEGIN")?;
-            self.pin
-                .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-                    r.get::<_, i64>(0)
-                })?;
-            Ok(done >= log)
-        })();
+        let moved = self.repin(true);
         self.abort_restart()?;
-        let full = moved?;
+        let full = moved?.is_some_and(|(log, done)| done >= log);
         self.image_available = false;
         self.save_state()?;
         Ok(Some(full))
@@ -927,6 +897,32 @@ impl Capture {
             self.control.execute_batch("COMMIT")?;
         }
         Ok(())
+    }
+
+    /// Ends the pin's read transaction and begins it again at the end of
+    /// the log; the caller holds the write lock, so nothing is committed in
+    /// between. With `backfill`, a PASSIVE checkpoint runs while no
+    /// snapshot holds frames back: its (log, backfilled) frame counts.
+    fn repin(&self, backfill: bool) -> Result<Option<(i64, i64)>, CaptureError> {
+        self.pin.execute_batch("COMMIT")?;
+        let counts = if backfill {
+            Some(self.passive()?)
+        } else {
+            None
+        };
+        self.pin.execute_batch("BEGIN")?;
+        self.pin
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+        Ok(counts)
+    }
+
+    /// Transactions up to `acked` are no longer owed to the standby.
+    fn forget_acked(&mut self, acked: TxId) {
+        while self.unacked.front().is_some_and(|t| *t <= acked) {
+            self.unacked.pop_front();
+        }
     }
 
     /// Whether the write lock is held for a log restart.

@@ -381,16 +381,7 @@ impl FileSetScanner {
                     return;
                 }
             }
-            match self.read_file(path) {
-                Ok(Some(entry)) => {
-                    scan.manifest.insert(path.clone(), entry);
-                }
-                Ok(None) => {}
-                Err(reason) => scan.skipped.push(Skipped {
-                    path: path.to_string(),
-                    reason,
-                }),
-            }
+            self.read_files(vec![(path.clone(), meta.len())], scan);
         } else {
             scan.skipped.push(Skipped {
                 path: path.to_string(),

@@ -677,17 +677,8 @@ impl FileSetReplica {
             }
         }
         // A file that may wait is recorded when its batch is committed.
-        let deferred_file = may_wait
-            && matches!(
-                change,
-                Change::Create {
-                    entry: Entry {
-                        kind: EntryKind::File { .. },
-                        ..
-                    },
-                    ..
-                } | Change::Modify { .. }
-            );
+        let deferred_file =
+            may_wait && !matches!(change, Change::Create { entry, .. } if entry.is_dir());
         if !deferred_file {
             self.record_applied(change.path(), [change])?;
         }

@@ -46,6 +46,15 @@ impl FilesPair {
         FilesPair { pair, roots }
     }
 
+    /// Start both nodes (the first as primary) and wait until their trees
+    /// are identical.
+    pub fn start_in_sync(&mut self) -> Manifest {
+        self.pair.start(0);
+        self.pair.start(1);
+        self.pair.wait_roles(0, Duration::from_secs(20));
+        self.wait_identical(0, Duration::from_secs(30))
+    }
+
     /// Node i's copy of the set.
     pub fn root(&self, i: usize) -> PathBuf {
         self.roots
