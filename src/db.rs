@@ -2,7 +2,7 @@
 //!
 //! While this node acts as primary (or is demoting in a switchover), the
 //! engine holds a [`Capture`] on the database, woken by changes to its `-wal`
-//! file (inotify through `notify`, with a fallback poll), and ships each
+//! file (inotify, see [`crate::walwatch`], with a fallback poll), and ships each
 //! captured transaction to the standby as [`PeerMessage::DbTx`] parts. It
 //! keeps every shipped transaction until the standby acknowledges it (the
 //! in-memory *queue*, bounded by `spool_bytes_max` and [`QUEUE_BYTES_MAX`]),
@@ -99,6 +99,7 @@
 //! took hold is still read and shipped.
 
 use crate::node::Node;
+use crate::walwatch::WalWatch;
 use anyhow::Context;
 use rusqlite::Connection;
 use serde_json::json;
@@ -117,7 +118,7 @@ use tandem_sync::message::{
 };
 use tandem_sync::resource::{Resource, ResourceError};
 use tandem_sync::wal::{Salts, Transaction};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 /// Page bytes per `DbTx` part: well under the 16 MiB frame cap.
 const PART_BYTES_MAX: usize = 4 << 20;
@@ -139,6 +140,8 @@ const SEED_CHUNK_PAGES: u32 = 256;
 const SEED_WINDOW_CHUNKS: u32 = 8;
 /// Fallback poll of the WAL when no change notification comes.
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// How often the WAL is read while it keeps growing (the watch paused).
+const WAL_READ_EVERY_BUSY: Duration = Duration::from_millis(1);
 /// While a standby streams, the log is restarted once this much of it is in
 /// use (or [`RESTART_AT_PERCENT`] of the cap, if less): SQLite's own default
 /// (1000 pages) is about this, and a small log is overwritten in place,
@@ -1049,10 +1052,12 @@ impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut roles = self.node.role_signal();
         let mut connections = self.node.peer_link.connections();
-        let wake = Arc::new(Notify::new());
         // Only a primary reads the WAL; a standby's own applies would wake
         // it for nothing (its WAL and position file are in the directory).
-        let mut watching: Option<Option<notify::RecommendedWatcher>> = None;
+        let mut watching: Option<Option<WalWatch>> = None;
+        // While the WAL keeps growing, it is read at this time, not at each
+        // write: see `crate::walwatch`.
+        let mut read_wal_at: Option<Instant> = None;
         let mut published_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(POLL_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1068,7 +1073,7 @@ impl Actor {
             self.step_restart();
             self.keep_fence();
             match (&self.side, &watching) {
-                (Side::Primary(_), None) => watching = Some(self.watch_wal(wake.clone())),
+                (Side::Primary(_), None) => watching = Some(self.watch_wal()),
                 (Side::Primary(_), Some(_)) => {}
                 _ => watching = None,
             }
@@ -1119,10 +1124,24 @@ impl Actor {
                         None => std::future::pending().await,
                     }
                 } => self.flush_batch(),
-                _ = wake.notified() => {
-                    self.poll_and_ship();
-                    self.bound_wal();
+                changed = async {
+                    match &watching {
+                        Some(Some(w)) => w.changed().await,
+                        _ => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = changed {
+                        tracing::warn!("database {}: WAL watch ended: {e}; watching again", self.e.name);
+                        watching = None;
+                    }
+                    read_wal_at = self.read_wal(watching.as_mut().and_then(Option::as_mut));
                 }
+                _ = async {
+                    match read_wal_at {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => read_wal_at = self.read_wal(watching.as_mut().and_then(Option::as_mut)),
                 _ = tick.tick() => {
                     self.on_tick();
                     published_at = None;
@@ -1135,32 +1154,49 @@ impl Actor {
     /// inotify on the database's directory, filtered to its `-wal` file (the
     /// file itself may not exist yet). Missing it only costs latency: the
     /// fallback poll still runs.
-    fn watch_wal(&self, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher;
-        let dir = self.e.path.parent()?.to_path_buf();
-        let _ = std::fs::create_dir_all(&dir);
+    fn watch_wal(&self) -> Option<WalWatch> {
         let wal = wal_path(&self.e.path);
-        let wal_name = wal.file_name()?.to_owned();
-        let mut watcher =
-            notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
-                Ok(ev) if ev.paths.iter().any(|p| p.file_name() == Some(&wal_name)) => {
-                    wake.notify_one()
-                }
-                Ok(_) => {}
-                // Overflow and other errors: let the poll find out.
-                Err(_) => wake.notify_one(),
-            })
-            .map_err(|e| tracing::warn!("database {}: no file watcher: {e}", self.e.name))
-            .ok()?;
-        if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(
-                "database {}: cannot watch {}: {e}; polling every {} ms",
-                self.e.name,
-                dir.display(),
-                POLL_EVERY.as_millis()
-            );
+        if let Some(dir) = wal.parent() {
+            let _ = std::fs::create_dir_all(dir);
         }
-        Some(watcher)
+        WalWatch::new(&wal)
+            .map_err(|e| {
+                tracing::warn!(
+                    "database {}: cannot watch {}: {e}; polling every {} ms",
+                    self.e.name,
+                    wal.display(),
+                    POLL_EVERY.as_millis()
+                )
+            })
+            .ok()
+    }
+
+    /// Reads the WAL after a change: while it keeps growing, the watch is
+    /// paused and the next read is timed (the returned instant); once a
+    /// read finds nothing new, the watch wakes the engine again.
+    fn read_wal(&mut self, watch: Option<&mut WalWatch>) -> Option<Instant> {
+        let grew = self.poll_and_ship();
+        self.bound_wal();
+        let watch = watch?;
+        if grew {
+            watch.pause();
+            return Some(Instant::now() + WAL_READ_EVERY_BUSY);
+        }
+        if !watch.paused() {
+            return None;
+        }
+        if let Err(e) = watch.resume() {
+            // The watch reports it ended, and is made again.
+            tracing::warn!("database {}: WAL watch: {e}", self.e.name);
+            return None;
+        }
+        // What was written between the last read and the watch's return.
+        if self.poll_and_ship() {
+            self.bound_wal();
+            watch.pause();
+            return Some(Instant::now() + WAL_READ_EVERY_BUSY);
+        }
+        None
     }
 
     fn alarm(&self, message: Option<String>) {
@@ -1688,9 +1724,10 @@ impl Actor {
     }
 
     /// Read what was committed, queue it, ship what the standby may take.
-    fn poll_and_ship(&mut self) {
+    /// True when something new was read.
+    fn poll_and_ship(&mut self) -> bool {
         let Side::Primary(p) = &mut self.side else {
-            return;
+            return false;
         };
         // A `stat` of the database's path at every wake-up was a share of
         // the engine's CPU: the capture itself checks when the WAL changes
@@ -1707,13 +1744,14 @@ impl Actor {
             tracing::error!("{why}");
             self.alarm(Some(why.clone()));
             self.side = Side::Failed(Role::Primary, why, Instant::now());
-            return;
+            return false;
         }
         if due {
             p.identity_checked_at = Instant::now();
         }
-        match p.capture.poll() {
+        let grew = match p.capture.poll() {
             Ok(batch) => {
+                let grew = !batch.is_empty();
                 for c in batch {
                     if c.txid <= p.skip_to {
                         continue;
@@ -1728,12 +1766,13 @@ impl Actor {
                         captured: Instant::now(),
                     });
                 }
+                grew
             }
             Err(e) => {
                 tracing::warn!("database {}: capture: {e}", self.e.name);
-                return;
+                return false;
             }
-        }
+        };
         if p.queue_bytes > self.e.queue_bytes_max {
             // Let go: the standby will need a resync; the WAL stays bounded.
             let why = format!(
@@ -1754,6 +1793,7 @@ impl Actor {
             }
         }
         self.ship();
+        grew
     }
 
     fn ship(&mut self) {

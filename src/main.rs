@@ -16,6 +16,7 @@ mod serial;
 mod store;
 mod switchover;
 mod tiebreaker;
+mod walwatch;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
