@@ -1171,14 +1171,17 @@ impl Actor {
             .ok()
     }
 
-    /// Reads the WAL after a change: while it keeps growing, the watch is
-    /// paused and the next read is timed (the returned instant); once a
+    /// Reads the WAL after a change: while it keeps growing fast, the watch
+    /// is paused and the next read is timed (the returned instant); once a
     /// read finds nothing new, the watch wakes the engine again.
     fn read_wal(&mut self, watch: Option<&mut WalWatch>) -> Option<Instant> {
         let grew = self.poll_and_ship();
         self.bound_wal();
         let watch = watch?;
         if grew {
+            if !watch.busy(Instant::now()) {
+                return None;
+            }
             watch.pause();
             return Some(Instant::now() + WAL_READ_EVERY_BUSY);
         }
@@ -1193,6 +1196,7 @@ impl Actor {
         // What was written between the last read and the watch's return.
         if self.poll_and_ship() {
             self.bound_wal();
+            watch.busy(Instant::now());
             watch.pause();
             return Some(Instant::now() + WAL_READ_EVERY_BUSY);
         }

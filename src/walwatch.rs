@@ -12,18 +12,22 @@
 //! Every `write` SQLite makes to the WAL (several per transaction) is an
 //! event, and each event woke the engine, from inside the application's
 //! own write call. Against a writer committing back to back that cost
-//! tandem most of a core and the writer a third of its throughput. So once
-//! a read finds new transactions, the engine pauses the watch (takes the
-//! descriptor out of its epoll set: events still queue, merged, but wake
-//! nobody) and reads again on a short timer; the first read that finds
-//! nothing resumes the watch. An idle database is still noticed at its
-//! first write, and a busy one is read in batches.
+//! tandem most of a core and the writer a third of its throughput. So when
+//! a read finds new transactions soon after the last one that did
+//! ([`BUSY_GAP`]), the engine pauses the watch (takes the descriptor out of
+//! its epoll set: events still queue, merged, but wake nobody) and reads
+//! again on a short timer; the first read that finds nothing resumes the
+//! watch. A quiet database is still read at its first write, and a busy one
+//! in batches. (A timed read costs a wake-up too, so at a few hundred
+//! transactions a second, where one timed read would find nothing, the
+//! watch stays armed.)
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 struct Fd(Inotify);
@@ -34,11 +38,16 @@ impl AsRawFd for Fd {
     }
 }
 
+/// Transactions this close together mean a busy writer.
+pub const BUSY_GAP: Duration = Duration::from_millis(2);
+
 pub struct WalWatch {
     /// Exactly one of the two is set, except after a failed resume.
     armed: Option<AsyncFd<Fd>>,
     paused: Option<Fd>,
     wal_name: OsString,
+    /// When a read last found new transactions.
+    grew_at: Option<Instant>,
 }
 
 impl WalWatch {
@@ -69,6 +78,7 @@ impl WalWatch {
         Ok(WalWatch {
             armed: Some(fd),
             paused: None,
+            grew_at: None,
             wal_name: wal_name.to_owned(),
         })
     }
@@ -116,6 +126,18 @@ impl WalWatch {
         Ok(changed)
     }
 
+    /// Notes a read that found new transactions at `now`: true when the
+    /// writer is busy (the last such read was within [`BUSY_GAP`], or the
+    /// watch is paused already), and the caller should pause.
+    pub fn busy(&mut self, now: Instant) -> bool {
+        let busy = self.paused()
+            || self
+                .grew_at
+                .is_some_and(|t| now.saturating_duration_since(t) < BUSY_GAP);
+        self.grew_at = Some(now);
+        busy
+    }
+
     /// Stops waking the engine; events queue until [`WalWatch::resume`].
     pub fn pause(&mut self) {
         if let Some(fd) = self.armed.take() {
@@ -153,7 +175,6 @@ impl WalWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     async fn wakes(watch: &WalWatch) -> bool {
         tokio::time::timeout(Duration::from_secs(5), watch.changed())
@@ -200,6 +221,21 @@ mod tests {
         );
         std::fs::write(&wal, b"more").unwrap();
         assert!(wakes(&watch).await);
+    }
+
+    #[tokio::test]
+    async fn only_reads_close_together_count_as_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = WalWatch::new(&dir.path().join("db-wal")).unwrap();
+        let t = Instant::now();
+        assert!(!watch.busy(t), "the first read is not busy");
+        assert!(!watch.busy(t + BUSY_GAP * 2), "a gap of twice BUSY_GAP");
+        assert!(watch.busy(t + BUSY_GAP * 2 + BUSY_GAP / 2));
+        watch.pause();
+        assert!(
+            watch.busy(t + BUSY_GAP * 10),
+            "paused: busy until a read finds nothing"
+        );
     }
 
     #[tokio::test]
