@@ -29,6 +29,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 struct Fd(Inotify);
 
@@ -74,7 +75,8 @@ impl WalWatch {
         )?;
         // SAFETY: `Fd` owns the descriptor, which stays open (and the same)
         // until the AsyncFd, its only owner, is dropped.
-        let fd = unsafe { AsyncFd::register(Fd(inotify)) }.map_err(|e| e.into_parts().1)?;
+        let fd = unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
         Ok(WalWatch {
             armed: Some(fd),
             paused: None,
@@ -166,7 +168,8 @@ impl WalWatch {
             }
         }
         // SAFETY: as in `new`.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
         self.armed = Some(fd);
         Ok(())
     }
