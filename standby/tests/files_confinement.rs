@@ -269,3 +269,42 @@ fn a_chunk_that_does_not_match_its_hash_is_refused() {
     assert!(matches!(err, ApplyError::FileHash(..)), "{err}");
     assert!(!s.root.join("g").exists());
 }
+
+#[test]
+fn a_batch_keeps_its_good_files_and_refuses_one_whose_whole_hash_is_wrong() {
+    let mut s = setup();
+    let contents: [&[u8]; 3] = [b"first file", b"second file", b"third file"];
+    let mut entries: Vec<Entry> = contents.iter().map(|c| file_entry(c)).collect();
+    // The middle one's chunks each verify but do not make its hash.
+    if let EntryKind::File { hash, .. } = &mut entries[1].kind {
+        hash[0] ^= 1;
+    }
+    // Refused as it is assembled, or when the batch is committed: once.
+    let mut errors = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let c = Change::Create {
+            path: p(&format!("f{i}")),
+            entry,
+        };
+        let bytes = contents[i].to_vec();
+        let mut fetch = move |_: &SafePath, _: &ChunkRef| Ok(bytes.clone());
+        errors.extend(s.replica.apply_batched(&c, &mut fetch).err());
+    }
+    errors.extend(s.replica.commit());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        matches!(&errors[0], ApplyError::FileHash(path) if *path == p("f1")),
+        "{errors:?}"
+    );
+    assert_eq!(fs::read(s.root.join("f0")).unwrap(), contents[0]);
+    assert_eq!(fs::read(s.root.join("f2")).unwrap(), contents[2]);
+    assert!(!s.root.join("f1").exists());
+    let left: Vec<String> = fs::read_dir(&s.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(tandem_standby::files::PARTIAL_PREFIX))
+        .collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+    assert!(s.replica.manifest().get(&p("f1")).is_none());
+    assert!(s.replica.manifest().get(&p("f0")).is_some());
+}
