@@ -43,9 +43,12 @@ use crate::position::{Intent, PositionFile};
 use rusqlite::{params, Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tandem_sync::dbsum::{DbPosition, DbSum, PageHashes, TxId};
+use tandem_sync::dbsum::{DbPosition, DbSum, PageHashes, TxId, Undo};
 use tandem_sync::wal::{Salts, Transaction};
 use tandem_sync::Epoch;
+
+/// An error before the SQLite transaction committed: nothing changed.
+struct Uncommitted(ReplicaError);
 
 /// How long the applier waits for the write lock when a local writer holds it.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -390,28 +393,54 @@ impl Replica {
                 got: *first_epoch,
             });
         }
-        // Check every step on a copy of the table, and merge the pages: the
-        // last image of each page, less what a later commit truncated.
-        let mut hashes = self.hashes.clone();
+        // Check every step on the table itself (each undoable), and merge
+        // the pages: the last image of each page, less what a later commit
+        // truncated.
+        let pages_before = self.hashes.page_count();
+        let mut undos = Vec::with_capacity(batch.len());
+        let checked = self.check_batch(batch, &mut undos);
+        let whole = match checked {
+            Ok(whole) => whole,
+            Err(e) => {
+                self.undo(undos);
+                return Err(e);
+            }
+        };
+        let after = DbPosition {
+            epoch: *epoch,
+            txid: *txid,
+            sum: self.hashes.sum(),
+        };
+        match self.write_checked(after, &whole, pages_before) {
+            Err(Uncommitted(e)) => {
+                self.undo(undos);
+                Err(e)
+            }
+            Ok(r) => r,
+        }
+    }
+
+    /// Applies each transaction of a batch to the page table, checking it
+    /// against the primary's sum (its undo kept in `undos`); the batch's
+    /// pages merged into one transaction.
+    fn check_batch(
+        &mut self,
+        batch: &[(Epoch, TxId, Transaction, DbSum)],
+        undos: &mut Vec<Undo>,
+    ) -> Result<Transaction, ReplicaError> {
         let mut merged: std::collections::BTreeMap<u32, &[u8]> = Default::default();
         let mut at = self.position.txid;
         // The smallest size the database had within the batch: pages past it
         // that no later commit wrote read as zeros afterwards.
-        let mut low = hashes.page_count();
+        let mut low = self.hashes.page_count();
         for (_, t, tx, expected) in batch {
             if *t != at.next() {
                 return Err(ReplicaError::OutOfOrder { have: at, got: *t });
             }
             at = *t;
-            let page_size = hashes.page_size();
-            if let Some((pgno, data)) = tx.pages.iter().find(|(_, d)| d.len() != page_size) {
-                return Err(ReplicaError::PageSize {
-                    pgno: *pgno,
-                    bytes: data.len(),
-                    page_size,
-                });
-            }
-            let computed = hashes.apply(tx);
+            self.check_page_size(tx)?;
+            undos.push(self.hashes.apply_undoable(tx));
+            let computed = self.hashes.sum();
             if computed != *expected {
                 return Err(ReplicaError::Diverged {
                     txid: *t,
@@ -425,19 +454,35 @@ impl Replica {
                 merged.insert(*pgno, data);
             }
         }
-        let size = hashes.page_count();
-        let zeros = vec![0u8; hashes.page_size()];
+        let size = self.hashes.page_count();
+        let zeros = vec![0u8; self.hashes.page_size()];
         for pgno in low.saturating_add(1)..=size {
             merged.entry(pgno).or_insert(&zeros);
         }
-        let whole = Transaction {
+        Ok(Transaction {
             pages: merged.into_iter().map(|(p, d)| (p, d.to_vec())).collect(),
             db_pages_after_commit: size,
             end_offset: 0,
             salts: Salts { salt1: 0, salt2: 0 },
-        };
-        let sum = hashes.sum();
-        self.write(*epoch, *txid, &whole, sum)
+        })
+    }
+
+    fn undo(&mut self, undos: Vec<Undo>) {
+        for undo in undos.into_iter().rev() {
+            self.hashes.undo(undo);
+        }
+    }
+
+    fn check_page_size(&self, tx: &Transaction) -> Result<(), ReplicaError> {
+        let page_size = self.hashes.page_size();
+        match tx.pages.iter().find(|(_, d)| d.len() != page_size) {
+            Some((pgno, data)) => Err(ReplicaError::PageSize {
+                pgno: *pgno,
+                bytes: data.len(),
+                page_size,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Replaces the whole content by `image` (every page of the primary's
@@ -463,62 +508,88 @@ impl Replica {
                 got: epoch,
             });
         }
-        let page_size = self.hashes.page_size();
-        if let Some((pgno, data)) = tx.pages.iter().find(|(_, d)| d.len() != page_size) {
-            return Err(ReplicaError::PageSize {
-                pgno: *pgno,
-                bytes: data.len(),
-                page_size,
-            });
-        }
-        let computed = self.hashes.sum_after(tx);
+        self.check_page_size(tx)?;
+        let pages_before = self.hashes.page_count();
+        let undo = self.hashes.apply_undoable(tx);
+        let computed = self.hashes.sum();
         if computed != expected {
+            self.hashes.undo(undo);
             return Err(ReplicaError::Diverged {
                 txid,
                 expected,
                 computed,
             });
         }
-        self.lock()?;
         let after = DbPosition {
             epoch,
             txid,
             sum: computed,
         };
+        match self.write_checked(after, tx, pages_before) {
+            Err(Uncommitted(e)) => {
+                self.hashes.undo(undo);
+                Err(e)
+            }
+            Ok(r) => r,
+        }
+    }
+
+    /// Writes `tx`, already applied to the page table (which gives the sum
+    /// in `after`), to the database, durably, in one SQLite transaction;
+    /// `pages_before` is the database's size before it. `Err(Uncommitted)`
+    /// when nothing was committed (the caller takes the table back); past
+    /// the commit, the result of what follows it.
+    fn write_checked(
+        &mut self,
+        after: DbPosition,
+        tx: &Transaction,
+        pages_before: u32,
+    ) -> Result<Result<DbPosition, ReplicaError>, Uncommitted> {
+        self.lock().map_err(Uncommitted)?;
         let pos_path = position_path(&self.path);
         self.position_file
             .record(self.position, after)
-            .map_err(|source| ReplicaError::PositionFile {
-                path: pos_path,
-                source,
+            .map_err(|source| {
+                Uncommitted(ReplicaError::PositionFile {
+                    path: pos_path,
+                    source,
+                })
             })?;
-        if let Err(e) = self.write_pages(tx) {
+        if let Err(e) = self.write_pages(tx, pages_before) {
             // Roll back, and take the lock again for the next attempt.
             self.locked = false;
             let _ = self.apply.execute_batch("ROLLBACK");
             self.forget_parsed_pages();
             let _ = self.lock();
-            return Err(e);
+            return Err(Uncommitted(e));
         }
         self.locked = false;
         if let Err(e) = self.apply.execute_batch("COMMIT") {
             let _ = self.apply.execute_batch("ROLLBACK");
             self.forget_parsed_pages();
             let _ = self.lock();
-            return Err(e.into());
+            return Err(Uncommitted(e.into()));
         }
-        self.forget_parsed_pages();
-        self.hashes.apply(tx);
+        // Stale parsed pages matter only when the schema is loaded again,
+        // which follows a change of the schema cookie on page 1. Dropping
+        // the cache after every apply made the next one read its pages
+        // back: three reads and a pragma per transaction.
+        if tx.pages.iter().any(|(pgno, _)| *pgno == 1) {
+            self.forget_parsed_pages();
+        }
         self.position = after;
-        self.data_version = self
+        let version = self
             .apply
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        // Losing the race for the lock here is detected at the next apply.
-        let _ = self.lock();
-        Ok(after)
+            .query_row("PRAGMA data_version", [], |r| r.get(0));
+        Ok(version.map_err(Into::into).map(|v| {
+            self.data_version = v;
+            // Losing the race for the lock here is detected at the next apply.
+            let _ = self.lock();
+            after
+        }))
     }
 
-    fn write_pages(&self, tx: &Transaction) -> Result<(), ReplicaError> {
+    fn write_pages(&self, tx: &Transaction, pages_before: u32) -> Result<(), ReplicaError> {
         let mut put = self
             .apply
             .prepare_cached("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
@@ -526,7 +597,7 @@ impl Replica {
         for (pgno, data) in tx.pages.iter().filter(|(p, _)| *p != 1 && *p <= size) {
             put.execute(params![pgno, data])?;
         }
-        if size < self.hashes.page_count() {
+        if size < pages_before {
             put.execute(params![size + 1, None::<Vec<u8>>])?;
         }
         if let Some((_, data)) = tx.pages.iter().find(|(p, _)| *p == 1) {

@@ -243,14 +243,25 @@ fn a_batch_ends_where_its_transactions_one_by_one_do() {
         .into_iter()
         .map(|s| (Epoch(1), s.txid, s.tx, s.sum))
         .collect();
-    bad[0].3 = DbSum([3; 32]);
+    let good = bad.clone();
     let before = batched.position();
-    assert!(matches!(
-        batched.apply_batch(&bad),
-        Err(ReplicaError::Diverged { .. })
-    ));
-    assert_eq!(batched.position(), before);
-    assert_eq!(rows(batched.path()), rows(one.path()));
+    // Refused at its first transaction, then at its last (the first one's
+    // check taken back too): nothing written, and the batch as shipped
+    // applies afterwards.
+    for wrong in [0, bad.len() - 1] {
+        bad[wrong].3 = DbSum([3; 32]);
+        assert!(matches!(
+            batched.apply_batch(&bad),
+            Err(ReplicaError::Diverged { .. })
+        ));
+        bad[wrong].3 = good[wrong].3;
+        assert_eq!(batched.position(), before);
+        assert_eq!(rows(batched.path()), rows(one.path()));
+    }
+    let end = batched.apply_batch(&good).unwrap();
+    assert_eq!(end.sum, good[good.len() - 1].3);
+    assert_eq!(rows(batched.path()), rows(&src.path));
+    assert!(batched.verify().unwrap().is_ok());
 }
 
 /// A schema larger than one page (any schema with 1024-byte pages, or a few

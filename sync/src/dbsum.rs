@@ -145,6 +145,15 @@ impl fmt::Display for DbSum {
     }
 }
 
+/// What [`PageHashes::apply_undoable`] changed: the sum and length before,
+/// and every hash it replaced or dropped.
+#[derive(Debug)]
+pub struct Undo {
+    sum: DbSum,
+    len: usize,
+    replaced: Vec<(usize, PageHash)>,
+}
+
 /// The hash of every page of one database and their [`DbSum`], kept up to
 /// date per transaction.
 #[derive(Clone, PartialEq, Eq)]
@@ -245,8 +254,43 @@ impl PageHashes {
         self.sum
     }
 
+    /// [`PageHashes::apply`], keeping what it replaced so that
+    /// [`PageHashes::undo`] can put the table back: checking a transaction
+    /// against the primary's sum then costs its own pages, not a copy of a
+    /// table that holds 8 MiB per GiB of database.
+    pub fn apply_undoable(&mut self, tx: &Transaction) -> Undo {
+        let len = self.hashes.len();
+        let size = (tx.db_pages_after_commit as usize).min(len);
+        let mut replaced: Vec<(usize, PageHash)> = tx
+            .pages
+            .iter()
+            .filter_map(|(pgno, _)| (*pgno as usize).checked_sub(1))
+            .filter(|i| *i < size)
+            .map(|i| (i, self.hashes[i]))
+            .collect();
+        // What a truncation drops.
+        replaced.extend((size..len).map(|i| (i, self.hashes[i])));
+        let undo = Undo {
+            sum: self.sum,
+            len,
+            replaced,
+        };
+        self.apply(tx);
+        undo
+    }
+
+    /// Puts back what [`PageHashes::apply_undoable`] changed; undos are
+    /// taken back newest first.
+    pub fn undo(&mut self, undo: Undo) {
+        self.hashes.resize(undo.len, [0; 32]);
+        for (i, h) in undo.replaced {
+            self.hashes[i] = h;
+        }
+        self.sum = undo.sum;
+    }
+
     /// The sum the database would have after `tx`, without changing the
-    /// table: the standby checks it against the primary's before writing.
+    /// table.
     pub fn sum_after(&self, tx: &Transaction) -> DbSum {
         let mut sum = self.sum;
         let old_len = self.hashes.len();

@@ -176,6 +176,30 @@ proptest! {
     }
 
     #[test]
+    fn an_undone_apply_leaves_the_table_as_it_was(fs in frames(), keep in 0usize..8) {
+        let h = header(512, false, (1, 1));
+        let txs = model(&h, &fs, fs.len());
+        let mut table = PageHashes::new(512);
+        // Some transactions kept, then the rest applied and undone, newest
+        // first (as a refused batch is).
+        let keep = keep.min(txs.len());
+        for tx in &txs[..keep] {
+            table.apply(tx);
+        }
+        let before = table.clone();
+        let mut undos = Vec::new();
+        for tx in &txs[keep..] {
+            let predicted = table.sum_after(tx);
+            undos.push(table.apply_undoable(tx));
+            prop_assert_eq!(table.sum(), predicted);
+        }
+        for undo in undos.into_iter().rev() {
+            table.undo(undo);
+        }
+        prop_assert_eq!(table, before);
+    }
+
+    #[test]
     fn the_rolling_sum_equals_the_sum_from_scratch(fs in frames()) {
         let h = header(512, false, (1, 1));
         let txs = model(&h, &fs, fs.len());
