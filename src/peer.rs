@@ -8,6 +8,7 @@
 //! switchover are never handled out of order across two connections.
 
 use crate::endpoint::Endpoint;
+use crate::engine::lock;
 use crate::node::Node;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -295,10 +296,6 @@ impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         self.0.close();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Run the replication link for the life of the node.
