@@ -1178,29 +1178,28 @@ impl Actor {
         let grew = self.poll_and_ship();
         self.bound_wal();
         let watch = watch?;
-        if grew {
-            if !watch.busy(Instant::now()) {
+        let busy = if grew {
+            watch.busy(Instant::now())
+        } else if watch.paused() {
+            if let Err(e) = watch.resume() {
+                // The watch reports it ended, and is made again.
+                tracing::warn!("database {}: WAL watch: {e}", self.e.name);
                 return None;
             }
+            // What was written between the last read and the watch's return.
+            let grew = self.poll_and_ship();
+            if grew {
+                self.bound_wal();
+                watch.busy(Instant::now());
+            }
+            grew
+        } else {
+            false
+        };
+        busy.then(|| {
             watch.pause();
-            return Some(Instant::now() + WAL_READ_EVERY_BUSY);
-        }
-        if !watch.paused() {
-            return None;
-        }
-        if let Err(e) = watch.resume() {
-            // The watch reports it ended, and is made again.
-            tracing::warn!("database {}: WAL watch: {e}", self.e.name);
-            return None;
-        }
-        // What was written between the last read and the watch's return.
-        if self.poll_and_ship() {
-            self.bound_wal();
-            watch.busy(Instant::now());
-            watch.pause();
-            return Some(Instant::now() + WAL_READ_EVERY_BUSY);
-        }
-        None
+            Instant::now() + WAL_READ_EVERY_BUSY
+        })
     }
 
     fn alarm(&self, message: Option<String>) {

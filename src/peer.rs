@@ -29,6 +29,7 @@ const HANDSHAKE_WITHIN: Duration = Duration::from_secs(3);
 /// refused: the peer is slow or stuck, and the sender waits or lets go.
 const OUTBOX: usize = 1024;
 const OUTBOX_BYTES_MAX: usize = 64 << 20;
+const LINK_DOWN: &str = "the replication link to the peer is down";
 
 /// The sending half of the live connection, if any.
 pub struct PeerLink {
@@ -87,10 +88,7 @@ impl PeerLink {
     pub fn send_or_return(&self, msg: PeerMessage) -> Result<(), Box<(PeerMessage, String)>> {
         match self.live() {
             Some(out) => out.send(msg),
-            None => Err(Box::new((
-                msg,
-                "the replication link to the peer is down".into(),
-            ))),
+            None => Err(Box::new((msg, LINK_DOWN.into()))),
         }
     }
 
@@ -157,10 +155,7 @@ impl Outbound {
     fn send(&self, msg: PeerMessage) -> Result<(), Box<(PeerMessage, String)>> {
         let mut st = lock(&self.state);
         if st.closed {
-            return Err(Box::new((
-                msg,
-                "the replication link to the peer is down".into(),
-            )));
+            return Err(Box::new((msg, LINK_DOWN.into())));
         }
         if st.frames.len() >= OUTBOX || st.bytes >= OUTBOX_BYTES_MAX {
             return Err(Box::new((
@@ -203,7 +198,7 @@ impl Outbound {
     }
 
     /// Writes what waits, as the socket takes it; returns when the link
-    /// failed. Sends a keepalive when nothing else was sent for a while.
+    /// failed. Sends a keepalive every [`KEEPALIVE`].
     async fn flusher(&self) {
         let _close = CloseOnDrop(self);
         let mut keepalive = tokio::time::interval(KEEPALIVE);

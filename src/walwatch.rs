@@ -33,6 +33,16 @@ use tokio::io::Interest;
 
 struct Fd(Inotify);
 
+impl Fd {
+    /// In the runtime's epoll set, for readability.
+    fn register(self) -> io::Result<AsyncFd<Fd>> {
+        // SAFETY: `Fd` owns the descriptor, which stays open (and the same)
+        // until the AsyncFd, its only owner, is dropped or gives it back.
+        unsafe { AsyncFd::register_with_interest(self, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+    }
+}
+
 impl AsRawFd for Fd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_fd().as_raw_fd()
@@ -73,12 +83,8 @@ impl WalWatch {
                 | AddWatchFlags::IN_DELETE_SELF
                 | AddWatchFlags::IN_MOVE_SELF,
         )?;
-        // SAFETY: `Fd` owns the descriptor, which stays open (and the same)
-        // until the AsyncFd, its only owner, is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
         Ok(WalWatch {
-            armed: Some(fd),
+            armed: Some(Fd(inotify).register()?),
             paused: None,
             grew_at: None,
             wal_name: wal_name.to_owned(),
@@ -167,10 +173,7 @@ impl WalWatch {
                 Err(e) => return Err(e.into()),
             }
         }
-        // SAFETY: as in `new`.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        self.armed = Some(fd);
+        self.armed = Some(fd.register()?);
         Ok(())
     }
 }

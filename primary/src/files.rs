@@ -218,7 +218,9 @@ impl FileSetScanner {
                 .all(|a| self.filter.includes_dir(a));
         if ancestors_included {
             if let Ok(meta) = fs::symlink_metadata(self.full(&target)) {
-                self.visit(&target, &meta, &previous, &mut scan);
+                let mut to_read = Vec::new();
+                self.visit(&target, &meta, &previous, &mut scan, &mut to_read);
+                self.read_files(to_read, &mut scan);
             }
             // Creating or removing `target` changed its parents' mtimes.
             for a in target.ancestors() {
@@ -266,22 +268,12 @@ impl FileSetScanner {
             if path.is_partial() {
                 continue;
             }
-            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
-                continue;
-            };
-            // Files to read are read after the walk of this directory, on
-            // several threads when there is enough to read.
-            if meta.is_file()
-                && self.filter.includes_file(&path)
-                && !previous
-                    .get(&path)
-                    .is_some_and(|prev| quick_match(prev, &meta))
-            {
-                to_read.push((path, meta.len()));
-                continue;
+            if let Ok(meta) = fs::symlink_metadata(entry.path()) {
+                self.visit(&path, &meta, previous, scan, &mut to_read);
             }
-            self.visit(&path, &meta, previous, scan);
         }
+        // Read after the walk of this directory, on several threads when
+        // there is enough to read.
         self.read_files(to_read, scan);
     }
 
@@ -344,7 +336,16 @@ impl FileSetScanner {
         }
     }
 
-    fn visit(&self, path: &SafePath, meta: &Metadata, previous: &Manifest, scan: &mut Scan) {
+    /// Puts `path` in the scan, except a regular file that must be read:
+    /// that goes to `to_read`, for [`FileSetScanner::read_files`].
+    fn visit(
+        &self,
+        path: &SafePath,
+        meta: &Metadata,
+        previous: &Manifest,
+        scan: &mut Scan,
+        to_read: &mut Vec<(SafePath, u64)>,
+    ) {
         let ft = meta.file_type();
         if ft.is_dir() {
             if self.filter.includes_dir(path) {
@@ -381,7 +382,7 @@ impl FileSetScanner {
                     return;
                 }
             }
-            self.read_files(vec![(path.clone(), meta.len())], scan);
+            to_read.push((path.clone(), meta.len()));
         } else {
             scan.skipped.push(Skipped {
                 path: path.to_string(),
