@@ -1,6 +1,6 @@
 //! The replication link: one authenticated TCP connection between the nodes,
-//! carrying [`PeerMessage`]s (the switchover conversation now; database and
-//! file streams later).
+//! carrying [`PeerMessage`]s: the switchover conversation, the database and
+//! file-set streams. Senders write their own messages (see [`Outbound`]).
 //!
 //! The node listed first in the config dials the other's replication
 //! address; the other accepts. Only one connection is live at a time: a new
