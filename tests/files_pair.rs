@@ -254,6 +254,11 @@ fn a_file_applied_just_before_a_standby_crash_is_not_taken_for_a_local_change() 
     p.start_in_sync();
     let kept = p.pair.dir.path().join("b/filesets/etc.manifest");
     let report = SafePath::parse("report.csv").unwrap();
+    // The case is a kept manifest that is behind, not none at all (a
+    // standby killed before it first kept one starts as a fresh one).
+    wait_for(QUIET, "the standby's first kept manifest", || {
+        kept.exists().then_some(())
+    });
     // The standby keeps its manifest at most once a second: a file applied
     // right after another is on disk before it is in the kept manifest.
     // Killed then; tried again if the manifest was kept before the kill.
