@@ -226,6 +226,9 @@ pub struct Capture {
     restarting: bool,
     /// The bytes the last read step consumed: the next step's size.
     read_hint: usize,
+    /// The read steps' buffer, kept: zeroing a fresh one at every poll
+    /// cost more than the read.
+    read_buf: Vec<u8>,
 }
 
 /// An open handle on the WAL file, reopened only when the path names another
@@ -272,19 +275,25 @@ impl WalFile {
 
 /// Up to `len` bytes of `f` from `offset` (fewer at the end of the file).
 fn read_at(f: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, CaptureError> {
-    use std::os::unix::fs::FileExt;
     let mut out = vec![0u8; len];
+    let got = read_into(f, path, offset, &mut out)?;
+    out.truncate(got);
+    Ok(out)
+}
+
+/// Fills `buf` from `offset` (less at the end of the file); how much was read.
+fn read_into(f: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<usize, CaptureError> {
+    use std::os::unix::fs::FileExt;
     let mut got = 0;
-    while got < len {
-        match f.read_at(&mut out[got..], offset + got as u64) {
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], offset + got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err(path)(e)),
         }
     }
-    out.truncate(got);
-    Ok(out)
+    Ok(got)
 }
 
 /// Whether `bytes` (read at the reader's next offset) start with a frame of
@@ -424,6 +433,7 @@ impl Capture {
             },
             restarting: false,
             read_hint: WAL_READ_BYTES,
+            read_buf: Vec::new(),
         };
         me.save_state()?;
         Ok((me, outcome))
@@ -623,9 +633,12 @@ impl Capture {
                 if !frame_continues_log(&self.reader, &head) {
                     break;
                 }
-                let rest = read_at(file, &self.wal, at, want)?;
-                txs.extend(self.reader.feed(at, &rest)?);
-                if rest.len() < want {
+                if self.read_buf.len() < want {
+                    self.read_buf.resize(want, 0);
+                }
+                let got = read_into(file, &self.wal, at, &mut self.read_buf[..want])?;
+                txs.extend(self.reader.feed(at, &self.read_buf[..got])?);
+                if got < want {
                     break;
                 }
                 let next = self.reader.next_offset();
@@ -635,14 +648,19 @@ impl Capture {
                     self.read_hint = usize::try_from(next - at).unwrap_or(WAL_READ_BYTES);
                     want = step(self.read_hint);
                     at = next;
-                } else if frame_continues_log(&self.reader, &rest) {
+                } else if self.reader.wants_more() {
                     // One transaction larger than what was read.
                     want = want.saturating_mul(4);
                 } else {
-                    // The end of the valid log: frames left from before the
-                    // log restarted (SQLite does not shrink the file).
+                    // The end of the valid log: a transaction still being
+                    // written, or frames left from before the log restarted
+                    // (SQLite does not shrink the file).
                     break;
                 }
+            }
+            if self.read_buf.len() > WAL_READ_BYTES {
+                // Grown for one large transaction: not kept.
+                self.read_buf = Vec::new();
             }
         }
         Ok(txs

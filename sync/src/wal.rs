@@ -249,18 +249,25 @@ pub struct WalPosition {
 #[derive(Debug, Clone, Default)]
 pub struct WalReader {
     position: Option<WalPosition>,
+    /// The last feed ended inside a transaction whose frames were valid up
+    /// to the end of the bytes fed: more bytes may complete it.
+    unfinished_to_end: bool,
 }
 
 impl WalReader {
     /// A reader that has seen no header yet: the first feed must start at 0.
     pub fn new() -> WalReader {
-        WalReader { position: None }
+        WalReader {
+            position: None,
+            unfinished_to_end: false,
+        }
     }
 
     /// A reader that continues from a position saved earlier.
     pub fn resume(position: WalPosition) -> WalReader {
         WalReader {
             position: Some(position),
+            unfinished_to_end: false,
         }
     }
 
@@ -273,6 +280,15 @@ impl WalReader {
     /// frame consumed, or 0 when no header has been read yet.
     pub fn next_offset(&self) -> u64 {
         self.position.map_or(0, |p| p.offset)
+    }
+
+    /// Whether the last feed's bytes ended inside a transaction, every frame
+    /// of it valid up to their end: reading further may complete it. False
+    /// when the valid frames stopped short of the end (a transaction still
+    /// being written, with stale frames or nothing after it) or when the
+    /// bytes ended at a commit.
+    pub fn wants_more(&self) -> bool {
+        self.unfinished_to_end
     }
 
     /// Feeds bytes read from the WAL file at `offset`, which must be 0 (the
@@ -324,19 +340,24 @@ impl WalReader {
         let mut pending: BTreeMap<u32, &[u8]> = BTreeMap::new();
         let mut running = position.checksum;
         let mut consumed = 0usize;
+        let mut ran_to_end = true;
+        self.unfinished_to_end = false;
         for frame in frames.chunks_exact(frame_bytes) {
             let (head, page) = frame.split_at(FRAME_HEADER_BYTES);
             let Some(head) = head.first_chunk::<FRAME_HEADER_BYTES>() else {
+                ran_to_end = false;
                 break;
             };
             let parsed = WalFrame::parse(head);
             if parsed.salts != header.salts || parsed.pgno == 0 {
+                ran_to_end = false;
                 break;
             }
             let check = running
                 .extend(header.big_endian_checksums, &head[..8])
                 .extend(header.big_endian_checksums, page);
             if check != parsed.checksum {
+                ran_to_end = false;
                 break;
             }
             running = check;
@@ -360,6 +381,7 @@ impl WalReader {
             }
         }
         self.position = Some(position);
+        self.unfinished_to_end = ran_to_end && (consumed > 0 || frames.len() % frame_bytes != 0);
         Ok(out)
     }
 }
@@ -495,6 +517,32 @@ mod tests {
         let txs = r.feed(resume, &file[resume as usize..]).unwrap();
         assert_eq!(txs.len(), 1);
         assert_eq!(txs[0].pages, vec![(2, vec![5; 512])]);
+    }
+
+    #[test]
+    fn more_bytes_are_wanted_only_while_a_transaction_runs_to_the_end() {
+        let h = header(512, false);
+        let frame = 24 + 512;
+        let bytes = wal(&h, &[(1, 1, 1), (2, 0, 2), (3, 3, 3)]);
+        let mut r = WalReader::new();
+        // Ends at a commit: nothing more to want.
+        r.feed(0, &bytes[..32 + frame]).unwrap();
+        assert!(!r.wants_more());
+        // Ends inside the second transaction, valid to the end of the bytes,
+        // whether at a frame boundary or in the middle of a frame.
+        let at = r.next_offset() as usize;
+        r.feed(at as u64, &bytes[at..at + frame]).unwrap();
+        assert!(r.wants_more());
+        r.feed(at as u64, &bytes[at..at + frame + 100]).unwrap();
+        assert!(r.wants_more());
+        // Its frames stop before the bytes do (it is still being written,
+        // a stale frame follows): reading further cannot help now.
+        let mut stale = bytes.clone();
+        stale[at + frame + 30] ^= 0xff;
+        r.feed(at as u64, &stale[at..]).unwrap();
+        assert!(!r.wants_more());
+        assert_eq!(r.feed(at as u64, &bytes[at..]).unwrap().len(), 1);
+        assert!(!r.wants_more());
     }
 
     #[test]
