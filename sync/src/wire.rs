@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! magic    2 bytes   b"TD"
-//! version  u8        PROTOCOL_VERSION (1)
+//! version  u8        PROTOCOL_VERSION (2)
 //! kind     u8        1 Hello, 2 Welcome, 3 Proof, 4 Data
 //! len      u32 BE    body length, refused if over the receiver's limit
 //! seq      u64 BE    0 in handshake frames; 1, 2, 3, ... in Data frames
@@ -36,8 +36,10 @@ use std::collections::VecDeque;
 /// The two bytes every frame starts with.
 pub const MAGIC: [u8; 2] = *b"TD";
 /// The protocol version this build speaks; a frame with any other version is
-/// refused with [`WireError::VersionMismatch`].
-pub const PROTOCOL_VERSION: u8 = 1;
+/// refused with [`WireError::VersionMismatch`]. 2: a page's hash became
+/// blake3(pgno || blake3(page)) (see `DbSum::page_hash`); a pair of builds
+/// that hash pages differently would take equal copies for diverged ones.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// magic (2) + version (1) + kind (1) + len (4) + seq (8).
 pub const HEADER_BYTES: usize = 16;
 /// Length of the truncated MAC that ends every frame.
@@ -402,7 +404,7 @@ mod tests {
     fn layout_is_as_documented() {
         let b = sample();
         assert_eq!(&b[..2], b"TD");
-        assert_eq!(b[2], 1);
+        assert_eq!(b[2], 2);
         assert_eq!(b[3], 4);
         assert_eq!(&b[4..8], &5u32.to_be_bytes());
         assert_eq!(&b[8..16], &7u64.to_be_bytes());
@@ -436,13 +438,13 @@ mod tests {
         r.push(b"Q");
         assert_eq!(r.next_frame(), Err(WireError::BadMagic));
         let mut r = FrameReader::new(100);
-        r.push(b"TD\x02");
+        r.push(b"TD\x01");
         assert_eq!(
             r.next_frame(),
-            Err(WireError::VersionMismatch { theirs: 2, ours: 1 })
+            Err(WireError::VersionMismatch { theirs: 1, ours: 2 })
         );
         let mut r = FrameReader::new(100);
-        r.push(b"TD\x01\x09");
+        r.push(b"TD\x02\x09");
         assert_eq!(r.next_frame(), Err(WireError::UnknownKind(9)));
     }
 
