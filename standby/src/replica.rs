@@ -185,6 +185,18 @@ fn read_pages(conn: &Connection, page_size: usize) -> Result<PageHashes, Replica
     Ok(table)
 }
 
+/// Runs a statement of the apply loop (BEGIN, COMMIT) from the connection's
+/// statement cache: parsing it again at every transaction showed in profiles.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// `PRAGMA data_version`: changes when another connection committed.
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
+}
+
 fn page_size_of(conn: &Connection) -> Result<usize, ReplicaError> {
     let n: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     Ok(usize::try_from(n).unwrap_or(0))
@@ -228,7 +240,7 @@ impl Replica {
                 source,
             }
         })?;
-        let data_version = apply.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let data_version = data_version(&apply)?;
         Ok(Replica {
             path: path.to_owned(),
             apply,
@@ -314,7 +326,7 @@ impl Replica {
                 after_txid: newest.after.txid,
             });
         };
-        let data_version = apply.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let data_version = data_version(&apply)?;
         Ok(Replica {
             path: path.to_owned(),
             apply,
@@ -564,7 +576,7 @@ impl Replica {
             return Err(Uncommitted(e));
         }
         self.locked = false;
-        if let Err(e) = self.apply.execute_batch("COMMIT") {
+        if let Err(e) = run_cached(&self.apply, "COMMIT") {
             let _ = self.apply.execute_batch("ROLLBACK");
             self.forget_parsed_pages();
             let _ = self.lock();
@@ -578,9 +590,7 @@ impl Replica {
             self.forget_parsed_pages();
         }
         self.position = after;
-        let version = self
-            .apply
-            .query_row("PRAGMA data_version", [], |r| r.get(0));
+        let version = data_version(&self.apply);
         Ok(version.map_err(Into::into).map(|v| {
             self.data_version = v;
             // Losing the race for the lock here is detected at the next apply.
@@ -629,11 +639,9 @@ impl Replica {
         if self.locked {
             return Ok(());
         }
-        self.apply.execute_batch("BEGIN IMMEDIATE")?;
+        run_cached(&self.apply, "BEGIN IMMEDIATE")?;
         self.locked = true;
-        let now: i64 = self
-            .apply
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let now = data_version(&self.apply)?;
         if now != self.data_version {
             let found = read_pages(&self.apply, self.hashes.page_size())?;
             if found.sum() != self.position.sum {
