@@ -14,9 +14,11 @@
 //!   manifest's. Then mode and mtime, fsync, rename over the target, fsync of
 //!   the directory: at once with [`FileSetReplica::apply`]; with
 //!   [`FileSetReplica::apply_batched`] the file waits, complete and
-//!   verified, in its temp file until [`FileSetReplica::commit`] makes a
-//!   whole batch durable (fsyncs in flight together, each directory fsynced
-//!   once), so a kill leaves every path its old or its new version.
+//!   verified, in its temp file until [`FileSetReplica::commit`] puts a
+//!   whole batch in place (its fsync started on a background thread as soon
+//!   as it was complete; the commit waits for each, renames, and fsyncs
+//!   each directory once), so a kill leaves every path its old or its new
+//!   version.
 //! - **Renames** are renames; deletes, directories (empty ones too), symlinks,
 //!   modes and mtimes are mirrored. Every operation keeps its parent
 //!   directory's mtime as it was, since directory mtimes come from the
@@ -49,6 +51,7 @@ use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tandem_sync::chunk::{ChunkHash, ChunkRef};
 use tandem_sync::fileset::SafePath;
@@ -150,27 +153,60 @@ pub struct FileSetReplica {
     /// Where each apply is recorded before it takes effect, when the node
     /// keeps one ([`AppliedLog`]).
     applied: Option<AppliedLog>,
+    /// Where pending files are fsynced, started once the first one is.
+    fsyncs: Option<FsyncPool>,
 }
 
 /// A file's new content, complete and verified in its temp file, not yet
-/// durable nor renamed over its target.
+/// renamed over its target; its fsync runs in the background from the
+/// moment it was complete, and `synced` tells how it went.
 #[derive(Debug)]
 struct PendingFile {
     path: SafePath,
     full: PathBuf,
     tmp: PathBuf,
     parent: PathBuf,
-    file: File,
+    synced: mpsc::Receiver<io::Result<()>>,
     change: Change,
 }
 
-/// Files one batch holds, at most, before it is committed (each holds a
-/// descriptor open).
+/// Files one batch holds, at most, before it is committed.
 pub const BATCH_FILES_MAX: usize = 256;
 /// Bytes one batch holds, at most, before it is committed.
 pub const BATCH_BYTES_MAX: u64 = 128 << 20;
-/// fsyncs of one batch in flight at once.
+/// fsyncs of pending files in flight at once.
 const FSYNC_THREADS: usize = 4;
+
+/// A file to fsync, and where to say how it went.
+type FsyncJob = (File, mpsc::SyncSender<io::Result<()>>);
+
+/// Threads that fsync each pending file as soon as it is complete, while
+/// the engine assembles the next ones: a batch's commit then finds most of
+/// its fsyncs done instead of starting them all at the end of a round (the
+/// filesystem also joins concurrent fsyncs into fewer flushes). The
+/// threads end when the replica is dropped (the sender with it).
+#[derive(Debug)]
+struct FsyncPool {
+    jobs: mpsc::Sender<FsyncJob>,
+}
+
+impl FsyncPool {
+    fn start() -> io::Result<FsyncPool> {
+        let (jobs, queue) = mpsc::channel::<FsyncJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..FSYNC_THREADS {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("fsync-{i}"))
+                .spawn(move || loop {
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((file, done)) = job else { return };
+                    let _ = done.send(file.sync_all());
+                })?;
+        }
+        Ok(FsyncPool { jobs })
+    }
+}
 
 fn mtime_ns(meta: &Metadata) -> i64 {
     meta.mtime()
@@ -203,38 +239,6 @@ fn file_len(e: &Entry) -> u64 {
         EntryKind::File { size, .. } => size,
         _ => 0,
     }
-}
-
-/// fsync every pending file, [`FSYNC_THREADS`] at a time: the filesystem
-/// joins concurrent fsyncs into fewer journal commits. One result per file,
-/// in order.
-fn sync_all_files(files: &[PendingFile]) -> Vec<io::Result<()>> {
-    if files.len() == 1 {
-        return vec![files[0].file.sync_all()];
-    }
-    let per_thread = files.len().div_ceil(FSYNC_THREADS);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = files
-            .chunks(per_thread)
-            .map(|part| {
-                let n = part.len();
-                (
-                    n,
-                    scope.spawn(move || part.iter().map(|p| p.file.sync_all()).collect::<Vec<_>>()),
-                )
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|(n, h)| {
-                h.join().unwrap_or_else(|_| {
-                    (0..n)
-                        .map(|_| Err(io::Error::other("the fsync thread panicked")))
-                        .collect()
-                })
-            })
-            .collect()
-    })
 }
 
 /// Set an entry's mtime without following a symlink.
@@ -331,7 +335,28 @@ impl FileSetReplica {
             defer: None,
             staged: HashMap::new(),
             applied: None,
+            fsyncs: None,
         })
+    }
+
+    /// Starts the fsync of a complete pending file; the receiver says how
+    /// it went. Without threads (none could be started: tried again for
+    /// the next file) it runs here, as it would at the commit.
+    fn start_fsync(&mut self, file: File) -> mpsc::Receiver<io::Result<()>> {
+        let (done, synced) = mpsc::sync_channel(1);
+        if self.fsyncs.is_none() {
+            self.fsyncs = FsyncPool::start().ok();
+        }
+        let job = match &self.fsyncs {
+            Some(pool) => match pool.jobs.send((file, done)) {
+                Ok(()) => return synced,
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => (file, done),
+        };
+        let (file, done) = job;
+        let _ = done.send(file.sync_all());
+        synced
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -719,7 +744,14 @@ impl FileSetReplica {
             // Nothing renamed: the temp files stay to resume from.
             return vec![e];
         }
-        let synced = sync_all_files(&pending);
+        let synced: Vec<io::Result<()>> = pending
+            .iter()
+            .map(|p| {
+                p.synced
+                    .recv()
+                    .unwrap_or_else(|_| Err(io::Error::other("its fsync thread ended")))
+            })
+            .collect();
         let mut errors = Vec::new();
         // Renames change their directories' mtimes, which the manifest
         // decides: kept as they are and put back before the directories'
@@ -883,12 +915,13 @@ impl FileSetReplica {
                     self.pending_index.insert(c.hash, (tmp.clone(), *c));
                 }
                 self.pending_bytes += file_len(new);
+                let synced = self.start_fsync(file);
                 self.pending.push(PendingFile {
                     path: path.clone(),
                     full,
                     tmp,
                     parent,
-                    file,
+                    synced,
                     change,
                 });
                 return Ok(());
