@@ -182,9 +182,9 @@ type FsyncJob = (File, mpsc::SyncSender<io::Result<()>>);
 
 /// Threads that fsync each pending file as soon as it is complete, while
 /// the engine assembles the next ones: a batch's commit then finds most of
-/// its fsyncs done instead of starting them all at the end of a round (the
-/// filesystem also joins concurrent fsyncs into fewer flushes). The
-/// threads end when the replica is dropped (the sender with it).
+/// its fsyncs done instead of starting them all at the end of a round
+/// (several at once: with a journal, concurrent fsyncs share its commits).
+/// The threads end when the replica is dropped (the sender with it).
 #[derive(Debug)]
 struct FsyncPool {
     jobs: mpsc::Sender<FsyncJob>,
