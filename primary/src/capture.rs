@@ -273,14 +273,6 @@ impl WalFile {
     }
 }
 
-/// Up to `len` bytes of `f` from `offset` (fewer at the end of the file).
-fn read_at(f: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, CaptureError> {
-    let mut out = vec![0u8; len];
-    let got = read_into(f, path, offset, &mut out)?;
-    out.truncate(got);
-    Ok(out)
-}
-
 /// Fills `buf` from `offset` (less at the end of the file); how much was read.
 fn read_into(f: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<usize, CaptureError> {
     use std::os::unix::fs::FileExt;
@@ -611,9 +603,9 @@ impl Capture {
         let Some((file, ..)) = &self.wal_file.open else {
             return Ok(Vec::new());
         };
-        let header = read_at(file, &self.wal, 0, WAL_HEADER_BYTES)?;
+        let mut header = [0u8; WAL_HEADER_BYTES];
         let mut txs = Vec::new();
-        if header.len() == WAL_HEADER_BYTES {
+        if read_into(file, &self.wal, 0, &mut header)? == WAL_HEADER_BYTES {
             match self.reader.feed(0, &header) {
                 Ok(t) => txs.extend(t),
                 // A header being rewritten: SQLite sees an empty log too.
@@ -629,8 +621,9 @@ impl Capture {
             // Each turn reaches the end of the file, consumes a commit, or
             // grows `want` (up to the file's end): bounded by the file.
             while at >= WAL_HEADER_BYTES as u64 {
-                let head = read_at(file, &self.wal, at, FRAME_HEADER_BYTES)?;
-                if !frame_continues_log(&self.reader, &head) {
+                let mut head = [0u8; FRAME_HEADER_BYTES];
+                let got = read_into(file, &self.wal, at, &mut head)?;
+                if !frame_continues_log(&self.reader, &head[..got]) {
                     break;
                 }
                 if self.read_buf.len() < want {
