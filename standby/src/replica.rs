@@ -423,13 +423,7 @@ impl Replica {
             txid: *txid,
             sum: self.hashes.sum(),
         };
-        match self.write_checked(after, &whole, pages_before) {
-            Err(Uncommitted(e)) => {
-                self.undo(undos);
-                Err(e)
-            }
-            Ok(r) => r,
-        }
+        self.write_or_undo(after, &whole, pages_before, undos)
     }
 
     /// Applies each transaction of a batch to the page table, checking it
@@ -537,9 +531,21 @@ impl Replica {
             txid,
             sum: computed,
         };
+        self.write_or_undo(after, tx, pages_before, vec![undo])
+    }
+
+    /// [`Replica::write_checked`], and the page table taken back (`undos`,
+    /// what checking `tx` applied to it) if nothing was committed.
+    fn write_or_undo(
+        &mut self,
+        after: DbPosition,
+        tx: &Transaction,
+        pages_before: u32,
+        undos: Vec<Undo>,
+    ) -> Result<DbPosition, ReplicaError> {
         match self.write_checked(after, tx, pages_before) {
             Err(Uncommitted(e)) => {
-                self.hashes.undo(undo);
+                self.undo(undos);
                 Err(e)
             }
             Ok(r) => r,

@@ -2,11 +2,11 @@
 //!
 //! Two copies of a database are compared by one 32-byte value instead of by
 //! reading both: the XOR, over every page, of blake3(page number as a
-//! big-endian u32 || blake3(page bytes)). XOR makes the sum order-free and lets a
-//! transaction update it in time proportional to the pages it touched: XOR out
-//! each changed page's old hash, XOR in its new one, and XOR out the pages a
-//! truncation removed. The page number is hashed with the page so that two
-//! pages swapping places changes the sum.
+//! big-endian u32 || blake3(page bytes)). XOR makes the sum order-free and
+//! lets a transaction update it in time proportional to the pages it
+//! touched: XOR out each changed page's old hash, XOR in its new one, and XOR
+//! out the pages a truncation removed. The page number is hashed with the
+//! page so that two pages swapping places changes the sum.
 //!
 //! Updating needs the old hash of every page a transaction writes. Rather than
 //! read old page images back, both sides keep [`PageHashes`]: one hash per
@@ -297,7 +297,8 @@ impl PageHashes {
     }
 
     /// The sum the database would have after `tx`, without changing the
-    /// table.
+    /// table: computed another way than [`PageHashes::apply`], so the
+    /// property tests check one against the other.
     pub fn sum_after(&self, tx: &Transaction) -> DbSum {
         let mut sum = self.sum;
         let old_len = self.hashes.len();
