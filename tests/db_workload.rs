@@ -668,20 +668,28 @@ fn the_primary_killed_during_capture_resyncs_the_standby() {
     // by a page-hash resync (also when the restarted primary lost count of
     // what it had shipped: the standby's copy holds only its transactions).
     // Never quarantined: nothing in it is foreign.
-    let reseeds = p
-        .pair
-        .log(0)
+    let log = p.pair.log(0);
+    let quarantines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("this primary's line never had"))
         .filter(|l| l.contains("ERROR"))
-        .count();
+        .collect();
+    let reseeds = quarantines.len();
     eprintln!(
         "{kills} kills of the primary, {behind_at_kill} with the standby behind, \
          {resyncs} resyncs by page hashes, {reseeds} quarantines and new seeds; txid {txid}"
     );
+    // How each restart placed its copy, to tell why one was quarantined.
+    let opened: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("primary at txid"))
+        .collect();
     assert_eq!(
-        reseeds, 0,
-        "a copy holding only this primary's transactions was quarantined"
+        reseeds,
+        0,
+        "a copy holding only this primary's transactions was quarantined:\n{}\nthe primary's restarts:\n{}",
+        quarantines.join("\n"),
+        opened.join("\n")
     );
 }
 

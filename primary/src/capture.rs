@@ -342,11 +342,17 @@ impl Capture {
         control.execute_batch("BEGIN IMMEDIATE")?;
         let begun = (|| -> Result<(WalReader, u64, OpenOutcome), CaptureError> {
             let bytes = read_from(&wal, 0)?;
-            let mut outcome = OpenOutcome::Fresh;
+            // A record without a log position (taken while the WAL was
+            // empty) places nothing after it: what was committed since is
+            // discontinuous, as after a log restart, unless the content is
+            // unchanged.
+            let mut outcome = match saved {
+                Some(_) => OpenOutcome::Discontinuous,
+                None => OpenOutcome::Fresh,
+            };
             let mut reader = WalReader::new();
             let mut counted = 0u64;
             if let Some((_, Some(pos))) = &saved {
-                outcome = OpenOutcome::Discontinuous;
                 let same_log = bytes
                     .first_chunk::<WAL_HEADER_BYTES>()
                     .and_then(|h| WalHeader::parse(h).ok())
