@@ -76,7 +76,9 @@ use tandem_sync::filemsg::{
     INLINE_BYTES_MAX, ROUND_CHANGES_MAX,
 };
 use tandem_sync::fileset::SafePath;
-use tandem_sync::manifest::{diff, Change, Entry, EntryKind, FileSetFilter, Manifest};
+use tandem_sync::manifest::{
+    before_deletes, diff, Change, Entry, EntryKind, FileSetFilter, Manifest,
+};
 use tandem_sync::message::{Epoch, PeerMessage, Position, Role};
 use tandem_sync::resource::{Resource, ResourceError};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -89,6 +91,11 @@ const TICK: Duration = Duration::from_millis(50);
 /// Inline chunk bytes in one round, at most: a round ends where they run
 /// out (and they bound what one round holds in the link's outbox).
 const ROUND_INLINE_BYTES_MAX: usize = 64 << 20;
+/// File contents one scan pass reads, at most (about one round's worth):
+/// a large tree is sent part by part, each part while the next is read,
+/// and a change made meanwhile elsewhere in the set waits for one pass,
+/// not for the whole tree to be read.
+const SCAN_PASS_BYTES: u64 = ROUND_INLINE_BYTES_MAX as u64;
 /// A chunk delta is sent instead of the whole chunk only if it saves at
 /// least this many bytes (its own framing, about).
 const DELTA_SAVING_MIN: usize = 128;
@@ -343,6 +350,9 @@ struct PrimarySide {
     watcher: Option<FileSetWatcher>,
     watch_error: Option<String>,
     local: Manifest,
+    /// Files the last scan pass left unread (see [`SCAN_PASS_BYTES`]):
+    /// `local` still has their old entries, or none for new ones.
+    deferred: Vec<SafePath>,
     /// The standby's manifest, as it reported it plus every round it
     /// acknowledged at the expected root. `None`: unknown, asked for.
     peer: Option<Manifest>,
@@ -501,7 +511,7 @@ impl Actor {
                     }
                     self.handle(i).await
                 }
-                Event::Dirty => self.take_dirty(),
+                Event::Dirty => self.take_dirty(true),
                 Event::Tick => self.on_tick().await,
             }
         }
@@ -674,6 +684,7 @@ impl Actor {
             watcher,
             watch_error,
             local: scan.manifest,
+            deferred: Vec::new(),
             peer: None,
             asked_at: None,
             incoming: None,
@@ -835,32 +846,50 @@ impl Actor {
         self.send(FsMessage::Ask { set }).await;
     }
 
-    /// Bring the manifest up to date with what the watcher reported.
-    fn take_dirty(&mut self) {
+    /// Bring the manifest up to date with what the watcher reported, and
+    /// with `deferred`, read on from where the last pass stopped. Without
+    /// it, nothing is done while a scan is unfinished: its next pass takes
+    /// the watcher's news, after the round being built from what it read.
+    fn take_dirty(&mut self, deferred: bool) {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
-        let Some(w) = &p.watcher else { return };
-        let dirty = w.take_dirty();
-        if dirty.is_empty() {
+        if !deferred && !p.deferred.is_empty() {
             return;
         }
+        let mut dirty = p
+            .watcher
+            .as_ref()
+            .map_or(DirtySet::Paths(Default::default()), |w| w.take_dirty());
         let mut raise = None;
-        if let Some(e) = w.last_error() {
-            if p.watch_error.as_ref() != Some(&e) {
-                tracing::error!("file set {}: {e}", self.e.name);
-                raise = Some(format!("file set {}: {e}", self.e.name));
+        if !dirty.is_empty() {
+            if let Some(e) = p.watcher.as_ref().and_then(|w| w.last_error()) {
+                if p.watch_error.as_ref() != Some(&e) {
+                    tracing::error!("file set {}: {e}", self.e.name);
+                    raise = Some(format!("file set {}: {e}", self.e.name));
+                }
+                p.watch_error = Some(e);
             }
-            p.watch_error = Some(e);
+            if dirty == DirtySet::Everything {
+                tracing::warn!(
+                    "file set {}: the watcher lost track (queue overflow or a watch error); rescanning the whole set",
+                    self.e.name
+                );
+            }
+            p.last_hint = Instant::now();
+        } else if !deferred || p.deferred.is_empty() {
+            return;
         }
-        if dirty == DirtySet::Everything {
-            tracing::warn!(
-                "file set {}: the watcher lost track (queue overflow or a watch error); rescanning the whole set",
-                self.e.name
-            );
+        // A pass reads on where the last one stopped, with whatever the
+        // watcher reported since.
+        if let DirtySet::Paths(paths) = &mut dirty {
+            paths.extend(p.deferred.drain(..));
         }
-        p.last_hint = Instant::now();
         rescan(&self.e.name, p, &dirty);
+        if !p.deferred.is_empty() {
+            // Read on after the events waiting now, a round among them.
+            self.wake.notify_one();
+        }
         if raise.is_some() {
             self.alarm(raise);
         }
@@ -893,7 +922,7 @@ impl Actor {
                 if ask {
                     self.ask_standby().await;
                 }
-                self.take_dirty();
+                self.take_dirty(true);
             }
             Side::Standby(s) => {
                 let due = s.last_reconcile.elapsed() >= reconcile && s.round.is_none();
@@ -911,7 +940,9 @@ impl Actor {
     async fn progress(&mut self) {
         // Hints that arrived meanwhile first: the round is built from them,
         // and holding it back (SETTLE) depends on when the last one came.
-        self.take_dirty();
+        // Files a bounded pass left unread are read after the round is
+        // sent, while the standby applies it.
+        self.take_dirty(false);
         let connected = self.node.peer_link.is_connected();
         let may_send = matches!(self.role, Role::Primary | Role::Demoting);
         let demoting = self.role == Role::Demoting;
@@ -923,7 +954,7 @@ impl Actor {
             return;
         }
         let Some(peer) = &p.peer else { return };
-        if peer.root() == p.local.root() {
+        if peer.root() == p.local.root() && p.deferred.is_empty() {
             if p.unsynced_since.take().is_some() || p.last_sync_unix_ms.is_none() {
                 p.last_sync_unix_ms = Some(unix_ms());
                 p.last_errors.clear();
@@ -948,7 +979,14 @@ impl Actor {
         if p.drained || p.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let changes = diff(peer, &p.local);
+        let mut changes = diff(peer, &p.local);
+        if !p.deferred.is_empty() {
+            // The scan is not over: deletes wait for it.
+            changes = before_deletes(changes);
+            if changes.is_empty() {
+                return;
+            }
+        }
         // Content the standby holds would go away: wait for the watcher
         // to settle (see SETTLE), within bounds.
         let loses_content = changes.iter().any(|c| match c {
@@ -968,7 +1006,7 @@ impl Actor {
             .iter()
             .flat_map(|(_, e)| e.chunks().iter().map(|c| c.hash))
             .collect();
-        p.pending_changes = changes.len();
+        p.pending_changes = changes.len() + p.deferred.len();
         p.bytes_queued = changes
             .iter()
             .flat_map(|c| c.changed_chunks())
@@ -2014,17 +2052,23 @@ async fn send_to(node: &Node, set: &str, msg: FsMessage) -> bool {
     }
 }
 
+/// One scan pass of `dirty` (at most [`SCAN_PASS_BYTES`] read); what it
+/// left unread goes to `p.deferred`.
 fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet) {
     let before = p.local.root();
-    match p.scanner.rescan(&mut p.local, dirty) {
-        Ok(skipped) => {
+    match p
+        .scanner
+        .rescan_bounded(&mut p.local, dirty, SCAN_PASS_BYTES)
+    {
+        Ok(pass) => {
             if matches!(dirty, DirtySet::Everything) {
                 p.skipped.clear();
             }
-            for s in skipped {
+            for s in pass.skipped {
                 p.skipped.push(format!("{}: {:?}", s.path, s.reason));
             }
             p.skipped.truncate(100);
+            p.deferred = pass.deferred;
         }
         Err(e) => tracing::error!("file set {name}: {e}"),
     }

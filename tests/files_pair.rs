@@ -564,3 +564,45 @@ fn an_insert_and_an_append_on_a_large_file_send_little_more_than_the_edit() {
     );
     assert_eq!(fs::read(p.root(1).join("big.dat")).unwrap(), content);
 }
+
+/// A tree larger than one scan pass (64 MiB) is read and sent in parts.
+/// Renamed whole, it is moved file by file and nothing is sent again: while
+/// the new tree is only partly read, the deletes of the old paths wait, so
+/// that every file is still paired with its old path when it is read.
+#[test]
+fn a_tree_larger_than_a_scan_pass_is_mirrored_and_renamed_without_resending() {
+    const FILES: u64 = 80;
+    let mut p = FilesPair::new(1000);
+    p.start_in_sync();
+    // Built beside the root and moved in at once, as a bulk delivery is.
+    let staging = p.root(0).parent().unwrap().join("bulk-staging");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..FILES {
+        let dir = staging.join(format!("d{}", i % 4));
+        fs::create_dir_all(&dir).unwrap();
+        let bytes: Vec<u8> = (0..(1 << 20) / 8)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()
+            })
+            .collect();
+        fs::write(dir.join(format!("f{i:03}")), bytes).unwrap();
+    }
+    fs::rename(&staging, p.root(0).join("bulk")).unwrap();
+    p.wait_identical(0, Duration::from_secs(180));
+    let s = p.fs_status(0).unwrap();
+    let sent = s["chunk_bytes_sent"].as_u64().unwrap();
+    let renames = s["renames_sent"].as_u64().unwrap();
+    assert!(sent >= FILES << 20, "{s}");
+
+    fs::rename(p.root(0).join("bulk"), p.root(0).join("moved")).unwrap();
+    p.wait_identical(0, Duration::from_secs(180));
+    let s = p.fs_status(0).unwrap();
+    assert_eq!(s["chunk_bytes_sent"].as_u64().unwrap(), sent, "{s}");
+    assert_eq!(s["renames_sent"].as_u64().unwrap() - renames, FILES, "{s}");
+    assert!(!p.root(1).join("bulk").exists());
+    p.pair.stop(1);
+    p.pair.stop(0);
+}

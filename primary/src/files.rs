@@ -66,6 +66,23 @@ pub struct Skipped {
 pub struct Scan {
     pub manifest: Manifest,
     pub skipped: Vec<Skipped>,
+    /// Files left unread because the pass's read budget ran out: each keeps
+    /// the entry it had (a new one stays absent) until it is rescanned.
+    pub deferred: Vec<SafePath>,
+    /// Bytes of files this pass may still read; None: no bound.
+    read_left: Option<u64>,
+    /// Whether this pass has read a file (a bounded pass reads at least one,
+    /// so that it always makes progress).
+    read_some: bool,
+}
+
+/// What a bounded rescan ([`FileSetScanner::rescan_bounded`]) left to do.
+#[derive(Debug, Default)]
+pub struct Rescan {
+    pub skipped: Vec<Skipped>,
+    /// Files still to read: rescan them (with whatever else is dirty) in
+    /// the next pass.
+    pub deferred: Vec<SafePath>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +172,11 @@ impl FileSetScanner {
     /// Scan the whole root. Files unchanged since `previous` (same size,
     /// mtime and mode) keep their chunk lists without being read.
     pub fn scan(&self, previous: Option<&Manifest>) -> Result<Scan, ScanError> {
+        self.scan_with(previous, Scan::default())
+    }
+
+    fn scan_with(&self, previous: Option<&Manifest>, mut scan: Scan) -> Result<Scan, ScanError> {
         fs::symlink_metadata(&self.root).map_err(|e| ScanError::Root(self.root.clone(), e))?;
-        let mut scan = Scan::default();
         let empty = Manifest::new();
         self.walk(None, previous.unwrap_or(&empty), &mut scan);
         Ok(scan)
@@ -168,24 +188,63 @@ impl FileSetScanner {
         manifest: &mut Manifest,
         dirty: &DirtySet,
     ) -> Result<Vec<Skipped>, ScanError> {
-        match dirty {
-            DirtySet::Everything => {
-                let scan = self.scan(Some(manifest))?;
-                *manifest = scan.manifest;
-                Ok(scan.skipped)
-            }
-            DirtySet::Paths(paths) => {
-                let mut skipped = Vec::new();
-                for p in paths {
-                    skipped.extend(self.rescan_path(manifest, p));
-                }
-                Ok(skipped)
-            }
-        }
+        Ok(self.rescan_with(manifest, dirty, None)?.skipped)
     }
 
-    /// Re-read one path (and everything below it) into the manifest.
-    pub fn rescan_path(&self, manifest: &mut Manifest, path: &SafePath) -> Vec<Skipped> {
+    /// [`FileSetScanner::rescan`], reading at most about `read_bytes_max`
+    /// of file contents (at least one file): a primary given a large tree
+    /// at once sends the first part of it while it reads the rest, instead
+    /// of reading it all first. What is left is in [`Rescan::deferred`];
+    /// until it is read, the manifest keeps the old entries of those files
+    /// and lacks the new ones, so it never shows a file deleted that is not.
+    pub fn rescan_bounded(
+        &self,
+        manifest: &mut Manifest,
+        dirty: &DirtySet,
+        read_bytes_max: u64,
+    ) -> Result<Rescan, ScanError> {
+        self.rescan_with(manifest, dirty, Some(read_bytes_max))
+    }
+
+    fn rescan_with(
+        &self,
+        manifest: &mut Manifest,
+        dirty: &DirtySet,
+        read_left: Option<u64>,
+    ) -> Result<Rescan, ScanError> {
+        let fresh = Scan {
+            read_left,
+            ..Scan::default()
+        };
+        let scan = match dirty {
+            DirtySet::Everything => {
+                let scan = self.scan_with(Some(manifest), fresh)?;
+                *manifest = scan.manifest;
+                Rescan {
+                    skipped: scan.skipped,
+                    deferred: scan.deferred,
+                }
+            }
+            DirtySet::Paths(paths) => {
+                let mut scan = Scan {
+                    manifest: std::mem::take(manifest),
+                    ..fresh
+                };
+                for p in paths {
+                    self.rescan_path(&mut scan, p);
+                }
+                *manifest = scan.manifest;
+                Rescan {
+                    skipped: scan.skipped,
+                    deferred: scan.deferred,
+                }
+            }
+        };
+        Ok(scan)
+    }
+
+    /// Re-read one path (and everything below it) into `scan.manifest`.
+    fn rescan_path(&self, scan: &mut Scan, path: &SafePath) {
         // If an ancestor is no longer a real directory (or is excluded), the
         // change is really that ancestor's.
         let mut target = path.clone();
@@ -197,20 +256,17 @@ impl FileSetScanner {
             }
         }
         let mut previous = Manifest::new();
-        let below: Vec<SafePath> = manifest
+        let below: Vec<SafePath> = scan
+            .manifest
             .iter()
             .filter(|(p, _)| p.starts_with(&target))
             .map(|(p, _)| p.clone())
             .collect();
         for p in below {
-            if let Some(e) = manifest.remove(&p) {
+            if let Some(e) = scan.manifest.remove(&p) {
                 previous.insert(p, e);
             }
         }
-        let mut scan = Scan {
-            manifest: std::mem::take(manifest),
-            skipped: Vec::new(),
-        };
         let ancestors_included = !target.is_partial()
             && target
                 .ancestors()
@@ -219,8 +275,8 @@ impl FileSetScanner {
         if ancestors_included {
             if let Ok(meta) = fs::symlink_metadata(self.full(&target)) {
                 let mut to_read = Vec::new();
-                self.visit(&target, &meta, &previous, &mut scan, &mut to_read);
-                self.read_files(to_read, &mut scan);
+                self.visit(&target, &meta, &previous, scan, &mut to_read);
+                self.read_files(to_read, &previous, scan);
             }
             // Creating or removing `target` changed its parents' mtimes.
             for a in target.ancestors() {
@@ -231,8 +287,6 @@ impl FileSetScanner {
                 }
             }
         }
-        *manifest = scan.manifest;
-        scan.skipped
     }
 
     fn walk(&self, dir: Option<&SafePath>, previous: &Manifest, scan: &mut Scan) {
@@ -274,15 +328,34 @@ impl FileSetScanner {
         }
         // Read after the walk of this directory, on several threads when
         // there is enough to read.
-        self.read_files(to_read, scan);
+        self.read_files(to_read, previous, scan);
     }
 
-    /// Read and chunk `files` into the scan. With more than
-    /// [`PARALLEL_READ_BYTES_MIN`] to read, one thread per core takes them
-    /// in turn: hashing is the scan's cost, and a primary scanning a
-    /// directory of new files has cores to spare (the standby waits for
-    /// the scan).
-    fn read_files(&self, files: Vec<(SafePath, u64)>, scan: &mut Scan) {
+    /// Read and chunk `files` into the scan, as far as its read budget
+    /// goes; the rest keep their `previous` entries and are deferred. With
+    /// more than [`PARALLEL_READ_BYTES_MIN`] to read, one thread per core
+    /// takes them in turn: hashing is the scan's cost, and a primary
+    /// scanning a directory of new files has cores to spare.
+    fn read_files(&self, mut files: Vec<(SafePath, u64)>, previous: &Manifest, scan: &mut Scan) {
+        if let Some(left) = &mut scan.read_left {
+            let mut take = 0;
+            let mut bytes = 0u64;
+            for (_, len) in &files {
+                if bytes + len > *left && (take > 0 || scan.read_some) {
+                    break;
+                }
+                bytes += len;
+                take += 1;
+            }
+            *left = left.saturating_sub(bytes);
+            for (path, _) in files.drain(take..) {
+                if let Some(entry) = previous.get(&path) {
+                    scan.manifest.insert(path.clone(), entry.clone());
+                }
+                scan.deferred.push(path);
+            }
+        }
+        scan.read_some |= !files.is_empty();
         let total: u64 = files.iter().map(|(_, len)| len).sum();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())

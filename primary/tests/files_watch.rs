@@ -220,3 +220,54 @@ fn filters_special_files_and_non_utf8_names() {
     assert!(reasons.contains(&&SkipReason::NotUtf8));
     assert!(reasons.contains(&&SkipReason::Special));
 }
+
+/// A tree larger than one pass's read budget is read over several passes.
+/// In between, a file changed but not yet read keeps its old entry and a
+/// new one is absent: the manifest never shows a file deleted that is
+/// still there, and the passes end at a full scan.
+#[test]
+fn a_bounded_rescan_reads_in_passes_and_never_drops_an_unread_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
+    let root = scanner.root().to_owned();
+    fs::create_dir(root.join("old")).unwrap();
+    for i in 0..4 {
+        fs::write(root.join(format!("old/{i}")), vec![i as u8; 100_000]).unwrap();
+    }
+    let before = scanner.scan(None).unwrap().manifest;
+    let mut manifest = before.clone();
+
+    // Every old file rewritten (new size, so the quick check sees it) and
+    // a new directory of 6 files: 1 MB to read.
+    for i in 0..4 {
+        fs::write(root.join(format!("old/{i}")), vec![9u8; 100_001]).unwrap();
+    }
+    fs::create_dir(root.join("new")).unwrap();
+    for i in 0..6 {
+        fs::write(root.join(format!("new/{i}")), vec![i as u8; 100_000]).unwrap();
+    }
+    let truth = scanner.scan(None).unwrap().manifest;
+
+    let mut dirty = DirtySet::Paths(BTreeSet::from([p("old"), p("new")]));
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let left = scanner
+            .rescan_bounded(&mut manifest, &dirty, 250_000)
+            .unwrap();
+        for (path, entry) in before.iter() {
+            let now = manifest.get(path).expect("an unread file dropped");
+            if left.deferred.contains(path) {
+                assert_eq!(now, entry, "{path}: deferred, yet its entry changed");
+            }
+        }
+        if left.deferred.is_empty() {
+            break;
+        }
+        assert!(passes < 10, "no end to the passes");
+        dirty = DirtySet::Paths(left.deferred.into_iter().collect());
+    }
+    // 1 MB at about 250 KB a pass.
+    assert!(passes >= 4, "{passes} passes");
+    assert_eq!(manifest, truth);
+}

@@ -621,6 +621,22 @@ impl FileSetFilter {
     }
 }
 
+/// What of `diff(old, new)` may be sent while `new` comes from a scan that
+/// is not over (files it has not read yet keep their old entries, new ones
+/// are absent): the changes before the first delete. A file not read yet
+/// may be the other end of a rename whose old path would be deleted, or lie
+/// below a path whose type changes; what the diff orders before its deletes
+/// (new directories, renames) stands on its own.
+pub fn before_deletes(mut changes: Vec<Change>) -> Vec<Change> {
+    if let Some(first) = changes
+        .iter()
+        .position(|c| matches!(c, Change::Delete { .. }))
+    {
+        changes.truncate(first);
+    }
+    changes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,5 +810,26 @@ mod tests {
         assert!(FileSetFilter::all().includes_file(&p("anything/at/all")));
         let star = FileSetFilter::new(&["*.txt"], &[] as &[&str]).unwrap();
         assert!(!star.includes_file(&p("a/b.txt")), "`*` does not cross `/`");
+    }
+
+    /// A directory renamed, read only in part so far: the file read is
+    /// moved; the one not read yet still looks deleted, and waits.
+    #[test]
+    fn a_partial_scan_sends_the_renames_and_holds_the_deletes() {
+        let old = sample();
+        let mut partial = old.clone();
+        partial.remove(&p("a"));
+        partial.remove(&p("a/x"));
+        partial.remove(&p("a/y"));
+        partial.insert(p("moved"), dir(1));
+        partial.insert(p("moved/x"), old.get(&p("a/x")).unwrap().clone());
+        let all = diff(&old, &partial);
+        assert!(all.iter().any(|c| matches!(c, Change::Delete { .. })));
+        let now = before_deletes(all);
+        assert!(
+            matches!(&now[..], [Change::Create { path, .. }, Change::Rename { from, to, .. }]
+                if *path == p("moved") && *from == p("a/x") && *to == p("moved/x")),
+            "{now:?}"
+        );
     }
 }
