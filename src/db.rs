@@ -852,8 +852,11 @@ struct PrimarySide {
     /// standby is asked again where it stands, and the resync tried again.
     resync_retry: bool,
     /// Verifies to send to the standby once everything up to their txid is
-    /// shipped: id and the primary's snapshot position.
-    verify_out: Vec<(u64, DbPosition)>,
+    /// shipped (id and the primary's snapshot position), kept until their
+    /// answer comes: a `DbVerify` the full outbox refused, or queued on a
+    /// connection that then dropped, is sent again (the flag: queued on
+    /// the live connection).
+    verify_out: Vec<(u64, DbPosition, bool)>,
     /// The last TRUNCATE checkpoint tried, and the last that cut the WAL.
     truncate_tried: Option<Instant>,
     last_truncate: Option<serde_json::Value>,
@@ -1666,6 +1669,9 @@ impl Actor {
                 // A new connection: nothing shipped on the old one counts.
                 p.peer = Peer::Unknown;
                 p.shipped_to = p.base.txid;
+                for (.., queued) in &mut p.verify_out {
+                    *queued = false;
+                }
                 p.seed = None;
                 p.resync = None;
                 self.ask_standby();
@@ -1805,27 +1811,36 @@ impl Actor {
     }
 
     /// Send the verifies whose txid is shipped (in order after it), or at
-    /// once when the standby is not streaming (it will not be at that txid,
-    /// and says where it is).
+    /// once when the standby is known not to be streaming (it will not be
+    /// at that txid, and says where it is); on a new connection, once the
+    /// standby has said where it stands.
     fn flush_verifies(&mut self) {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
+        if p.verify_out.is_empty() {
+            return;
+        }
         let streaming = p.peer == Peer::Streaming;
+        let unknown = p.peer == Peer::Unknown;
         let shipped_to = p.shipped_to;
-        let mut i = 0;
-        while i < p.verify_out.len() {
-            let (id, at) = p.verify_out[i];
-            if streaming && shipped_to < at.txid {
-                i += 1;
+        // Answered, or given up by the caller.
+        let waiting = lock(&self.e.verified);
+        p.verify_out.retain(|(id, ..)| waiting.contains_key(id));
+        drop(waiting);
+        for (id, at, queued) in &mut p.verify_out {
+            if *queued || unknown || (streaming && shipped_to < at.txid) {
                 continue;
             }
-            p.verify_out.swap_remove(i);
-            let _ = self.node.peer_link.send(PeerMessage::DbVerify {
-                db: self.e.name.clone(),
-                id,
-                at,
-            });
+            *queued = self
+                .node
+                .peer_link
+                .send(PeerMessage::DbVerify {
+                    db: self.e.name.clone(),
+                    id: *id,
+                    at: *at,
+                })
+                .is_ok();
         }
     }
 
@@ -1859,7 +1874,11 @@ impl Actor {
         let id = self.e.verify_seq.fetch_add(1, Ordering::Relaxed);
         let (stx, standby) = oneshot::channel();
         lock(&self.e.verified).insert(id, stx);
-        p.verify_out.push((id, at));
+        p.verify_out.push((id, at, false));
+        tracing::info!(
+            "database {name}: verify {id} at txid {}: hashing this copy; the standby checks its own once it has applied that far",
+            at.txid
+        );
         // The snapshot held back what it read: queue and ship it.
         self.poll_and_ship();
         Ok(VerifyStart {

@@ -7,6 +7,7 @@ mod common;
 
 use common::db::{run_writer, spawn_writer, DbPair};
 use serde_json::Value;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -128,4 +129,43 @@ fn bytes_changed_in_the_standby_file_are_reported_with_their_pages() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("database hydro: DIFFERENT"), "{text}");
     assert!(text.contains("pages that differ: 1-"), "{text}");
+}
+
+/// A verify started while the standby is away is sent once it is back (and
+/// again on a new connection, or after the full outbox refused it), not
+/// dropped: found under load, where a `DbVerify` the full outbox refused
+/// left `tandem verify` waiting its whole timeout.
+#[test]
+fn a_verify_started_while_the_standby_is_away_completes_when_it_returns() {
+    let mut p = DbPair::new();
+    p.pair.start(0);
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 1, 50);
+    p.barrier_txid(0);
+    p.pair.stop(1);
+
+    let mut verify = Command::new(common::BIN)
+        .args(["verify", "--db", "hydro", "--timeout", "60s", "--json"])
+        .arg("--config")
+        .arg(&p.pair.config)
+        .args(["--node", p.pair.names[0]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for(SETTLE, "the verify under way", || {
+        p.pair.log(0).contains("verify 1 at txid").then_some(())
+    });
+    p.pair.start(1);
+    let status = common::wait_for(Duration::from_secs(90), "the verify's end", || {
+        verify.try_wait().unwrap()
+    });
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut verify.stdout.take().unwrap(), &mut out).unwrap();
+    let v: Value = serde_json::from_slice(&out)
+        .unwrap_or_else(|_| panic!("verify printed no JSON: {}", String::from_utf8_lossy(&out)));
+    assert!(status.success(), "{v}");
+    assert_eq!(v["databases"][0]["identical"], true, "{v}");
 }
