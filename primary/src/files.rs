@@ -18,7 +18,7 @@
 
 use nix::libc::{ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -69,11 +69,11 @@ pub struct Scan {
     /// Files left unread because the pass's read budget ran out: each keeps
     /// the entry it had (a new one stays absent) until it is rescanned.
     pub deferred: Vec<SafePath>,
-    /// Bytes of files this pass may still read; None: no bound.
-    read_left: Option<u64>,
-    /// Whether this pass has read a file (a bounded pass reads at least one,
-    /// so that it always makes progress).
-    read_some: bool,
+    /// Bytes of files this pass may read; None: no bound.
+    read_max: Option<u64>,
+    /// Regular files the walk found to read (size, entry before the pass),
+    /// read together at the end of the pass.
+    to_read: Vec<(SafePath, u64, Option<Entry>)>,
 }
 
 /// What a bounded rescan ([`FileSetScanner::rescan_bounded`]) left to do.
@@ -179,6 +179,7 @@ impl FileSetScanner {
         fs::symlink_metadata(&self.root).map_err(|e| ScanError::Root(self.root.clone(), e))?;
         let empty = Manifest::new();
         self.walk(None, previous.unwrap_or(&empty), &mut scan);
+        self.read_files(&mut scan);
         Ok(scan)
     }
 
@@ -192,11 +193,13 @@ impl FileSetScanner {
     }
 
     /// [`FileSetScanner::rescan`], reading at most about `read_bytes_max`
-    /// of file contents (at least one file): a primary given a large tree
-    /// at once sends the first part of it while it reads the rest, instead
-    /// of reading it all first. What is left is in [`Rescan::deferred`];
-    /// until it is read, the manifest keeps the old entries of those files
-    /// and lacks the new ones, so it never shows a file deleted that is not.
+    /// of file contents (at least one file), smallest files first: a
+    /// primary given a large tree at once sends the first part of it while
+    /// it reads the rest, instead of reading it all first, and a small file
+    /// changed meanwhile is not held behind it. What is left is in
+    /// [`Rescan::deferred`]; until it is read, the manifest keeps the old
+    /// entries of those files and lacks the new ones, so it never shows a
+    /// file deleted that is not.
     pub fn rescan_bounded(
         &self,
         manifest: &mut Manifest,
@@ -210,10 +213,10 @@ impl FileSetScanner {
         &self,
         manifest: &mut Manifest,
         dirty: &DirtySet,
-        read_left: Option<u64>,
+        read_max: Option<u64>,
     ) -> Result<Rescan, ScanError> {
         let fresh = Scan {
-            read_left,
+            read_max,
             ..Scan::default()
         };
         let scan = match dirty {
@@ -233,6 +236,7 @@ impl FileSetScanner {
                 for p in paths {
                     self.rescan_path(&mut scan, p);
                 }
+                self.read_files(&mut scan);
                 *manifest = scan.manifest;
                 Rescan {
                     skipped: scan.skipped,
@@ -274,9 +278,7 @@ impl FileSetScanner {
                 .all(|a| self.filter.includes_dir(a));
         if ancestors_included {
             if let Ok(meta) = fs::symlink_metadata(self.full(&target)) {
-                let mut to_read = Vec::new();
-                self.visit(&target, &meta, &previous, scan, &mut to_read);
-                self.read_files(to_read, &previous, scan);
+                self.visit(&target, &meta, &previous, scan);
             }
             // Creating or removing `target` changed its parents' mtimes.
             for a in target.ancestors() {
@@ -302,7 +304,6 @@ impl FileSetScanner {
                 return;
             }
         };
-        let mut to_read = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
@@ -323,39 +324,54 @@ impl FileSetScanner {
                 continue;
             }
             if let Ok(meta) = fs::symlink_metadata(entry.path()) {
-                self.visit(&path, &meta, previous, scan, &mut to_read);
+                self.visit(&path, &meta, previous, scan);
             }
         }
-        // Read after the walk of this directory, on several threads when
-        // there is enough to read.
-        self.read_files(to_read, previous, scan);
     }
 
-    /// Read and chunk `files` into the scan, as far as its read budget
-    /// goes; the rest keep their `previous` entries and are deferred. With
-    /// more than [`PARALLEL_READ_BYTES_MIN`] to read, one thread per core
-    /// takes them in turn: hashing is the scan's cost, and a primary
-    /// scanning a directory of new files has cores to spare.
-    fn read_files(&self, mut files: Vec<(SafePath, u64)>, previous: &Manifest, scan: &mut Scan) {
-        if let Some(left) = &mut scan.read_left {
-            let mut take = 0;
-            let mut bytes = 0u64;
-            for (_, len) in &files {
-                if bytes + len > *left && (take > 0 || scan.read_some) {
-                    break;
+    /// Read and chunk the files the pass found, smallest first, as far as
+    /// its read budget goes (at least one); the rest keep the entries they
+    /// had and are deferred. With more than [`PARALLEL_READ_BYTES_MIN`] to
+    /// read, one thread per core takes them in turn: hashing is the scan's
+    /// cost, and a primary scanning a tree of new files has cores to spare.
+    fn read_files(&self, scan: &mut Scan) {
+        // A path found twice in one pass (a dirty directory and a dirty
+        // file in it) is read once; the entry it had before the pass is the
+        // one the first look took out of the manifest.
+        let mut found: Vec<(SafePath, u64, Option<Entry>)> = Vec::new();
+        let mut at: HashMap<SafePath, usize> = HashMap::new();
+        for (path, len, before) in std::mem::take(&mut scan.to_read) {
+            match at.get(&path) {
+                Some(&i) => {
+                    let first = &mut found[i];
+                    first.1 = len;
+                    if first.2.is_none() {
+                        first.2 = before;
+                    }
                 }
-                bytes += len;
-                take += 1;
+                None => {
+                    at.insert(path.clone(), found.len());
+                    found.push((path, len, before));
+                }
             }
-            *left = left.saturating_sub(bytes);
-            for (path, _) in files.drain(take..) {
-                if let Some(entry) = previous.get(&path) {
-                    scan.manifest.insert(path.clone(), entry.clone());
+        }
+        found.sort_by_key(|(_, len, _)| *len);
+        let mut files = Vec::with_capacity(found.len());
+        let mut bytes = 0u64;
+        for (path, len, before) in found {
+            let fits = scan
+                .read_max
+                .is_none_or(|max| files.is_empty() || bytes + len <= max);
+            if fits {
+                bytes += len;
+                files.push((path, len));
+            } else {
+                if let Some(entry) = before {
+                    scan.manifest.insert(path.clone(), entry);
                 }
                 scan.deferred.push(path);
             }
         }
-        scan.read_some |= !files.is_empty();
         let total: u64 = files.iter().map(|(_, len)| len).sum();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -410,15 +426,8 @@ impl FileSetScanner {
     }
 
     /// Puts `path` in the scan, except a regular file that must be read:
-    /// that goes to `to_read`, for [`FileSetScanner::read_files`].
-    fn visit(
-        &self,
-        path: &SafePath,
-        meta: &Metadata,
-        previous: &Manifest,
-        scan: &mut Scan,
-        to_read: &mut Vec<(SafePath, u64)>,
-    ) {
+    /// that goes to `scan.to_read`, for [`FileSetScanner::read_files`].
+    fn visit(&self, path: &SafePath, meta: &Metadata, previous: &Manifest, scan: &mut Scan) {
         let ft = meta.file_type();
         if ft.is_dir() {
             if self.filter.includes_dir(path) {
@@ -455,7 +464,8 @@ impl FileSetScanner {
                     return;
                 }
             }
-            to_read.push((path.clone(), meta.len()));
+            scan.to_read
+                .push((path.clone(), meta.len(), previous.get(path).cloned()));
         } else {
             scan.skipped.push(Skipped {
                 path: path.to_string(),

@@ -221,10 +221,10 @@ fn filters_special_files_and_non_utf8_names() {
     assert!(reasons.contains(&&SkipReason::Special));
 }
 
-/// A tree larger than one pass's read budget is read over several passes.
-/// In between, a file changed but not yet read keeps its old entry and a
-/// new one is absent: the manifest never shows a file deleted that is
-/// still there, and the passes end at a full scan.
+/// A tree larger than one pass's read budget is read over several passes,
+/// smallest files first. In between, a file changed but not yet read keeps
+/// its old entry and a new one is absent: the manifest never shows a file
+/// deleted that is still there, and the passes end at a full scan.
 #[test]
 fn a_bounded_rescan_reads_in_passes_and_never_drops_an_unread_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -246,15 +246,19 @@ fn a_bounded_rescan_reads_in_passes_and_never_drops_an_unread_file() {
     for i in 0..6 {
         fs::write(root.join(format!("new/{i}")), vec![i as u8; 100_000]).unwrap();
     }
+    // A small file, after the large ones in path order.
+    fs::write(root.join("zz-report.txt"), b"report 1").unwrap();
     let truth = scanner.scan(None).unwrap().manifest;
 
-    let mut dirty = DirtySet::Paths(BTreeSet::from([p("old"), p("new")]));
+    let mut dirty = DirtySet::Paths(BTreeSet::from([p("old"), p("new"), p("zz-report.txt")]));
     let mut passes = 0;
     loop {
         passes += 1;
         let left = scanner
             .rescan_bounded(&mut manifest, &dirty, 250_000)
             .unwrap();
+        // Smallest first: the small file is read in the first pass.
+        assert!(manifest.get(&p("zz-report.txt")).is_some(), "pass {passes}");
         for (path, entry) in before.iter() {
             let now = manifest.get(path).expect("an unread file dropped");
             if left.deferred.contains(path) {

@@ -449,8 +449,11 @@ impl Change {
 ///    going away is moved, not deleted and re-sent;
 /// 3. deletes, children before parents (reverse path order), including the
 ///    old entry of every path whose type changes;
-/// 4. everything else in path order: the remaining creations, content
-///    modifications, and mode/mtime changes of files and symlinks;
+/// 4. everything else, smallest first, so that a small file is not held
+///    behind a large one: the remaining creations, content modifications,
+///    and mode/mtime changes of files and symlinks (directories, links and
+///    metadata count as empty; equal sizes keep path order, so a directory
+///    created here comes before what it holds);
 /// 5. mode/mtime changes of directories last, since creating and removing
 ///    entries in a directory changes its mtime.
 pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
@@ -518,6 +521,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
     }
 
     // 4. Creations, modifications, file and symlink metadata.
+    let mut rest = Vec::new();
     for (p, e) in new.iter() {
         if created_dirs.contains(p) || renamed_to.contains(p) {
             continue;
@@ -525,25 +529,34 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         match old.get(p) {
             Some(o) if o.same_type(e) => {
                 if !o.same_content(e) {
-                    out.push(Change::Modify {
+                    rest.push(Change::Modify {
                         path: p.clone(),
                         old: o.clone(),
                         new: e.clone(),
                     });
                 } else if !e.is_dir() && (o.mode != e.mode || o.mtime_ns != e.mtime_ns) {
-                    out.push(Change::Meta {
+                    rest.push(Change::Meta {
                         path: p.clone(),
                         old: o.clone(),
                         new: e.clone(),
                     });
                 }
             }
-            _ => out.push(Change::Create {
+            _ => rest.push(Change::Create {
                 path: p.clone(),
                 entry: e.clone(),
             }),
         }
     }
+    // A stable sort: ties keep path order.
+    rest.sort_by_key(|c| match c {
+        Change::Create { entry: e, .. } | Change::Modify { new: e, .. } => match &e.kind {
+            EntryKind::File { size, .. } => *size,
+            _ => 0,
+        },
+        _ => 0,
+    });
+    out.extend(rest);
 
     // 5. Directory metadata, deepest first.
     for (p, e) in new.iter().rev() {
@@ -769,8 +782,9 @@ mod tests {
                 "meta a/y",
                 "modify b/l",
                 "create c",
-                "create c/inner",
+                // Smallest first: 3 bytes before 300 kB.
                 "create d/f",
+                "create c/inner",
             ]
         );
     }
