@@ -1806,8 +1806,28 @@ impl Actor {
     }
 
     fn ship(&mut self) {
-        self.ship_txs();
-        self.flush_verifies();
+        // A verify goes right behind the transaction its snapshot ends at
+        // (the standby checks its copy there): ship up to it, send it, go
+        // on. Several verifies: one stop each.
+        loop {
+            let stop = self.next_verify_stop();
+            self.ship_txs(stop);
+            self.flush_verifies();
+            match stop {
+                Some(at) if self.next_verify_stop() != Some(at) => {}
+                _ => break,
+            }
+        }
+    }
+
+    /// The txid the oldest verify not yet sent waits for, while streaming.
+    fn next_verify_stop(&self) -> Option<TxId> {
+        let Side::Primary(p) = &self.side else {
+            return None;
+        };
+        (p.peer == Peer::Streaming)
+            .then(|| p.verify_out.iter().filter(|v| !v.2).map(|v| v.1.txid).min())
+            .flatten()
     }
 
     /// Send the verifies whose txid is shipped (in order after it), or at
@@ -1942,7 +1962,8 @@ impl Actor {
         let _ = self.node.peer_link.send(PeerMessage::DbVerified(v));
     }
 
-    fn ship_txs(&mut self) {
+    /// Ship the queued transactions the standby may take, up to `stop`.
+    fn ship_txs(&mut self, stop: Option<TxId>) {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
@@ -1961,7 +1982,9 @@ impl Actor {
         let per_part = (PART_BYTES_MAX / page_size.max(1)).max(1);
         let from = p.shipped_to;
         for q in p.queue.iter().filter(|q| q.txid > from) {
-            if q.txid.0.saturating_sub(p.base.txid.0) > IN_FLIGHT_TX_MAX {
+            if q.txid.0.saturating_sub(p.base.txid.0) > IN_FLIGHT_TX_MAX
+                || stop.is_some_and(|s| q.txid > s)
+            {
                 break;
             }
             let chunks: Vec<&[(u32, Vec<u8>)]> = if q.tx.pages.is_empty() {

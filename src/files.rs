@@ -77,7 +77,7 @@ use tandem_sync::filemsg::{
 };
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{
-    before_deletes, diff, Change, Entry, EntryKind, FileSetFilter, Manifest,
+    diff, while_scanning, Change, Entry, EntryKind, FileSetFilter, Manifest,
 };
 use tandem_sync::message::{Epoch, PeerMessage, Position, Role};
 use tandem_sync::resource::{Resource, ResourceError};
@@ -350,8 +350,9 @@ struct PrimarySide {
     watcher: Option<FileSetWatcher>,
     watch_error: Option<String>,
     local: Manifest,
-    /// Files the last scan pass left unread (see [`SCAN_PASS_BYTES`]):
-    /// `local` still has their old entries, or none for new ones.
+    /// Files scan passes left unread (see [`SCAN_PASS_BYTES`]), the one
+    /// left the longest first: `local` still has their old entries, or none
+    /// for new ones.
     deferred: Vec<SafePath>,
     /// The standby's manifest, as it reported it plus every round it
     /// acknowledged at the expected root. `None`: unknown, asked for.
@@ -847,14 +848,14 @@ impl Actor {
     }
 
     /// Bring the manifest up to date with what the watcher reported, and
-    /// with `deferred`, read on from where the last pass stopped. Without
-    /// it, nothing is done while a scan is unfinished: its next pass takes
-    /// the watcher's news, after the round being built from what it read.
-    fn take_dirty(&mut self, deferred: bool) {
+    /// with `read_on`, read on where the last pass stopped. Without it,
+    /// nothing is done while a scan is unfinished: its next pass takes the
+    /// watcher's news, after the round being built from what it read.
+    fn take_dirty(&mut self, read_on: bool) {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
-        if !deferred && !p.deferred.is_empty() {
+        if !read_on && !p.deferred.is_empty() {
             return;
         }
         let mut dirty = p
@@ -877,16 +878,15 @@ impl Actor {
                 );
             }
             p.last_hint = Instant::now();
-        } else if !deferred || p.deferred.is_empty() {
+        } else if !read_on || p.deferred.is_empty() {
             return;
         }
         // A pass reads on where the last one stopped, with whatever the
         // watcher reported since.
         if let DirtySet::Paths(paths) = &mut dirty {
-            paths.extend(p.deferred.drain(..));
+            paths.extend(p.deferred.iter().cloned());
         }
-        rescan(&self.e.name, p, &dirty);
-        if !p.deferred.is_empty() {
+        if rescan(&self.e.name, p, &dirty) {
             // Read on after the events waiting now, a round among them.
             self.wake.notify_one();
         }
@@ -901,7 +901,9 @@ impl Actor {
             Side::Primary(p) => {
                 if p.last_reconcile.elapsed() >= reconcile {
                     p.last_reconcile = Instant::now();
-                    rescan(&self.e.name, p, &DirtySet::Everything);
+                    if rescan(&self.e.name, p, &DirtySet::Everything) {
+                        self.wake.notify_one();
+                    }
                 }
                 let stalled = p
                     .round
@@ -980,10 +982,15 @@ impl Actor {
             return;
         }
         let mut changes = diff(peer, &p.local);
+        let listed: HashSet<&SafePath> = changes.iter().map(|c| c.path()).collect();
+        let pending = changes.len() + p.deferred.iter().filter(|d| !listed.contains(d)).count();
         if !p.deferred.is_empty() {
-            // The scan is not over: deletes wait for it.
-            changes = before_deletes(changes);
+            // The scan is not over: what depends on what it has not read
+            // waits for it.
+            let unread: HashSet<SafePath> = p.deferred.iter().cloned().collect();
+            changes = while_scanning(changes, &unread);
             if changes.is_empty() {
+                p.pending_changes = pending;
                 return;
             }
         }
@@ -1006,7 +1013,7 @@ impl Actor {
             .iter()
             .flat_map(|(_, e)| e.chunks().iter().map(|c| c.hash))
             .collect();
-        p.pending_changes = changes.len() + p.deferred.len();
+        p.pending_changes = pending;
         p.bytes_queued = changes
             .iter()
             .flat_map(|c| c.changed_chunks())
@@ -1185,11 +1192,10 @@ impl Actor {
             if !unreadable.is_empty() {
                 // It changed since it was scanned: look again. The standby
                 // gives this version up; the next round has the new one.
-                rescan(
-                    &name,
-                    p,
-                    &DirtySet::Paths(std::collections::BTreeSet::from([path.clone()])),
-                );
+                let one = DirtySet::Paths(std::collections::BTreeSet::from([path.clone()]));
+                if rescan(&name, p, &one) {
+                    self.wake.notify_one();
+                }
             }
             let msg = FsMessage::Chunks {
                 set: name.clone(),
@@ -1673,7 +1679,9 @@ impl Actor {
                     Side::Primary(p) => {
                         // "Everything written before the drain": a full look
                         // now, whatever the watcher said.
-                        rescan(&name, p, &DirtySet::Everything);
+                        if rescan(&name, p, &DirtySet::Everything) {
+                            self.wake.notify_one();
+                        }
                         p.drains.push(reply);
                     }
                     _ => {
@@ -2052,13 +2060,15 @@ async fn send_to(node: &Node, set: &str, msg: FsMessage) -> bool {
     }
 }
 
-/// One scan pass of `dirty` (at most [`SCAN_PASS_BYTES`] read); what it
-/// left unread goes to `p.deferred`.
-fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet) {
+/// One scan pass of `dirty` (at most [`SCAN_PASS_BYTES`] read, the file
+/// deferred the longest first); what it leaves unread joins `p.deferred`.
+/// True when files are left to read.
+fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet) -> bool {
     let before = p.local.root();
+    let first = p.deferred.first().cloned();
     match p
         .scanner
-        .rescan_bounded(&mut p.local, dirty, SCAN_PASS_BYTES)
+        .rescan_bounded(&mut p.local, dirty, SCAN_PASS_BYTES, first.as_ref())
     {
         Ok(pass) => {
             if matches!(dirty, DirtySet::Everything) {
@@ -2068,13 +2078,29 @@ fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet) {
                 p.skipped.push(format!("{}: {:?}", s.path, s.reason));
             }
             p.skipped.truncate(100);
-            p.deferred = pass.deferred;
+            // Deferred before and not looked at, or deferred again: kept in
+            // place; newly deferred: last.
+            let looked = |d: &SafePath| match dirty {
+                DirtySet::Everything => true,
+                DirtySet::Paths(paths) => {
+                    paths.contains(d) || d.ancestors().iter().any(|a| paths.contains(a))
+                }
+            };
+            let again: HashSet<SafePath> = pass.deferred.iter().cloned().collect();
+            let mut kept: Vec<SafePath> = std::mem::take(&mut p.deferred)
+                .into_iter()
+                .filter(|d| !looked(d) || again.contains(d))
+                .collect();
+            let known: HashSet<SafePath> = kept.iter().cloned().collect();
+            kept.extend(pass.deferred.into_iter().filter(|d| !known.contains(d)));
+            p.deferred = kept;
         }
         Err(e) => tracing::error!("file set {name}: {e}"),
     }
     if p.local.root() != before {
         p.unsynced_since.get_or_insert_with(Instant::now);
     }
+    !p.deferred.is_empty()
 }
 
 /// Remove tandem's temp files below `root` (not following symlinks).

@@ -133,8 +133,9 @@ fn bytes_changed_in_the_standby_file_are_reported_with_their_pages() {
 
 /// A verify started while the standby is away is sent once it is back (and
 /// again on a new connection, or after the full outbox refused it), not
-/// dropped: found under load, where a `DbVerify` the full outbox refused
-/// left `tandem verify` waiting its whole timeout.
+/// dropped, and still right behind its snapshot's transaction: found under
+/// load, where a `DbVerify` the full outbox refused left `tandem verify`
+/// waiting its whole timeout.
 #[test]
 fn a_verify_started_while_the_standby_is_away_completes_when_it_returns() {
     let mut p = DbPair::new();
@@ -158,6 +159,10 @@ fn a_verify_started_while_the_standby_is_away_completes_when_it_returns() {
     common::wait_for(SETTLE, "the verify under way", || {
         p.pair.log(0).contains("verify 1 at txid").then_some(())
     });
+    // Written after the verify's snapshot: the standby, back, checks its
+    // copy before it applies these (the verify travels behind the
+    // snapshot's last transaction, not behind everything queued).
+    run_writer(&p.db(0), 2, 50);
     p.pair.start(1);
     let status = common::wait_for(Duration::from_secs(90), "the verify's end", || {
         verify.try_wait().unwrap()

@@ -35,9 +35,9 @@ use tandem_sync::manifest::{Entry, EntryKind, FileSetFilter, Manifest, MODE_MASK
 pub const READ_ATTEMPTS_MAX: usize = 4;
 /// Read buffer size.
 const READ_BUFFER_BYTES: usize = 1024 * 1024;
-/// A directory's files are read on several threads past this many bytes.
+/// A pass's files are read on several threads past this many bytes.
 const PARALLEL_READ_BYTES_MIN: u64 = 8 << 20;
-/// Threads reading one directory's files, at most.
+/// Threads reading a pass's files, at most.
 const READ_THREADS_MAX: usize = 4;
 
 /// Why something below the root was not put in the manifest.
@@ -71,6 +71,9 @@ pub struct Scan {
     pub deferred: Vec<SafePath>,
     /// Bytes of files this pass may read; None: no bound.
     read_max: Option<u64>,
+    /// Read first whatever its size: the file deferred the longest, so
+    /// that none waits for ever behind smaller ones that keep changing.
+    read_first: Option<SafePath>,
     /// Regular files the walk found to read (size, entry before the pass),
     /// read together at the end of the pass.
     to_read: Vec<(SafePath, u64, Option<Entry>)>,
@@ -189,14 +192,15 @@ impl FileSetScanner {
         manifest: &mut Manifest,
         dirty: &DirtySet,
     ) -> Result<Vec<Skipped>, ScanError> {
-        Ok(self.rescan_with(manifest, dirty, None)?.skipped)
+        Ok(self.rescan_with(manifest, dirty, Scan::default())?.skipped)
     }
 
     /// [`FileSetScanner::rescan`], reading at most about `read_bytes_max`
-    /// of file contents (at least one file), smallest files first: a
-    /// primary given a large tree at once sends the first part of it while
-    /// it reads the rest, instead of reading it all first, and a small file
-    /// changed meanwhile is not held behind it. What is left is in
+    /// of file contents: `read_first` if it is among them (whatever its
+    /// size), then the smallest files first, at least one. A primary given
+    /// a large tree at once sends the first part of it while it reads the
+    /// rest, instead of reading it all first, and a small file changed
+    /// meanwhile is not held behind it. What is left is in
     /// [`Rescan::deferred`]; until it is read, the manifest keeps the old
     /// entries of those files and lacks the new ones, so it never shows a
     /// file deleted that is not.
@@ -205,29 +209,24 @@ impl FileSetScanner {
         manifest: &mut Manifest,
         dirty: &DirtySet,
         read_bytes_max: u64,
+        read_first: Option<&SafePath>,
     ) -> Result<Rescan, ScanError> {
-        self.rescan_with(manifest, dirty, Some(read_bytes_max))
+        let bounded = Scan {
+            read_max: Some(read_bytes_max),
+            read_first: read_first.cloned(),
+            ..Scan::default()
+        };
+        self.rescan_with(manifest, dirty, bounded)
     }
 
     fn rescan_with(
         &self,
         manifest: &mut Manifest,
         dirty: &DirtySet,
-        read_max: Option<u64>,
+        fresh: Scan,
     ) -> Result<Rescan, ScanError> {
-        let fresh = Scan {
-            read_max,
-            ..Scan::default()
-        };
         let scan = match dirty {
-            DirtySet::Everything => {
-                let scan = self.scan_with(Some(manifest), fresh)?;
-                *manifest = scan.manifest;
-                Rescan {
-                    skipped: scan.skipped,
-                    deferred: scan.deferred,
-                }
-            }
+            DirtySet::Everything => self.scan_with(Some(manifest), fresh)?,
             DirtySet::Paths(paths) => {
                 let mut scan = Scan {
                     manifest: std::mem::take(manifest),
@@ -237,14 +236,14 @@ impl FileSetScanner {
                     self.rescan_path(&mut scan, p);
                 }
                 self.read_files(&mut scan);
-                *manifest = scan.manifest;
-                Rescan {
-                    skipped: scan.skipped,
-                    deferred: scan.deferred,
-                }
+                scan
             }
         };
-        Ok(scan)
+        *manifest = scan.manifest;
+        Ok(Rescan {
+            skipped: scan.skipped,
+            deferred: scan.deferred,
+        })
     }
 
     /// Re-read one path (and everything below it) into `scan.manifest`.
@@ -262,8 +261,8 @@ impl FileSetScanner {
         let mut previous = Manifest::new();
         let below: Vec<SafePath> = scan
             .manifest
-            .iter()
-            .filter(|(p, _)| p.starts_with(&target))
+            .at_or_below(&target)
+            .into_iter()
             .map(|(p, _)| p.clone())
             .collect();
         for p in below {
@@ -329,9 +328,9 @@ impl FileSetScanner {
         }
     }
 
-    /// Read and chunk the files the pass found, smallest first, as far as
-    /// its read budget goes (at least one); the rest keep the entries they
-    /// had and are deferred. With more than [`PARALLEL_READ_BYTES_MIN`] to
+    /// Read and chunk the files the pass found, `read_first` first, then
+    /// the smallest, as far as its read budget goes (at least one); the rest
+    /// keep the entries they had and are deferred. With more than [`PARALLEL_READ_BYTES_MIN`] to
     /// read, one thread per core takes them in turn: hashing is the scan's
     /// cost, and a primary scanning a tree of new files has cores to spare.
     fn read_files(&self, scan: &mut Scan) {
@@ -355,7 +354,7 @@ impl FileSetScanner {
                 }
             }
         }
-        found.sort_by_key(|(_, len, _)| *len);
+        found.sort_by_key(|(path, len, _)| (Some(path) != scan.read_first.as_ref(), *len));
         let mut files = Vec::with_capacity(found.len());
         let mut bytes = 0u64;
         for (path, len, before) in found {
@@ -366,7 +365,8 @@ impl FileSetScanner {
                 bytes += len;
                 files.push((path, len));
             } else {
-                if let Some(entry) = before {
+                // Unless a later look in this pass put something else there.
+                if let Some(entry) = before.filter(|_| scan.manifest.get(&path).is_none()) {
                     scan.manifest.insert(path.clone(), entry);
                 }
                 scan.deferred.push(path);

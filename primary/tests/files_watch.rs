@@ -255,7 +255,7 @@ fn a_bounded_rescan_reads_in_passes_and_never_drops_an_unread_file() {
     loop {
         passes += 1;
         let left = scanner
-            .rescan_bounded(&mut manifest, &dirty, 250_000)
+            .rescan_bounded(&mut manifest, &dirty, 250_000, None)
             .unwrap();
         // Smallest first: the small file is read in the first pass.
         assert!(manifest.get(&p("zz-report.txt")).is_some(), "pass {passes}");
@@ -274,4 +274,30 @@ fn a_bounded_rescan_reads_in_passes_and_never_drops_an_unread_file() {
     // 1 MB at about 250 KB a pass.
     assert!(passes >= 4, "{passes} passes");
     assert_eq!(manifest, truth);
+}
+
+/// A file larger than a pass's budget, deferred behind smaller ones that
+/// keep changing, is read when the caller names it first (the engine names
+/// the file deferred the longest).
+#[test]
+fn a_file_named_first_is_read_whatever_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
+    let root = scanner.root().to_owned();
+    fs::write(root.join("big"), vec![1u8; 300_000]).unwrap();
+    fs::write(root.join("log"), b"line 1").unwrap();
+    let mut manifest = Manifest::new();
+    let dirty = DirtySet::Paths(BTreeSet::from([p("big"), p("log")]));
+    let left = scanner
+        .rescan_bounded(&mut manifest, &dirty, 100_000, None)
+        .unwrap();
+    assert_eq!(left.deferred, [p("big")]);
+    assert!(manifest.get(&p("log")).is_some());
+    // The log changed again; the big file goes first this time.
+    fs::write(root.join("log"), b"line 1\nline 2").unwrap();
+    let left = scanner
+        .rescan_bounded(&mut manifest, &dirty, 100_000, Some(&p("big")))
+        .unwrap();
+    assert_eq!(left.deferred, [p("log")]);
+    assert!(manifest.get(&p("big")).is_some());
 }

@@ -63,6 +63,14 @@ pub enum PathError {
 #[serde(transparent)]
 pub struct SafePath(String);
 
+/// A `SafePath` orders, compares and hashes as its string, so maps keyed by
+/// it can be searched by `str` (a range of paths below a directory).
+impl std::borrow::Borrow<str> for SafePath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl SafePath {
     /// Check and take a relative path.
     pub fn parse(path: &str) -> Result<SafePath, PathError> {
@@ -106,6 +114,12 @@ impl SafePath {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The bounds, exclusive, of the paths strictly below this one in
+    /// path order: after `self/` starts, before `self0` (`0` follows `/`).
+    pub fn below_bounds(&self) -> (String, String) {
+        (format!("{}/", self.0), format!("{}0", self.0))
     }
 
     /// The components, root first.

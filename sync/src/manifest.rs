@@ -32,7 +32,7 @@
 use crate::chunk::{ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
 use crate::fileset::{PathError, SafePath, PATH_BYTES_MAX};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// blake3 derive-key context of entry hashes.
 pub const ENTRY_CONTEXT: &str = "tandem file-set manifest entry v1";
@@ -168,6 +168,21 @@ impl Manifest {
         let old = self.entries.remove(path)?;
         xor_into(&mut self.xor, &old.entry_hash(path));
         Some(old)
+    }
+
+    /// The entries at `path` and below it, in path order, without looking
+    /// at the rest of the manifest.
+    pub fn at_or_below(&self, path: &SafePath) -> Vec<(&SafePath, &Entry)> {
+        use std::ops::Bound::Excluded;
+        let (after, before) = path.below_bounds();
+        let below = self
+            .entries
+            .range::<str, _>((Excluded(after.as_str()), Excluded(before.as_str())));
+        self.entries
+            .get_key_value(path)
+            .into_iter()
+            .chain(below)
+            .collect()
     }
 
     pub fn get(&self, path: &SafePath) -> Option<&Entry> {
@@ -449,11 +464,11 @@ impl Change {
 ///    going away is moved, not deleted and re-sent;
 /// 3. deletes, children before parents (reverse path order), including the
 ///    old entry of every path whose type changes;
-/// 4. everything else, smallest first, so that a small file is not held
-///    behind a large one: the remaining creations, content modifications,
-///    and mode/mtime changes of files and symlinks (directories, links and
-///    metadata count as empty; equal sizes keep path order, so a directory
-///    created here comes before what it holds);
+/// 4. everything else, smallest first (by the bytes of new content), so a
+///    small file is not held behind a large one: the remaining creations,
+///    content modifications, and mode/mtime changes of files and symlinks
+///    (directories, links and metadata count as empty; equal sizes keep
+///    path order, so a directory created here comes before what it holds);
 /// 5. mode/mtime changes of directories last, since creating and removing
 ///    entries in a directory changes its mtime.
 pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
@@ -548,13 +563,12 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
             }),
         }
     }
-    // A stable sort: ties keep path order.
-    rest.sort_by_key(|c| match c {
-        Change::Create { entry: e, .. } | Change::Modify { new: e, .. } => match &e.kind {
-            EntryKind::File { size, .. } => *size,
-            _ => 0,
-        },
-        _ => 0,
+    // By the bytes of new content, a stable sort: ties keep path order.
+    rest.sort_by_key(|c| {
+        c.changed_chunks()
+            .iter()
+            .map(|c| u64::from(c.len))
+            .sum::<u64>()
     });
     out.extend(rest);
 
@@ -635,19 +649,31 @@ impl FileSetFilter {
 }
 
 /// What of `diff(old, new)` may be sent while `new` comes from a scan that
-/// is not over (files it has not read yet keep their old entries, new ones
-/// are absent): the changes before the first delete. A file not read yet
-/// may be the other end of a rename whose old path would be deleted, or lie
-/// below a path whose type changes; what the diff orders before its deletes
-/// (new directories, renames) stands on its own.
-pub fn before_deletes(mut changes: Vec<Change>) -> Vec<Change> {
-    if let Some(first) = changes
+/// is not over: files it has not read yet (`unread`) keep their old
+/// entries, new ones are absent. Deletes wait, since a file not read yet
+/// may be the other end of a rename; so does every change at or below a
+/// path being deleted (a type change: the new entry after the old one's
+/// delete), and every change to an unread file (its old entry may be one
+/// the standby never had). The rest keeps the diff's order, which stays
+/// applicable: nothing kept depends on what was held.
+pub fn while_scanning(changes: Vec<Change>, unread: &HashSet<SafePath>) -> Vec<Change> {
+    let deleted: HashSet<SafePath> = changes
         .iter()
-        .position(|c| matches!(c, Change::Delete { .. }))
-    {
-        changes.truncate(first);
-    }
+        .filter_map(|c| match c {
+            Change::Delete { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
     changes
+        .into_iter()
+        .filter(|c| {
+            let p = c.path();
+            !matches!(c, Change::Delete { .. })
+                && !unread.contains(p)
+                && !deleted.contains(p)
+                && !p.ancestors().iter().any(|a| deleted.contains(a))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -827,9 +853,12 @@ mod tests {
     }
 
     /// A directory renamed, read only in part so far: the file read is
-    /// moved; the one not read yet still looks deleted, and waits.
+    /// moved; the one not read yet still looks deleted, and waits; so does
+    /// a file replaced by a directory (its delete, then the directory and
+    /// what it holds) and a file whose new content is not read yet, while
+    /// an unrelated new file goes.
     #[test]
-    fn a_partial_scan_sends_the_renames_and_holds_the_deletes() {
+    fn a_partial_scan_sends_what_does_not_depend_on_what_is_unread() {
         let old = sample();
         let mut partial = old.clone();
         partial.remove(&p("a"));
@@ -837,13 +866,51 @@ mod tests {
         partial.remove(&p("a/y"));
         partial.insert(p("moved"), dir(1));
         partial.insert(p("moved/x"), old.get(&p("a/x")).unwrap().clone());
+        partial.remove(&p("c"));
+        partial.insert(p("c"), dir(4));
+        partial.insert(p("c/inner"), file(b"in", 0o644, 5));
+        partial.insert(p("new.txt"), file(b"report", 0o644, 6));
+        // Read in an earlier pass, changed since, not read again yet.
+        partial.insert(p("b/stale"), file(b"old", 0o644, 7));
+        let unread = HashSet::from([p("b/stale")]);
         let all = diff(&old, &partial);
         assert!(all.iter().any(|c| matches!(c, Change::Delete { .. })));
-        let now = before_deletes(all);
-        assert!(
-            matches!(&now[..], [Change::Create { path, .. }, Change::Rename { from, to, .. }]
-                if *path == p("moved") && *from == p("a/x") && *to == p("moved/x")),
-            "{now:?}"
+        let kinds: Vec<String> = while_scanning(all, &unread)
+            .iter()
+            .map(|c| match c {
+                Change::Create { path, .. } => format!("create {path}"),
+                Change::Modify { path, .. } => format!("modify {path}"),
+                Change::Delete { path, .. } => format!("delete {path}"),
+                Change::Rename { from, to, .. } => format!("rename {from} {to}"),
+                Change::Meta { path, .. } => format!("meta {path}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["create moved", "rename a/x moved/x", "create new.txt"]
         );
+    }
+
+    /// The entries at and below a path, and nothing beside it that sorts
+    /// among them ("a-b" and "a0" come around "a/...").
+    #[test]
+    fn at_or_below_takes_the_subtree_only() {
+        let mut m = Manifest::new();
+        for path in ["a", "a-b", "a/x", "a/y", "a/y/z", "a0", "b"] {
+            m.insert(p(path), dir(1));
+        }
+        let got: Vec<&str> = m
+            .at_or_below(&p("a"))
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(got, ["a", "a/x", "a/y", "a/y/z"]);
+        let got: Vec<&str> = m
+            .at_or_below(&p("a/y"))
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(got, ["a/y", "a/y/z"]);
+        assert!(m.at_or_below(&p("c")).is_empty());
     }
 }

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use tandem_sync::chunk::chunk_bytes;
 use tandem_sync::fileset::SafePath;
-use tandem_sync::manifest::{diff, Change, Entry, EntryKind, Manifest};
+use tandem_sync::manifest::{diff, while_scanning, Change, Entry, EntryKind, Manifest};
 
 fn p(s: &str) -> SafePath {
     SafePath::parse(s).unwrap()
@@ -153,6 +153,48 @@ proptest! {
         prop_assert_eq!(m.root(), new.root());
         prop_assert_eq!(&m, &new);
         prop_assert!(diff(&new, &new).is_empty());
+    }
+
+    /// While a scan is not over, what the standby is sent is still a list
+    /// of possible steps, and the rest of the diff, once the scan ends,
+    /// reaches the new tree.
+    #[test]
+    fn a_partial_scan_sends_only_possible_steps(old in tree(), new in tree(), mask in any::<u64>()) {
+        // Unread: some of the new tree's files; each keeps its old entry
+        // if it had a file's, or is absent.
+        let mut partial = new.clone();
+        let mut unread = std::collections::HashSet::new();
+        for (i, (path, e)) in new.iter().enumerate() {
+            if matches!(e.kind, EntryKind::File { .. }) && mask >> (i % 64) & 1 == 1 {
+                unread.insert(path.clone());
+                match old.get(path) {
+                    Some(o) if matches!(o.kind, EntryKind::File { .. }) => {
+                        partial.insert(path.clone(), o.clone());
+                    }
+                    _ => {
+                        partial.remove(path);
+                    }
+                }
+            }
+        }
+        let mut fs: BTreeMap<SafePath, Entry> = old.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut m = old.clone();
+        let sent = while_scanning(diff(&old, &partial), &unread);
+        for c in &sent {
+            prop_assert!(!unread.contains(c.path()), "{:?}", c);
+            if let Err(e) = apply_strict(&mut fs, c) {
+                return Err(TestCaseError::fail(format!("{e}\n{sent:#?}")));
+            }
+            m.apply(c);
+        }
+        let rest = diff(&m, &new);
+        for c in &rest {
+            if let Err(e) = apply_strict(&mut fs, c) {
+                return Err(TestCaseError::fail(format!("{e}\n{rest:#?}")));
+            }
+        }
+        let want: BTreeMap<SafePath, Entry> = new.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        prop_assert_eq!(fs, want);
     }
 
     #[test]
