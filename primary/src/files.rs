@@ -358,6 +358,11 @@ impl FileSetScanner {
         let mut files = Vec::with_capacity(found.len());
         let mut bytes = 0u64;
         for (path, len, before) in found {
+            if scan.manifest.get(&path).is_some() {
+                // A later look in this pass found something else there (a
+                // directory now): that is the newer state.
+                continue;
+            }
             let fits = scan
                 .read_max
                 .is_none_or(|max| files.is_empty() || bytes + len <= max);
@@ -365,8 +370,7 @@ impl FileSetScanner {
                 bytes += len;
                 files.push((path, len));
             } else {
-                // Unless a later look in this pass put something else there.
-                if let Some(entry) = before.filter(|_| scan.manifest.get(&path).is_none()) {
+                if let Some(entry) = before {
                     scan.manifest.insert(path.clone(), entry);
                 }
                 scan.deferred.push(path);

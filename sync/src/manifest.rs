@@ -467,7 +467,7 @@ impl Change {
 /// 4. everything else, smallest first (by the bytes of new content), so a
 ///    small file is not held behind a large one: the remaining creations,
 ///    content modifications, and mode/mtime changes of files and symlinks
-///    (directories, links and metadata count as empty; equal sizes keep
+///    (directories, links and metadata count as empty; equal keys keep
 ///    path order, so a directory created here comes before what it holds);
 /// 5. mode/mtime changes of directories last, since creating and removing
 ///    entries in a directory changes its mtime.
@@ -564,7 +564,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         }
     }
     // By the bytes of new content, a stable sort: ties keep path order.
-    rest.sort_by_key(|c| {
+    rest.sort_by_cached_key(|c| {
         c.changed_chunks()
             .iter()
             .map(|c| u64::from(c.len))
