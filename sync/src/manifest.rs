@@ -761,6 +761,20 @@ mod tests {
         ));
     }
 
+    /// Each change as "kind path".
+    fn kinds(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Create { path, .. } => format!("create {path}"),
+                Change::Modify { path, .. } => format!("modify {path}"),
+                Change::Delete { path, .. } => format!("delete {path}"),
+                Change::Rename { from, to, .. } => format!("rename {from} {to}"),
+                Change::Meta { path, .. } => format!("meta {path}"),
+            })
+            .collect()
+    }
+
     fn check_diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         let changes = diff(old, new);
         let mut m = old.clone();
@@ -787,16 +801,7 @@ mod tests {
         new.insert(p("c"), dir(4));
         new.insert(p("c/inner"), file(&vec![7u8; 300_000], 0o755, 12));
         let changes = check_diff(&old, &new);
-        let kinds: Vec<String> = changes
-            .iter()
-            .map(|c| match c {
-                Change::Create { path, .. } => format!("create {path}"),
-                Change::Modify { path, .. } => format!("modify {path}"),
-                Change::Delete { path, .. } => format!("delete {path}"),
-                Change::Rename { from, to, .. } => format!("rename {from} {to}"),
-                Change::Meta { path, .. } => format!("meta {path}"),
-            })
-            .collect();
+        let kinds = kinds(&changes);
         assert_eq!(
             kinds,
             [
@@ -875,16 +880,7 @@ mod tests {
         let unread = HashSet::from([p("b/stale")]);
         let all = diff(&old, &partial);
         assert!(all.iter().any(|c| matches!(c, Change::Delete { .. })));
-        let kinds: Vec<String> = while_scanning(all, &unread)
-            .iter()
-            .map(|c| match c {
-                Change::Create { path, .. } => format!("create {path}"),
-                Change::Modify { path, .. } => format!("modify {path}"),
-                Change::Delete { path, .. } => format!("delete {path}"),
-                Change::Rename { from, to, .. } => format!("rename {from} {to}"),
-                Change::Meta { path, .. } => format!("meta {path}"),
-            })
-            .collect();
+        let kinds = kinds(&while_scanning(all, &unread));
         assert_eq!(
             kinds,
             ["create moved", "rename a/x moved/x", "create new.txt"]
