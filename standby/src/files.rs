@@ -52,7 +52,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_sync::chunk::{ChunkHash, ChunkRef};
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
@@ -142,6 +142,10 @@ pub struct FileSetReplica {
     /// batch's fsync and rename ([`FileSetReplica::commit`]).
     pending: Vec<PendingFile>,
     pending_bytes: u64,
+    /// When the oldest pending file became complete.
+    pending_since: Option<Instant>,
+    /// See [`BATCH_AGE_MAX`].
+    batch_age_max: Duration,
     /// Where the chunks of pending files are: their temp files.
     pending_index: HashMap<ChunkHash, (PathBuf, ChunkRef)>,
     /// The change being applied, when its file may wait in the batch.
@@ -174,6 +178,10 @@ struct PendingFile {
 pub const BATCH_FILES_MAX: usize = 256;
 /// Bytes one batch holds, at most, before it is committed.
 pub const BATCH_BYTES_MAX: u64 = 128 << 20;
+/// How long a file waits in a batch, at most, before the batch is
+/// committed: a small file sent in a round of large ones is in place
+/// about this soon, not at the round's end.
+pub const BATCH_AGE_MAX: Duration = Duration::from_millis(100);
 /// fsyncs of pending files in flight at once.
 const FSYNC_THREADS: usize = 4;
 
@@ -331,6 +339,8 @@ impl FileSetReplica {
             keep_paths: std::collections::BTreeSet::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            pending_since: None,
+            batch_age_max: BATCH_AGE_MAX,
             pending_index: HashMap::new(),
             defer: None,
             staged: HashMap::new(),
@@ -386,6 +396,11 @@ impl FileSetReplica {
     /// nothing kept; if not, it is kept.
     pub fn keep_replaced_paths(&mut self, paths: std::collections::BTreeSet<SafePath>) {
         self.keep_paths = paths;
+    }
+
+    /// How long a file may wait in a batch ([`BATCH_AGE_MAX`] unless set).
+    pub fn set_batch_age_max(&mut self, age: Duration) {
+        self.batch_age_max = age;
     }
 
     /// Record every apply in `log` before it takes effect, from now on.
@@ -656,7 +671,8 @@ impl FileSetReplica {
     /// change (a delete, a rename, a symlink, metadata: anything but a new
     /// file or directory whose path is not pending) commits what is pending
     /// first, so changes still take effect in the order given; so does a
-    /// batch that is full ([`BATCH_FILES_MAX`], [`BATCH_BYTES_MAX`]).
+    /// batch that is full ([`BATCH_FILES_MAX`], [`BATCH_BYTES_MAX`]) or
+    /// has waited long enough ([`BATCH_AGE_MAX`]).
     /// An error from that commit is returned for this change.
     pub fn apply_batched(
         &mut self,
@@ -675,7 +691,11 @@ impl FileSetReplica {
             }
             _ => false,
         };
-        let full = self.pending.len() >= BATCH_FILES_MAX || self.pending_bytes >= BATCH_BYTES_MAX;
+        let full = self.pending.len() >= BATCH_FILES_MAX
+            || self.pending_bytes >= BATCH_BYTES_MAX
+            || self
+                .pending_since
+                .is_some_and(|t| t.elapsed() >= self.batch_age_max);
         if !may_wait || full {
             if let Some(e) = self.commit().into_iter().next() {
                 return Err(e);
@@ -736,6 +756,7 @@ impl FileSetReplica {
     pub fn commit(&mut self) -> Vec<ApplyError> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
+        self.pending_since = None;
         self.pending_index.clear();
         if pending.is_empty() {
             return Vec::new();
@@ -916,6 +937,7 @@ impl FileSetReplica {
                 }
                 self.pending_bytes += file_len(new);
                 let synced = self.start_fsync(file);
+                self.pending_since.get_or_insert_with(Instant::now);
                 self.pending.push(PendingFile {
                     path: path.clone(),
                     full,

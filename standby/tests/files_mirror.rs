@@ -564,6 +564,8 @@ fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versi
         .filter(|c| c.path().as_str() != "d")
         .collect();
     assert_eq!(files.len(), 7, "{changes:#?}");
+    // Only the batch's size bounds it here, however slow the machine.
+    pair.replica.set_batch_age_max(Duration::from_secs(3600));
     for c in &files {
         pair.replica.apply_batched(c, &mut source).unwrap();
     }
@@ -586,6 +588,7 @@ fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versi
     // and temp files a new replica resumes from without fetching anything.
     let kept = pair.replica.manifest().clone();
     let mut replica = FileSetReplica::open(&pair.standby, &pair.data, 1, kept).unwrap();
+    replica.set_batch_age_max(Duration::from_secs(3600));
     for (i, before) in old.iter().enumerate().take(6) {
         assert_eq!(
             &fs::read(pair.standby.join(format!("d/f{i}"))).unwrap(),
@@ -614,4 +617,39 @@ fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versi
     pair.replica = replica;
     let st = pair.sync();
     assert_eq!((st.files_written, st.chunks_fetched), (0, 0));
+}
+
+/// A file does not wait in a batch longer than the batch's age bound: past
+/// it, the next file commits the batch first (here a bound of zero, so each
+/// file commits the one before).
+#[test]
+fn a_batch_past_its_age_bound_is_committed_at_the_next_file() {
+    let mut pair = Pair::new();
+    let mut rng = StdRng::seed_from_u64(43);
+    fs::write(pair.p("a"), random_bytes(&mut rng, 100_000)).unwrap();
+    fs::write(pair.p("b"), random_bytes(&mut rng, 100_000)).unwrap();
+    let scan = pair.scanner.scan(Some(pair.replica.manifest())).unwrap();
+    let changes = diff(pair.replica.manifest(), &scan.manifest);
+    assert_eq!(changes.len(), 2, "{changes:#?}");
+    let scanner = pair.scanner.clone();
+    let mut source = move |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
+        scanner.read_chunk(path, c).map_err(io::Error::other)
+    };
+    pair.replica.set_batch_age_max(Duration::ZERO);
+    pair.replica
+        .apply_batched(&changes[0], &mut source)
+        .unwrap();
+    assert_eq!(pair.replica.pending().0, 1);
+    assert!(!pair.standby.join(changes[0].path().as_str()).exists());
+    pair.replica
+        .apply_batched(&changes[1], &mut source)
+        .unwrap();
+    assert_eq!(pair.replica.pending().0, 1);
+    assert_eq!(
+        fs::read(pair.standby.join(changes[0].path().as_str())).unwrap(),
+        fs::read(pair.p(changes[0].path().as_str())).unwrap()
+    );
+    assert!(!pair.standby.join(changes[1].path().as_str()).exists());
+    assert!(pair.replica.commit().is_empty());
+    assert!(pair.standby.join(changes[1].path().as_str()).exists());
 }
