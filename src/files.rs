@@ -886,10 +886,7 @@ impl Actor {
         if let DirtySet::Paths(paths) = &mut dirty {
             paths.extend(p.deferred.iter().cloned());
         }
-        if rescan(&self.e.name, p, &dirty) {
-            // Read on after the events waiting now, a round among them.
-            self.wake.notify_one();
-        }
+        rescan(&self.e.name, p, &dirty, &self.wake);
         if raise.is_some() {
             self.alarm(raise);
         }
@@ -901,9 +898,7 @@ impl Actor {
             Side::Primary(p) => {
                 if p.last_reconcile.elapsed() >= reconcile {
                     p.last_reconcile = Instant::now();
-                    if rescan(&self.e.name, p, &DirtySet::Everything) {
-                        self.wake.notify_one();
-                    }
+                    rescan(&self.e.name, p, &DirtySet::Everything, &self.wake);
                 }
                 let stalled = p
                     .round
@@ -982,9 +977,10 @@ impl Actor {
             return;
         }
         let mut changes = diff(peer, &p.local);
-        let listed: HashSet<&SafePath> = changes.iter().map(|c| c.path()).collect();
-        let pending = changes.len() + p.deferred.iter().filter(|d| !listed.contains(d)).count();
+        let mut pending = changes.len();
         if !p.deferred.is_empty() {
+            let listed: HashSet<&SafePath> = changes.iter().map(|c| c.path()).collect();
+            pending += p.deferred.iter().filter(|d| !listed.contains(d)).count();
             // The scan is not over: what depends on what it has not read
             // waits for it.
             let unread: HashSet<SafePath> = p.deferred.iter().cloned().collect();
@@ -1193,9 +1189,7 @@ impl Actor {
                 // It changed since it was scanned: look again. The standby
                 // gives this version up; the next round has the new one.
                 let one = DirtySet::Paths(std::collections::BTreeSet::from([path.clone()]));
-                if rescan(&name, p, &one) {
-                    self.wake.notify_one();
-                }
+                rescan(&name, p, &one, &self.wake);
             }
             let msg = FsMessage::Chunks {
                 set: name.clone(),
@@ -1679,9 +1673,7 @@ impl Actor {
                     Side::Primary(p) => {
                         // "Everything written before the drain": a full look
                         // now, whatever the watcher said.
-                        if rescan(&name, p, &DirtySet::Everything) {
-                            self.wake.notify_one();
-                        }
+                        rescan(&name, p, &DirtySet::Everything, &self.wake);
                         p.drains.push(reply);
                     }
                     _ => {
@@ -2061,9 +2053,10 @@ async fn send_to(node: &Node, set: &str, msg: FsMessage) -> bool {
 }
 
 /// One scan pass of `dirty` (at most [`SCAN_PASS_BYTES`] read, the file
-/// deferred the longest first); what it leaves unread joins `p.deferred`.
-/// True when files are left to read.
-fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet) -> bool {
+/// deferred the longest first); what it leaves unread joins `p.deferred`,
+/// and `wake` has the engine read on after the events waiting now (a
+/// round among them).
+fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet, wake: &Notify) {
     let before = p.local.root();
     let first = p.deferred.first().cloned();
     match p
@@ -2100,7 +2093,9 @@ fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet) -> bool {
     if p.local.root() != before {
         p.unsynced_since.get_or_insert_with(Instant::now);
     }
-    !p.deferred.is_empty()
+    if !p.deferred.is_empty() {
+        wake.notify_one();
+    }
 }
 
 /// Remove tandem's temp files below `root` (not following symlinks).

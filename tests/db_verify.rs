@@ -7,7 +7,7 @@ mod common;
 
 use common::db::{run_writer, spawn_writer, DbPair};
 use serde_json::Value;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -147,12 +147,12 @@ fn a_verify_started_while_the_standby_is_away_completes_when_it_returns() {
     p.barrier_txid(0);
     p.pair.stop(1);
 
-    let mut verify = Command::new(common::BIN)
-        .args(["verify", "--db", "hydro", "--timeout", "60s", "--json"])
-        .arg("--config")
-        .arg(&p.pair.config)
-        .args(["--node", p.pair.names[0]])
-        .stdin(Stdio::null())
+    let mut verify = p
+        .pair
+        .cli_command(
+            0,
+            &["verify", "--db", "hydro", "--timeout", "60s", "--json"],
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -18,7 +18,7 @@
 
 use nix::libc::{ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -329,31 +329,19 @@ impl FileSetScanner {
     }
 
     /// Read and chunk the files the pass found, `read_first` first, then
-    /// the smallest, as far as its read budget goes (at least one); the rest
-    /// keep the entries they had and are deferred. With more than [`PARALLEL_READ_BYTES_MIN`] to
-    /// read, one thread per core takes them in turn: hashing is the scan's
-    /// cost, and a primary scanning a tree of new files has cores to spare.
+    /// the smallest, as far as its read budget goes (at least one); the
+    /// rest keep the entries they had and are deferred. With more than
+    /// [`PARALLEL_READ_BYTES_MIN`] to read, one thread per core takes them
+    /// in turn: hashing is the scan's cost, and a primary scanning a tree
+    /// of new files has cores to spare.
     fn read_files(&self, scan: &mut Scan) {
         // A path found twice in one pass (a dirty directory and a dirty
-        // file in it) is read once; the entry it had before the pass is the
-        // one the first look took out of the manifest.
-        let mut found: Vec<(SafePath, u64, Option<Entry>)> = Vec::new();
-        let mut at: HashMap<SafePath, usize> = HashMap::new();
-        for (path, len, before) in std::mem::take(&mut scan.to_read) {
-            match at.get(&path) {
-                Some(&i) => {
-                    let first = &mut found[i];
-                    first.1 = len;
-                    if first.2.is_none() {
-                        first.2 = before;
-                    }
-                }
-                None => {
-                    at.insert(path.clone(), found.len());
-                    found.push((path, len, before));
-                }
-            }
-        }
+        // file in it) is read once. The first look is the directory's
+        // (paths are taken in order), which took the entry the file had
+        // out of the manifest: that one is kept.
+        let mut found = std::mem::take(&mut scan.to_read);
+        let mut seen = HashSet::new();
+        found.retain(|(path, ..)| seen.insert(path.clone()));
         found.sort_by_key(|(path, len, _)| (Some(path) != scan.read_first.as_ref(), *len));
         let mut files = Vec::with_capacity(found.len());
         let mut bytes = 0u64;
@@ -368,7 +356,7 @@ impl FileSetScanner {
                 .is_none_or(|max| files.is_empty() || bytes + len <= max);
             if fits {
                 bytes += len;
-                files.push((path, len));
+                files.push(path);
             } else {
                 if let Some(entry) = before {
                     scan.manifest.insert(path.clone(), entry);
@@ -376,16 +364,15 @@ impl FileSetScanner {
                 scan.deferred.push(path);
             }
         }
-        let total: u64 = files.iter().map(|(_, len)| len).sum();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(READ_THREADS_MAX)
             .min(files.len());
         let results: Vec<(SafePath, Result<Option<Entry>, SkipReason>)> =
-            if threads < 2 || total < PARALLEL_READ_BYTES_MIN {
+            if threads < 2 || bytes < PARALLEL_READ_BYTES_MIN {
                 files
                     .into_iter()
-                    .map(|(p, _)| {
+                    .map(|p| {
                         let r = self.read_file(&p);
                         (p, r)
                     })
@@ -400,7 +387,7 @@ impl FileSetScanner {
                                 let mut out = Vec::new();
                                 loop {
                                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    let Some((p, _)) = files.get(i) else { break };
+                                    let Some(p) = files.get(i) else { break };
                                     out.push((p.clone(), self.read_file(p)));
                                 }
                                 out

@@ -116,12 +116,6 @@ impl SafePath {
         &self.0
     }
 
-    /// The bounds, exclusive, of the paths strictly below this one in
-    /// path order: after `self/` starts, before `self0` (`0` follows `/`).
-    pub fn below_bounds(&self) -> (String, String) {
-        (format!("{}/", self.0), format!("{}0", self.0))
-    }
-
     /// The components, root first.
     pub fn components(&self) -> impl Iterator<Item = &str> {
         self.0.split('/')

@@ -174,7 +174,8 @@ impl Manifest {
     /// at the rest of the manifest.
     pub fn at_or_below(&self, path: &SafePath) -> Vec<(&SafePath, &Entry)> {
         use std::ops::Bound::Excluded;
-        let (after, before) = path.below_bounds();
+        // Below `p`: after `p/`, before `p0` (`0` follows `/`).
+        let (after, before) = (format!("{path}/"), format!("{path}0"));
         let below = self
             .entries
             .range::<str, _>((Excluded(after.as_str()), Excluded(before.as_str())));

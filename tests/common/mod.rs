@@ -341,14 +341,19 @@ switchover_timeout_ms = 5000
 
     /// Run a CLI command against node i.
     pub fn cli(&self, i: usize, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
+        self.cli_command(i, args).output().unwrap()
+    }
+
+    /// A CLI command against node i, to run as the caller needs (in the
+    /// background, say).
+    pub fn cli_command(&self, i: usize, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .arg("--config")
             .arg(&self.config)
             .args(["--node", self.names[i]])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        c
     }
 
     /// Wait until node `primary` is primary and the other its standby, both
