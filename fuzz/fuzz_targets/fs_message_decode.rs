@@ -38,11 +38,7 @@ fn held() -> &'static Held {
         manifest.insert(
             path,
             Entry {
-                kind: EntryKind::File {
-                    size: bytes.len() as u64,
-                    hash: *blake3::hash(&bytes).as_bytes(),
-                    chunks,
-                },
+                kind: EntryKind::file(chunks),
                 mode: 0o644,
                 mtime_ns: 1,
             },

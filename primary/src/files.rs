@@ -487,7 +487,6 @@ impl FileSetScanner {
                 Chunker::new()
             };
             let mut chunks = Vec::new();
-            let mut hasher = blake3::Hasher::new();
             let mut buf = vec![0u8; READ_BUFFER_BYTES];
             let mut size = 0u64;
             loop {
@@ -497,7 +496,6 @@ impl FileSetScanner {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(SkipReason::Io(e.to_string())),
                 };
-                hasher.update(&buf[..n]);
                 chunks.extend(chunker.push(&buf[..n]));
                 size += n as u64;
             }
@@ -519,11 +517,7 @@ impl FileSetScanner {
                     }
                 }
                 return Ok(Some(Entry {
-                    kind: EntryKind::File {
-                        size,
-                        hash: *hasher.finalize().as_bytes(),
-                        chunks,
-                    },
+                    kind: EntryKind::file(chunks),
                     mode: after.permissions().mode() & MODE_MASK,
                     mtime_ns: mtime_ns(&after),
                 }));
@@ -872,6 +866,7 @@ impl FileSetWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_sync::chunk::{chunk_bytes, file_hash};
 
     #[test]
     fn a_directory_read_on_several_threads_gives_each_path_its_own_content() {
@@ -887,12 +882,12 @@ mod tests {
             fs::write(root.join(format!("f{i:02}")), &bytes).unwrap();
             want.insert(
                 format!("f{i:02}"),
-                (len as u64, *blake3::hash(&bytes).as_bytes()),
+                (len as u64, file_hash(&chunk_bytes(&bytes))),
             );
         }
         assert!(want.values().map(|(len, _)| len).sum::<u64>() > PARALLEL_READ_BYTES_MIN);
         fs::write(root.join("sub/small"), b"x").unwrap();
-        want.insert("sub/small".into(), (1, *blake3::hash(b"x").as_bytes()));
+        want.insert("sub/small".into(), (1, file_hash(&chunk_bytes(b"x"))));
         let scan = FileSetScanner::new(root, FileSetFilter::all())
             .unwrap()
             .scan(None)

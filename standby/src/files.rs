@@ -9,9 +9,9 @@
 //!   already there from an interrupted earlier attempt is kept (so a partial
 //!   transfer resumes), then one found locally by hash (the old version of
 //!   the file, or any other file of the set) is copied, and only the rest is
-//!   asked of the [`ChunkSource`]. Every chunk is checked against its hash,
-//!   and the whole-file blake3 over the bytes written in order against the
-//!   manifest's. Then mode and mtime, fsync, rename over the target, fsync of
+//!   asked of the [`ChunkSource`]. Every chunk is checked against its hash
+//!   before it is written, and the entry's content hash against its chunk
+//!   list (so the file is not read back). Then mode and mtime, fsync, rename over the target, fsync of
 //!   the directory: at once with [`FileSetReplica::apply`]; with
 //!   [`FileSetReplica::apply_batched`] the file waits, complete and
 //!   verified, in its temp file until [`FileSetReplica::commit`] puts a
@@ -53,7 +53,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tandem_sync::chunk::{ChunkHash, ChunkRef};
+use tandem_sync::chunk::{file_hash, ChunkHash, ChunkRef};
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
 
@@ -952,8 +952,9 @@ impl FileSetReplica {
         fsync_dir(&parent).map_err(io)
     }
 
-    /// Assemble a file in its temp file, verify it, set its mode and mtime,
-    /// and start its writeback; the temp file's path and the open file.
+    /// Assemble a file in its temp file from checked chunks, set its mode
+    /// and mtime, and start its writeback; the temp file's path and the
+    /// open file.
     fn write_file(
         &mut self,
         path: &SafePath,
@@ -966,6 +967,17 @@ impl FileSetReplica {
         };
         let io = |e| ApplyError::Io(path.clone(), e);
         let tmp = parent.join(partial_name(path.file_name()));
+        // Every chunk written is checked against its hash, so a file whose
+        // chunk list makes its content hash is right once each is in place:
+        // it is not read back. A list that does not make it is an
+        // inconsistent entry. Leave nothing behind.
+        if file_hash(chunks) != *hash {
+            self.staged.remove(&tmp);
+            if fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
+                let _ = fs::remove_file(&tmp);
+            }
+            return Err(ApplyError::FileHash(path.clone()));
+        }
         // A symlink or directory where the temp file goes is not ours to follow.
         if let Ok(m) = fs::symlink_metadata(&tmp) {
             if !m.is_file() {
@@ -986,18 +998,10 @@ impl FileSetReplica {
             .map_err(io)?;
         let partial_len = file.metadata().map_err(io)?.len();
         let staged = self.staged.remove(&tmp).unwrap_or_default();
-        let mut hasher = blake3::Hasher::new();
         for c in chunks {
-            let bytes = self.chunk_bytes(path, c, &file, partial_len, &staged, source)?;
-            hasher.update(&bytes);
+            self.put_chunk(path, c, &file, partial_len, &staged, source)?;
         }
         file.set_len(*size).map_err(io)?;
-        if hasher.finalize().as_bytes() != hash {
-            // The chunks were each right but do not make this file: the
-            // manifest entry itself is inconsistent. Leave nothing behind.
-            let _ = fs::remove_file(&tmp);
-            return Err(ApplyError::FileHash(path.clone()));
-        }
         file.set_permissions(fs::Permissions::from_mode(new.mode))
             .map_err(io)?;
         file.set_modified(system_time(new.mtime_ns)).map_err(io)?;
@@ -1005,9 +1009,9 @@ impl FileSetReplica {
         Ok((tmp, file))
     }
 
-    /// The bytes of chunk `c` of the new `path`, written into `file` at its
-    /// offset unless they are there already.
-    fn chunk_bytes(
+    /// Put the checked bytes of chunk `c` of the new `path` into `file` at
+    /// its offset, unless they are there already.
+    fn put_chunk(
         &mut self,
         path: &SafePath,
         c: &ChunkRef,
@@ -1015,25 +1019,26 @@ impl FileSetReplica {
         partial_len: u64,
         staged: &std::collections::HashSet<(u64, ChunkHash)>,
         source: &mut dyn ChunkSource,
-    ) -> Result<Vec<u8>, ApplyError> {
+    ) -> Result<(), ApplyError> {
         let io = |e| ApplyError::Io(path.clone(), e);
-        let mut buf = vec![0u8; c.len as usize];
-        // 1. Already in the temp file: staged (checked) by this process, or
-        // from an earlier attempt (checked now).
-        if c.end() <= partial_len
-            && file.read_exact_at(&mut buf, c.offset).is_ok()
-            && (staged.contains(&(c.offset, c.hash)) || c.verify(&buf))
-        {
+        // 1. Already in the temp file: staged (checked when received) by
+        // this process, or from an earlier attempt (checked now).
+        let in_partial = c.end() <= partial_len
+            && (staged.contains(&(c.offset, c.hash)) || {
+                let mut buf = vec![0u8; c.len as usize];
+                file.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
+            });
+        if in_partial {
             self.stats.chunks_reused += 1;
             self.stats.bytes_reused += u64::from(c.len);
-            return Ok(buf);
+            return Ok(());
         }
         // 2. Somewhere in the local tree.
         if let Some(bytes) = self.local_chunk(c) {
             file.write_all_at(&bytes, c.offset).map_err(io)?;
             self.stats.chunks_reused += 1;
             self.stats.bytes_reused += u64::from(c.len);
-            return Ok(bytes);
+            return Ok(());
         }
         // 3. From the primary.
         let bytes = source
@@ -1045,7 +1050,7 @@ impl FileSetReplica {
         file.write_all_at(&bytes, c.offset).map_err(io)?;
         self.stats.chunks_fetched += 1;
         self.stats.bytes_fetched += u64::from(c.len);
-        Ok(bytes)
+        Ok(())
     }
 
     /// The bytes of a chunk found in the local tree by its hash (checked),

@@ -19,11 +19,7 @@ fn p(s: &str) -> SafePath {
 
 fn file_entry(bytes: &[u8]) -> Entry {
     Entry {
-        kind: EntryKind::File {
-            size: bytes.len() as u64,
-            hash: *blake3::hash(bytes).as_bytes(),
-            chunks: chunk_bytes(bytes),
-        },
+        kind: EntryKind::file(chunk_bytes(bytes)),
         mode: 0o644,
         mtime_ns: 1_000_000_000,
     }

@@ -11,6 +11,13 @@
 //! module never reads files) and gets chunks back as soon as their end is
 //! known. Its boundaries are exactly those of FastCDC over the whole buffer,
 //! because a cut never looks further than [`CHUNK_BYTES_MAX`] ahead.
+//!
+//! A file's hash is [`file_hash`] of its chunk list, not a second blake3
+//! pass over its bytes: the boundaries follow from the content, and each
+//! chunk's hash from its bytes, so the list names the content as surely.
+//! Each side then reads and hashes a file's bytes once (the primary when it
+//! chunks them, the standby when it checks each chunk it receives) instead
+//! of twice, and the standby does not read a file back to check it.
 
 use crate::delta::ChunkSketch;
 use serde::{Deserialize, Serialize};
@@ -46,6 +53,22 @@ impl ChunkRef {
     pub fn verify(&self, bytes: &[u8]) -> bool {
         bytes.len() == self.len as usize && *blake3::hash(bytes).as_bytes() == self.hash
     }
+}
+
+/// blake3 derive-key context of [`file_hash`].
+pub const FILE_HASH_CONTEXT: &str = "tandem file-set file content from its chunk list v1";
+
+/// The hash of a file's content: blake3 (derive-key mode,
+/// [`FILE_HASH_CONTEXT`]) over each chunk's length and hash, in order.
+/// Equal for two files exactly when their chunk lists are equal, which
+/// (the chunking being a function of the content) is when their bytes are.
+pub fn file_hash(chunks: &[ChunkRef]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(FILE_HASH_CONTEXT);
+    for c in chunks {
+        h.update(&c.len.to_le_bytes());
+        h.update(&c.hash);
+    }
+    *h.finalize().as_bytes()
 }
 
 /// The FastCDC masks for [`CHUNK_BYTES_AVG`] at normalisation level 1, as

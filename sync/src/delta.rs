@@ -513,11 +513,7 @@ mod tests {
     fn entry_digests_cover_the_whole_entry() {
         let bytes = random_bytes(6, 100_000);
         let e = Entry {
-            kind: EntryKind::File {
-                size: bytes.len() as u64,
-                hash: hash(&bytes),
-                chunks: chunk_bytes(&bytes),
-            },
+            kind: EntryKind::file(chunk_bytes(&bytes)),
             mode: 0o644,
             mtime_ns: 5,
         };

@@ -32,7 +32,7 @@
 //! bytes that do not match their hash, modes outside `0o7777`, symlink
 //! targets that are empty or hold NUL, counts past the caps.
 
-use crate::chunk::{ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
+use crate::chunk::{file_hash, ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
 use crate::delta::{entry_digest, ChunkDelta, ChunkListDelta};
 use crate::fileset::{SafePath, PATH_BYTES_MAX};
 use crate::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
@@ -299,7 +299,7 @@ pub fn validate_entry(path: &SafePath, e: &Entry) -> Result<(), FsInvalid> {
         return bad(format!("{path}: mode {:o} outside 0o7777", e.mode));
     }
     match &e.kind {
-        EntryKind::File { size, chunks, .. } => {
+        EntryKind::File { size, hash, chunks } => {
             let mut at = 0u64;
             for c in chunks {
                 if c.offset != at || c.len == 0 || c.len as usize > CHUNK_BYTES_MAX {
@@ -309,6 +309,11 @@ pub fn validate_entry(path: &SafePath, e: &Entry) -> Result<(), FsInvalid> {
             }
             if at != *size {
                 return bad(format!("{path}: chunks cover {at} of {size} bytes"));
+            }
+            if file_hash(chunks) != *hash {
+                return bad(format!(
+                    "{path}: the content hash is not that of its chunks"
+                ));
             }
         }
         EntryKind::Dir => {}
@@ -455,11 +460,7 @@ mod tests {
 
     fn file(bytes: &[u8]) -> Entry {
         Entry {
-            kind: EntryKind::File {
-                size: bytes.len() as u64,
-                hash: *blake3::hash(bytes).as_bytes(),
-                chunks: chunk_bytes(bytes),
-            },
+            kind: EntryKind::file(chunk_bytes(bytes)),
             mode: 0o644,
             mtime_ns: 1,
         }
@@ -701,17 +702,8 @@ mod tests {
     }
 
     fn fake_file(chunks: Vec<ChunkRef>, mtime_ns: i64) -> Entry {
-        let size = chunks.last().map_or(0, ChunkRef::end);
-        let mut h = blake3::Hasher::new();
-        for c in &chunks {
-            h.update(&c.hash);
-        }
         Entry {
-            kind: EntryKind::File {
-                size,
-                hash: *h.finalize().as_bytes(),
-                chunks,
-            },
+            kind: EntryKind::file(chunks),
             mode: 0o640,
             mtime_ns,
         }

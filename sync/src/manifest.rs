@@ -2,13 +2,14 @@
 //!
 //! notify events are only hints; what the primary and the standby compare is
 //! a manifest: every entry below the set's root by [`SafePath`], with its type,
-//! mode, mtime and, for a file, its size, whole-file blake3 and chunk list,
-//! for a symlink its target.
+//! mode, mtime and, for a file, its size, content hash
+//! ([`crate::chunk::file_hash`] of its chunk list) and chunk list, for a
+//! symlink its target.
 //!
 //! **Root hash.** Each entry has an entry hash: blake3 (in derive-key mode,
 //! context [`ENTRY_CONTEXT`]) over a canonical encoding of its path, type,
-//! mode, mtime, size, whole-file hash and symlink target (chunk lists are left
-//! out: they follow from the content and the chunking parameters). The
+//! mode, mtime, size, content hash and symlink target (chunk lists are left
+//! out: the content hash covers them). The
 //! manifest keeps the XOR of all entry hashes, updated on every insert and
 //! removal, and the root is blake3 (context [`ROOT_CONTEXT`]) over the entry
 //! count and that XOR. So the root is O(1) to read and to keep current, and
@@ -21,15 +22,15 @@
 //! [`Change`]s which, applied in order, turn a tree matching the old one into
 //! a tree matching the new one (see its doc for the order and why).
 //! Renames are detected as a file that disappeared and a file that appeared
-//! with the same size and whole-file hash (non-empty files only: every empty
+//! with the same size and content hash (non-empty files only: every empty
 //! file is alike, and creating one costs nothing).
 //!
 //! **Encoding.** [`Manifest::encode`]/[`Manifest::decode`] are a compact
 //! postcard encoding (chunk offsets are implied by the lengths). The decoder
 //! never panics and checks everything a peer could get wrong: paths, order,
-//! duplicates, parents, chunk coverage, modes.
+//! duplicates, parents, chunk coverage, content hashes, modes.
 
-use crate::chunk::{ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
+use crate::chunk::{file_hash, ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
 use crate::fileset::{PathError, SafePath, PATH_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -38,8 +39,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 pub const ENTRY_CONTEXT: &str = "tandem file-set manifest entry v1";
 /// blake3 derive-key context of the root hash.
 pub const ROOT_CONTEXT: &str = "tandem file-set manifest root v1";
-/// Version byte at the start of the compact encoding.
-pub const ENCODING_VERSION: u8 = 1;
+/// Version byte at the start of the compact encoding. 2: a file's hash
+/// became [`file_hash`] of its chunk list (it was blake3 of its bytes); a
+/// manifest kept by an earlier build is not taken for this node's tree.
+pub const ENCODING_VERSION: u8 = 2;
 /// The permission bits that are mirrored (including setuid, setgid, sticky).
 pub const MODE_MASK: u32 = 0o7777;
 
@@ -49,7 +52,7 @@ pub enum EntryKind {
     /// A regular file.
     File {
         size: u64,
-        /// blake3 of the whole file.
+        /// [`file_hash`] of `chunks`: what names the content.
         hash: [u8; 32],
         /// Content-defined chunks covering `0..size`.
         chunks: Vec<ChunkRef>,
@@ -58,6 +61,18 @@ pub enum EntryKind {
     Dir,
     /// A symbolic link, never followed.
     Symlink { target: String },
+}
+
+impl EntryKind {
+    /// A regular file made of `chunks` (in order, tiling it from offset 0),
+    /// with its size and content hash.
+    pub fn file(chunks: Vec<ChunkRef>) -> EntryKind {
+        EntryKind::File {
+            size: chunks.last().map_or(0, ChunkRef::end),
+            hash: file_hash(&chunks),
+            chunks,
+        }
+    }
 }
 
 /// One entry of a manifest.
@@ -318,6 +333,9 @@ impl Manifest {
                     if offset != size {
                         return Err(ManifestError::Chunks(path));
                     }
+                    if file_hash(&refs) != hash {
+                        return Err(ManifestError::Hash(path));
+                    }
                     EntryKind::File {
                         size,
                         hash,
@@ -365,6 +383,8 @@ pub enum ManifestError {
     Chunks(SafePath),
     #[error("{0}: bad symlink target")]
     Target(SafePath),
+    #[error("{0}: the content hash is not that of its chunk list")]
+    Hash(SafePath),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -688,11 +708,7 @@ mod tests {
 
     fn file(bytes: &[u8], mode: u32, mtime_ns: i64) -> Entry {
         Entry {
-            kind: EntryKind::File {
-                size: bytes.len() as u64,
-                hash: *blake3::hash(bytes).as_bytes(),
-                chunks: chunk_bytes(bytes),
-            },
+            kind: EntryKind::file(chunk_bytes(bytes)),
             mode,
             mtime_ns,
         }

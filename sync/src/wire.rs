@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! magic    2 bytes   b"TD"
-//! version  u8        PROTOCOL_VERSION (2)
+//! version  u8        PROTOCOL_VERSION (3)
 //! kind     u8        1 Hello, 2 Welcome, 3 Proof, 4 Data
 //! len      u32 BE    body length, refused if over the receiver's limit
 //! seq      u64 BE    0 in handshake frames; 1, 2, 3, ... in Data frames
@@ -39,7 +39,9 @@ pub const MAGIC: [u8; 2] = *b"TD";
 /// refused with [`WireError::VersionMismatch`]. 2: a page's hash became
 /// blake3(pgno || blake3(page)) (see `DbSum::page_hash`); a pair of builds
 /// that hash pages differently would take equal copies for diverged ones.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: a file's content hash became `chunk::file_hash` of its chunk list; a
+/// standby of an earlier build would refuse every file of a newer primary.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// magic (2) + version (1) + kind (1) + len (4) + seq (8).
 pub const HEADER_BYTES: usize = 16;
 /// Length of the truncated MAC that ends every frame.
@@ -404,7 +406,7 @@ mod tests {
     fn layout_is_as_documented() {
         let b = sample();
         assert_eq!(&b[..2], b"TD");
-        assert_eq!(b[2], 2);
+        assert_eq!(b[2], 3);
         assert_eq!(b[3], 4);
         assert_eq!(&b[4..8], &5u32.to_be_bytes());
         assert_eq!(&b[8..16], &7u64.to_be_bytes());
@@ -441,10 +443,10 @@ mod tests {
         r.push(b"TD\x01");
         assert_eq!(
             r.next_frame(),
-            Err(WireError::VersionMismatch { theirs: 1, ours: 2 })
+            Err(WireError::VersionMismatch { theirs: 1, ours: 3 })
         );
         let mut r = FrameReader::new(100);
-        r.push(b"TD\x02\x09");
+        r.push(b"TD\x03\x09");
         assert_eq!(r.next_frame(), Err(WireError::UnknownKind(9)));
     }
 

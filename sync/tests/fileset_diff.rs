@@ -66,11 +66,7 @@ fn tree() -> impl Strategy<Value = Manifest> {
                 0 => {
                     let bytes = vec![content; content as usize * 3];
                     Entry {
-                        kind: EntryKind::File {
-                            size: bytes.len() as u64,
-                            hash: *blake3::hash(&bytes).as_bytes(),
-                            chunks: chunk_bytes(&bytes),
-                        },
+                        kind: EntryKind::file(chunk_bytes(&bytes)),
                         mode,
                         mtime_ns: mtime,
                     }
