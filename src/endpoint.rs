@@ -27,8 +27,8 @@ pub struct Endpoint {
 pub struct Received {
     /// Bytes to send back (a handshake answer).
     pub reply: Option<Vec<u8>>,
-    /// An authenticated payload.
-    pub payload: Option<Vec<u8>>,
+    /// An authenticated payload (a view of the frame's buffer).
+    pub payload: Option<bytes::Bytes>,
     /// A session was just established.
     pub established: bool,
     /// The handshake went on but the peer is likely misconfigured (its Hello
@@ -94,6 +94,12 @@ impl Endpoint {
     /// Seal a payload, if a session is up.
     pub fn seal(&mut self, payload: &[u8]) -> Option<Vec<u8>> {
         self.session.as_mut().map(|s| s.seal(payload))
+    }
+
+    /// Seal a payload encoded with `message::encode_for_frame`, in place,
+    /// if a session is up.
+    pub fn seal_in_place(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
+        self.session.as_mut().map(|s| s.seal_in_place(frame))
     }
 
     pub fn on_frame(&mut self, now: Instant, frame: &Frame) -> Result<Received, AuthError> {
@@ -191,7 +197,10 @@ mod tests {
         assert!(got.established);
         assert!(deliver(&mut b, &got.reply.unwrap()).unwrap().established);
         let sealed = a.seal(b"hb").unwrap();
-        assert_eq!(deliver(&mut b, &sealed).unwrap().payload.unwrap(), b"hb");
+        assert_eq!(
+            &deliver(&mut b, &sealed).unwrap().payload.unwrap()[..],
+            b"hb"
+        );
         // b restarts: a's data is ignored, a re-handshakes once quiet.
         let (_, mut b2) = pair([1; 32]);
         assert!(deliver(&mut b2, &a.seal(b"x").unwrap())

@@ -173,7 +173,8 @@ impl Outbound {
             self.flush.notify_one();
             return Ok(());
         }
-        let Some(frame) = lock(&self.endpoint).seal(&message::encode(&msg)) else {
+        let Some(frame) = lock(&self.endpoint).seal_in_place(message::encode_for_frame(&msg))
+        else {
             return Err(Box::new((
                 msg,
                 "the replication link has no session".into(),
@@ -238,9 +239,9 @@ impl Outbound {
                     return false;
                 };
                 drop(st);
-                let encoded = message::encode(&msg);
+                let encoded = message::encode_for_frame(&msg);
                 st = lock(&self.state);
-                let Some(sealed) = lock(&self.endpoint).seal(&encoded) else {
+                let Some(sealed) = lock(&self.endpoint).seal_in_place(encoded) else {
                     st.closed = true;
                     return false;
                 };

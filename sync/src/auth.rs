@@ -41,6 +41,7 @@
 //! truncated to 16 bytes.
 
 use crate::wire::{self, Frame, FrameKind, MAC_BYTES};
+use bytes::Bytes;
 
 /// Context strings. Changing any of them is a protocol version change.
 const CTX_FINGERPRINT: &str = "tandem v1 pair key fingerprint";
@@ -384,7 +385,7 @@ impl Handshake {
         body.extend_from_slice(proof_r.as_bytes());
         let welcome = seal_handshake(&self.key, FrameKind::Welcome, &body);
         self.state = State::AwaitProof {
-            hello_body: frame.body.clone(),
+            hello_body: frame.body.to_vec(),
             welcome: welcome.clone(),
             peer: name_i,
             transcript,
@@ -543,16 +544,32 @@ impl Session {
 
     /// Seal a payload into a Data frame, ready to send.
     pub fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut frame = wire::body_buffer(payload.len());
+        frame.extend_from_slice(payload);
+        self.seal_in_place(frame)
+    }
+
+    /// Seal a Data frame whose payload was encoded behind the room for its
+    /// header (a [`wire::body_buffer`]): the header is written in front and
+    /// the MAC appended; the payload, megabytes for a bulk message, is not
+    /// copied.
+    ///
+    /// # Panics
+    /// If `frame` is shorter than the header's room.
+    pub fn seal_in_place(&mut self, mut frame: Vec<u8>) -> Vec<u8> {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
-        let mac = frame_mac(&self.send_key, FrameKind::Data, seq, payload);
-        wire::encode(FrameKind::Data, seq, payload, mac)
+        let body_len = frame.len() - wire::HEADER_BYTES;
+        frame[..wire::HEADER_BYTES].copy_from_slice(&wire::header(FrameKind::Data, seq, body_len));
+        let mac = truncated_mac(&self.send_key, &frame);
+        frame.extend_from_slice(&mac);
+        frame
     }
 
     /// Check a received frame (kind Data, MAC, seq strictly greater than the
     /// highest accepted) and return its payload. Refused frames change
     /// nothing: a datagram caller just drops them.
-    pub fn open(&mut self, frame: &Frame) -> Result<Vec<u8>, AuthError> {
+    pub fn open(&mut self, frame: &Frame) -> Result<Bytes, AuthError> {
         if frame.kind != FrameKind::Data {
             return Err(AuthError::UnexpectedFrame {
                 expected: "Data",
@@ -574,6 +591,7 @@ impl Session {
             });
         }
         self.last_seq = frame.seq;
+        // A view of the frame's buffer, not a copy.
         Ok(frame.body.clone())
     }
 }
@@ -583,8 +601,17 @@ fn frame_mac(key: &[u8; 32], kind: FrameKind, seq: u64, body: &[u8]) -> [u8; MAC
     let mut h = blake3::Hasher::new_keyed(key);
     h.update(&wire::header(kind, seq, body.len()));
     h.update(body);
+    truncate(h.finalize())
+}
+
+/// [`frame_mac`] of a frame already laid out as header ‖ body.
+fn truncated_mac(key: &[u8; 32], header_and_body: &[u8]) -> [u8; MAC_BYTES] {
+    truncate(blake3::keyed_hash(key, header_and_body))
+}
+
+fn truncate(hash: blake3::Hash) -> [u8; MAC_BYTES] {
     let mut out = [0u8; MAC_BYTES];
-    out.copy_from_slice(&h.finalize().as_bytes()[..MAC_BYTES]);
+    out.copy_from_slice(&hash.as_bytes()[..MAC_BYTES]);
     out
 }
 

@@ -342,6 +342,17 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_allocvec(msg).expect("postcard encoding of an in-memory message")
 }
 
+/// [`encode`] into a [`crate::wire::body_buffer`] of the exact size, for
+/// `auth::Session::seal_in_place`: the message is written once, where the
+/// frame is sent from (not grown step by step, then copied into a frame).
+pub fn encode_for_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    // As in `encode`: counting and encoding plain structs cannot fail.
+    let len = postcard::experimental::serialized_size(msg)
+        .expect("postcard size of an in-memory message");
+    postcard::to_extend(msg, crate::wire::body_buffer(len))
+        .expect("postcard encoding of an in-memory message")
+}
+
 pub fn decode<'a, T: Deserialize<'a>>(
     what: &'static str,
     bytes: &'a [u8],

@@ -31,6 +31,7 @@
 //! The module is sans-IO: it turns bytes into frames and back and never
 //! touches a socket, a clock or a random number generator.
 
+use bytes::Bytes;
 use std::collections::VecDeque;
 
 /// The two bytes every frame starts with.
@@ -101,12 +102,14 @@ impl std::fmt::Display for FrameKind {
     }
 }
 
-/// One well-formed (not yet authenticated) frame.
+/// One well-formed (not yet authenticated) frame. Its body is a view of
+/// the buffer the frame was received into, not a copy: a bulk frame's
+/// megabytes are not moved between the socket and the message decoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: FrameKind,
     pub seq: u64,
-    pub body: Vec<u8>,
+    pub body: Bytes,
     pub mac: [u8; MAC_BYTES],
 }
 
@@ -189,6 +192,16 @@ pub fn encode(kind: FrameKind, seq: u64, body: &[u8], mac: [u8; MAC_BYTES]) -> V
     v
 }
 
+/// A buffer to encode a Data frame's body into: [`HEADER_BYTES`] of room
+/// for the header in front, and capacity for `body_len` bytes and the MAC
+/// after them, so that `auth::Session::seal_in_place` seals it without
+/// moving the body.
+pub fn body_buffer(body_len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(frame_len(body_len));
+    v.resize(HEADER_BYTES, 0);
+    v
+}
+
 /// Check as much of a header as `prefix` holds (any length), so garbage is
 /// refused from its first wrong byte. Returns the body length once the
 /// length field is complete.
@@ -224,8 +237,9 @@ fn check_header_prefix(prefix: &[u8], max: usize) -> Result<Option<usize>, WireE
     Ok(Some(len as usize))
 }
 
-/// Parse a buffer known to hold exactly one complete, header-checked frame.
-fn parse_complete(buf: &[u8]) -> Frame {
+/// Parse a buffer known to hold exactly one complete, header-checked frame;
+/// the body stays where it is.
+fn parse_complete(buf: Bytes) -> Frame {
     let kind = FrameKind::from_byte(buf[3]).expect("kind checked by check_header_prefix");
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&buf[8..16]);
@@ -235,7 +249,7 @@ fn parse_complete(buf: &[u8]) -> Frame {
     Frame {
         kind,
         seq: u64::from_be_bytes(seq),
-        body: buf[HEADER_BYTES..body_end].to_vec(),
+        body: buf.slice(HEADER_BYTES..body_end),
         mac,
     }
 }
@@ -254,7 +268,7 @@ pub fn decode_datagram(buf: &[u8], max: usize) -> Result<Frame, WireError> {
         std::cmp::Ordering::Greater => Err(WireError::TrailingBytes {
             extra: buf.len() - total,
         }),
-        std::cmp::Ordering::Equal => Ok(parse_complete(buf)),
+        std::cmp::Ordering::Equal => Ok(parse_complete(Bytes::copy_from_slice(buf))),
     }
 }
 
@@ -324,14 +338,21 @@ impl FrameReader {
             bytes = &bytes[take..];
             if in_header {
                 let upto = self.buf.len().min(HEADER_BYTES);
-                if let Err(e) = check_header_prefix(&self.buf[..upto], self.max) {
-                    self.error = Some(e);
-                    continue;
+                match check_header_prefix(&self.buf[..upto], self.max) {
+                    Err(e) => {
+                        self.error = Some(e);
+                        continue;
+                    }
+                    // The whole frame's room at once: the buffer is handed
+                    // over with the frame, so it would otherwise grow (and
+                    // be copied) step by step for every frame.
+                    Ok(Some(len)) => self.buf.reserve_exact(frame_len(len) - self.buf.len()),
+                    Ok(None) => {}
                 }
             }
             if self.is_complete() {
-                self.ready.push_back(parse_complete(&self.buf));
-                self.buf.clear();
+                let whole = std::mem::take(&mut self.buf);
+                self.ready.push_back(parse_complete(Bytes::from(whole)));
             }
         }
     }
