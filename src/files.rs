@@ -66,7 +66,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_config::FileSet;
-use tandem_primary::files::{DirtySet, FileSetScanner, FileSetWatcher, ReadChunkError};
+use tandem_primary::files::{ChunkCache, DirtySet, FileSetScanner, FileSetWatcher, ReadChunkError};
 use tandem_standby::applied::AppliedLog;
 use tandem_standby::files::{ApplyError, FileSetReplica};
 use tandem_sync::chunk::{ChunkHash, ChunkRef};
@@ -346,6 +346,9 @@ struct PrimarySide {
     /// Sketches of the chunks the scanner read (shared with it), for chunk
     /// deltas: kept for the chunks of this tree and of the standby's.
     sketches: Arc<Mutex<SketchStore>>,
+    /// Files the scanner read whole, their chunks sent from memory; emptied
+    /// once the standby is in sync.
+    chunk_cache: Arc<Mutex<ChunkCache>>,
     /// `None` when the set could not be watched (see `watch_error`).
     watcher: Option<FileSetWatcher>,
     watch_error: Option<String>,
@@ -640,7 +643,11 @@ impl Actor {
 
     fn become_primary(&mut self, side: Side) -> Result<PrimarySide, String> {
         let sketches = Arc::new(Mutex::new(SketchStore::default()));
-        let scanner = self.scanner()?.with_sketches(sketches.clone());
+        let chunk_cache = Arc::new(Mutex::new(ChunkCache::new(SCAN_PASS_BYTES as usize)));
+        let scanner = self
+            .scanner()?
+            .with_sketches(sketches.clone())
+            .with_chunk_cache(chunk_cache.clone());
         // What this node's tree was last known to be: only a hint for the
         // scan (unchanged size, mtime and mode are not read again).
         let hint = match side {
@@ -682,6 +689,7 @@ impl Actor {
         Ok(PrimarySide {
             scanner,
             sketches,
+            chunk_cache,
             watcher,
             watch_error,
             local: scan.manifest,
@@ -952,6 +960,11 @@ impl Actor {
         }
         let Some(peer) = &p.peer else { return };
         if peer.root() == p.local.root() && p.deferred.is_empty() {
+            // The standby has every chunk: none will be asked for.
+            p.chunk_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             if p.unsynced_since.take().is_some() || p.last_sync_unix_ms.is_none() {
                 p.last_sync_unix_ms = Some(unix_ms());
                 p.last_errors.clear();

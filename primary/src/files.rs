@@ -16,6 +16,7 @@
 //! as unstable so the caller retries later). An unchanged file (same size,
 //! mtime and type as in the previous manifest) is not read again.
 
+use bytes::Bytes;
 use nix::libc::{ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashSet};
@@ -39,6 +40,91 @@ const READ_BUFFER_BYTES: usize = 1024 * 1024;
 const PARALLEL_READ_BYTES_MIN: u64 = 8 << 20;
 /// Threads reading a pass's files, at most.
 const READ_THREADS_MAX: usize = 4;
+/// With a [`ChunkCache`], a file up to this size is read whole into memory
+/// (and kept there for its chunks to be sent); a larger one is streamed.
+const WHOLE_READ_BYTES_MAX: u64 = 4 << 20;
+
+/// Files the scanner read whole lately, with the chunks it cut them into:
+/// a primary sends a new file's chunks from here rather than reading them
+/// again and checking each against its hash (that second pass cost as much
+/// as the first). What a file held when it was scanned matches the entry
+/// sent for it, even if it has changed since; the change is the next
+/// round's. Bounded in bytes: the oldest files go first, and a chunk not
+/// found here is read from the file as before.
+#[derive(Debug)]
+pub struct ChunkCache {
+    files: std::collections::HashMap<SafePath, (u64, Vec<ChunkRef>, Bytes)>,
+    /// Paths oldest first, each with the generation it was put in with (a
+    /// path put in again leaves its older place stale).
+    order: std::collections::VecDeque<(SafePath, u64)>,
+    bytes: usize,
+    bytes_max: usize,
+    generation: u64,
+}
+
+impl ChunkCache {
+    /// An empty cache holding at most `bytes_max` bytes of file contents.
+    pub fn new(bytes_max: usize) -> Self {
+        ChunkCache {
+            files: Default::default(),
+            order: Default::default(),
+            bytes: 0,
+            bytes_max,
+            generation: 0,
+        }
+    }
+
+    fn put(&mut self, path: &SafePath, chunks: Vec<ChunkRef>, data: Bytes) {
+        if data.len() > self.bytes_max {
+            self.remove(path);
+            return;
+        }
+        self.generation += 1;
+        self.bytes += data.len();
+        if let Some((_, _, old)) = self
+            .files
+            .insert(path.clone(), (self.generation, chunks, data))
+        {
+            self.bytes -= old.len();
+        }
+        self.order.push_back((path.clone(), self.generation));
+        while self.bytes > self.bytes_max {
+            let Some((oldest, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self.files.get(&oldest).is_some_and(|f| f.0 == generation) {
+                self.remove(&oldest);
+            }
+        }
+    }
+
+    fn remove(&mut self, path: &SafePath) {
+        if let Some((_, _, data)) = self.files.remove(path) {
+            self.bytes -= data.len();
+        }
+    }
+
+    /// The bytes of `chunk` of `path`, if the file was scanned with it.
+    fn get(&self, path: &SafePath, chunk: &ChunkRef) -> Option<Vec<u8>> {
+        let (_, chunks, data) = self.files.get(path)?;
+        let i = chunks
+            .binary_search_by_key(&chunk.offset, |c| c.offset)
+            .ok()?;
+        (chunks[i] == *chunk).then(|| data[chunk.offset as usize..chunk.end() as usize].to_vec())
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Let go of everything (the set is in sync: nothing will be asked).
+    pub fn clear(&mut self) {
+        self.files.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+}
 
 /// Why something below the root was not put in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +202,9 @@ pub struct FileSetScanner {
     /// Where the sketches of the chunks it reads go (a primary's, for
     /// chunk deltas), if anywhere.
     sketches: Option<Arc<Mutex<SketchStore>>>,
+    /// Where the files it reads whole are kept for their chunks to be sent
+    /// (a primary's), if anywhere.
+    chunk_cache: Option<Arc<Mutex<ChunkCache>>>,
 }
 
 fn mtime_ns(meta: &Metadata) -> i64 {
@@ -144,6 +233,7 @@ impl FileSetScanner {
             root,
             filter,
             sketches: None,
+            chunk_cache: None,
         })
     }
 
@@ -152,6 +242,13 @@ impl FileSetScanner {
     /// can be sent as a delta against the one it replaced.
     pub fn with_sketches(mut self, store: Arc<Mutex<SketchStore>>) -> Self {
         self.sketches = Some(store);
+        self
+    }
+
+    /// Read files up to [`WHOLE_READ_BYTES_MAX`] whole and keep them in
+    /// `cache`, where [`FileSetScanner::read_chunk`] looks first.
+    pub fn with_chunk_cache(mut self, cache: Arc<Mutex<ChunkCache>>) -> Self {
+        self.chunk_cache = Some(cache);
         self
     }
 
@@ -487,19 +584,30 @@ impl FileSetScanner {
                 Chunker::new()
             };
             let mut chunks = Vec::new();
-            let mut buf = vec![0u8; READ_BUFFER_BYTES];
             let mut size = 0u64;
-            loop {
-                let n = match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(SkipReason::Io(e.to_string())),
-                };
-                chunks.extend(chunker.push(&buf[..n]));
-                size += n as u64;
+            // Read whole (to be kept for sending), or streamed.
+            let mut whole = None;
+            if self.chunk_cache.is_some() && before.len() <= WHOLE_READ_BYTES_MAX {
+                let mut data = Vec::with_capacity(before.len() as usize);
+                file.read_to_end(&mut data)
+                    .map_err(|e| SkipReason::Io(e.to_string()))?;
+                chunks = chunker.push_last(&data);
+                size = data.len() as u64;
+                whole = Some(data);
+            } else {
+                let mut buf = vec![0u8; READ_BUFFER_BYTES];
+                loop {
+                    let n = match file.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(SkipReason::Io(e.to_string())),
+                    };
+                    chunks.extend(chunker.push(&buf[..n]));
+                    size += n as u64;
+                }
+                chunks.extend(chunker.finish());
             }
-            chunks.extend(chunker.finish());
             let after = file.metadata().map_err(|e| SkipReason::Io(e.to_string()))?;
             // The path must still name the file that was read.
             let still_there = fs::symlink_metadata(&full)
@@ -516,6 +624,10 @@ impl FileSetScanner {
                         store.insert(hash, sketch);
                     }
                 }
+                if let (Some(cache), Some(data)) = (&self.chunk_cache, whole) {
+                    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.put(path, chunks.clone(), Bytes::from(data));
+                }
                 return Ok(Some(Entry {
                     kind: EntryKind::file(chunks),
                     mode: after.permissions().mode() & MODE_MASK,
@@ -526,8 +638,15 @@ impl FileSetScanner {
         Err(SkipReason::Unstable)
     }
 
-    /// The bytes of one chunk of a file, checked against its hash.
+    /// The bytes of one chunk of a file as scanned (from the
+    /// [`ChunkCache`]), or read now and checked against its hash.
     pub fn read_chunk(&self, path: &SafePath, chunk: &ChunkRef) -> Result<Vec<u8>, ReadChunkError> {
+        if let Some(cache) = &self.chunk_cache {
+            let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(bytes) = cache.get(path, chunk) {
+                return Ok(bytes);
+            }
+        }
         if !self.parents_are_dirs(path) {
             return Err(ReadChunkError::NotAFile(path.clone()));
         }
@@ -905,6 +1024,40 @@ mod tests {
             })
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_chunk_cache_lets_its_oldest_files_go_and_counts_a_file_put_again_once() {
+        let file = |b: u8, len: usize| {
+            let data = vec![b; len];
+            (chunk_bytes(&data), Bytes::from(data))
+        };
+        let path = |s: &str| SafePath::parse(s).unwrap();
+        let mut cache = ChunkCache::new(1000);
+        for (name, b) in [("a", 1), ("b", 2), ("c", 3)] {
+            let (chunks, data) = file(b, 300);
+            cache.put(&path(name), chunks, data);
+        }
+        assert_eq!(cache.bytes(), 900);
+        // "a" again: counted once, and now the newest.
+        let (a_chunks, a) = file(4, 300);
+        cache.put(&path("a"), a_chunks.clone(), a);
+        assert_eq!(cache.bytes(), 900);
+        let (d_chunks, d) = file(5, 300);
+        cache.put(&path("d"), d_chunks.clone(), d);
+        // "b" was the oldest: gone; the others are there.
+        assert_eq!(cache.bytes(), 900);
+        assert!(cache.get(&path("b"), &file(2, 300).0[0]).is_none());
+        assert_eq!(cache.get(&path("a"), &a_chunks[0]), Some(vec![4; 300]));
+        assert_eq!(cache.get(&path("d"), &d_chunks[0]), Some(vec![5; 300]));
+        assert!(cache.get(&path("c"), &file(3, 300).0[0]).is_some());
+        // The old content of "a" is not served for its new place.
+        assert!(cache.get(&path("a"), &file(1, 300).0[0]).is_none());
+        // A file larger than the whole cache is not kept.
+        let (big_chunks, big) = file(6, 2000);
+        cache.put(&path("c"), big_chunks.clone(), big);
+        assert!(cache.get(&path("c"), &big_chunks[0]).is_none());
+        assert_eq!(cache.bytes(), 600);
     }
 
     #[test]

@@ -8,9 +8,11 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tandem_primary::files::{DirtySet, FileSetScanner, FileSetWatcher, ReadChunkError, SkipReason};
+use tandem_primary::files::{
+    ChunkCache, DirtySet, FileSetScanner, FileSetWatcher, ReadChunkError, SkipReason,
+};
 use tandem_sync::chunk::{chunk_bytes, file_hash};
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{EntryKind, FileSetFilter, Manifest};
@@ -183,6 +185,56 @@ fn read_chunk_verifies_and_notices_a_changed_file() {
     // A symlink is never read through.
     std::os::unix::fs::symlink("f", root.join("l")).unwrap();
     assert!(scanner.read_chunk(&p("l"), &chunks[0]).is_err());
+}
+
+#[test]
+fn with_a_chunk_cache_chunks_come_as_scanned_and_a_large_file_from_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Mutex::new(ChunkCache::new(1 << 20)));
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all())
+        .unwrap()
+        .with_chunk_cache(cache.clone());
+    let root = scanner.root().to_owned();
+    let small: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let large: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 241) as u8).collect();
+    fs::write(root.join("small"), &small).unwrap();
+    fs::write(root.join("large"), &large).unwrap();
+    let m = scanner.scan(None).unwrap().manifest;
+    // Read whole and kept: the small file only (the large one is streamed).
+    assert_eq!(cache.lock().unwrap().bytes(), small.len());
+    let small_chunks = m.get(&p("small")).unwrap().chunks().to_vec();
+    let large_chunks = m.get(&p("large")).unwrap().chunks().to_vec();
+    assert_eq!(small_chunks, chunk_bytes(&small));
+    assert_eq!(large_chunks, chunk_bytes(&large));
+    // Both files rewritten since the scan: the small one's chunks are
+    // still sent as scanned (they match the entry that goes with them);
+    // the large one's are read now and refused.
+    fs::write(root.join("small"), vec![1u8; small.len()]).unwrap();
+    fs::write(root.join("large"), vec![1u8; large.len()]).unwrap();
+    for c in &small_chunks {
+        let got = scanner.read_chunk(&p("small"), c).unwrap();
+        assert_eq!(got, small[c.offset as usize..c.end() as usize]);
+    }
+    assert!(matches!(
+        scanner.read_chunk(&p("large"), &large_chunks[0]),
+        Err(ReadChunkError::Changed(_))
+    ));
+    // A chunk the cached file was not cut into is read from disk.
+    let mut other = small_chunks[0];
+    other.hash[0] ^= 1;
+    assert!(matches!(
+        scanner.read_chunk(&p("small"), &other),
+        Err(ReadChunkError::Changed(_))
+    ));
+    // Never over its bound.
+    for i in 0..4 {
+        fs::write(root.join(format!("n{i}")), vec![i as u8 + 2; 300_000]).unwrap();
+    }
+    scanner.scan(None).unwrap();
+    let held = cache.lock().unwrap().bytes();
+    assert!(held > 0 && held <= 1 << 20, "{held}");
+    cache.lock().unwrap().clear();
+    assert_eq!(cache.lock().unwrap().bytes(), 0);
 }
 
 #[test]

@@ -140,7 +140,11 @@ impl Chunker {
         let mut start = 0;
         while self.pending.len() - start >= CHUNK_BYTES_MAX {
             let len = next_cut(&self.pending[start..]);
-            out.push(self.emit(start, len));
+            out.push(emit(
+                &mut self.offset,
+                &mut self.sketches,
+                &self.pending[start..start + len],
+            ));
             start += len;
         }
         self.pending.drain(..start);
@@ -149,38 +153,60 @@ impl Chunker {
 
     /// The end of the file: the remaining chunks.
     pub fn finish(&mut self) -> Vec<ChunkRef> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < self.pending.len() {
-            let len = next_cut(&self.pending[start..]);
-            out.push(self.emit(start, len));
-            start += len;
-        }
-        self.pending.clear();
-        out
+        let pending = std::mem::take(&mut self.pending);
+        self.cut_all(&pending)
     }
 
-    fn emit(&mut self, start: usize, len: usize) -> ChunkRef {
-        let bytes = &self.pending[start..start + len];
-        let chunk = ChunkRef {
-            offset: self.offset,
-            len: len as u32,
-            hash: *blake3::hash(bytes).as_bytes(),
-        };
-        self.offset += len as u64;
-        if let Some(sketches) = &mut self.sketches {
-            sketches.push((chunk.hash, ChunkSketch::of(bytes)));
+    /// Feed the whole rest of the file at once and finish: the chunks. The
+    /// bytes are cut where they lie, not copied first (unless earlier
+    /// bytes are still waiting from [`Chunker::push`]).
+    pub fn push_last(&mut self, bytes: &[u8]) -> Vec<ChunkRef> {
+        if !self.pending.is_empty() {
+            let mut out = self.push(bytes);
+            out.extend(self.finish());
+            return out;
         }
-        chunk
+        self.cut_all(bytes)
     }
+
+    fn cut_all(&mut self, bytes: &[u8]) -> Vec<ChunkRef> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < bytes.len() {
+            let len = next_cut(&bytes[start..]);
+            out.push(emit(
+                &mut self.offset,
+                &mut self.sketches,
+                &bytes[start..start + len],
+            ));
+            start += len;
+        }
+        out
+    }
+}
+
+/// The chunk of `bytes` at `offset` (then moved past it), its sketch kept
+/// if `sketches` are.
+fn emit(
+    offset: &mut u64,
+    sketches: &mut Option<Vec<(ChunkHash, ChunkSketch)>>,
+    bytes: &[u8],
+) -> ChunkRef {
+    let chunk = ChunkRef {
+        offset: *offset,
+        len: bytes.len() as u32,
+        hash: *blake3::hash(bytes).as_bytes(),
+    };
+    *offset += bytes.len() as u64;
+    if let Some(sketches) = sketches {
+        sketches.push((chunk.hash, ChunkSketch::of(bytes)));
+    }
+    chunk
 }
 
 /// The chunks of a whole buffer.
 pub fn chunk_bytes(bytes: &[u8]) -> Vec<ChunkRef> {
-    let mut chunker = Chunker::new();
-    let mut out = chunker.push(bytes);
-    out.extend(chunker.finish());
-    out
+    Chunker::new().push_last(bytes)
 }
 
 #[cfg(test)]
@@ -299,7 +325,13 @@ pub(crate) mod tests {
                 i += 1;
             }
             fed.extend(chunker.finish());
-            prop_assert_eq!(fed, whole);
+            prop_assert_eq!(&fed, &whole);
+            // The rest handed over at once, after a first piece or not.
+            let first = pieces[0].min(bytes.len());
+            let mut chunker = Chunker::new();
+            let mut fed = chunker.push(&bytes[..first]);
+            fed.extend(chunker.push_last(&bytes[first..]));
+            prop_assert_eq!(&fed, &whole);
         }
     }
 }
