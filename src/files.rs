@@ -955,6 +955,14 @@ impl Actor {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
+        if !connected || p.peer.is_none() {
+            // No round until the standby is back and has said what it
+            // holds; its chunks will then be read from the files.
+            p.chunk_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         if p.round.is_some() || !connected || !may_send {
             return;
         }

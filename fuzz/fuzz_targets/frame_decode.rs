@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         offer(&Frame {
             kind,
             seq: 0,
-            body: data.to_vec(),
+            body: data.to_vec().into(),
             mac: [0; 16],
         });
     }

@@ -16,7 +16,6 @@
 //! as unstable so the caller retries later). An unchanged file (same size,
 //! mtime and type as in the previous manifest) is not read again.
 
-use bytes::Bytes;
 use nix::libc::{ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashSet};
@@ -53,14 +52,20 @@ const WHOLE_READ_BYTES_MAX: u64 = 4 << 20;
 /// found here is read from the file as before.
 #[derive(Debug)]
 pub struct ChunkCache {
-    files: std::collections::HashMap<SafePath, (u64, Vec<ChunkRef>, Bytes)>,
+    /// By path: the generation it was put in with, its chunks, its bytes.
+    files: std::collections::HashMap<SafePath, (u64, Vec<ChunkRef>, Vec<u8>)>,
     /// Paths oldest first, each with the generation it was put in with (a
     /// path put in again leaves its older place stale).
     order: std::collections::VecDeque<(SafePath, u64)>,
+    /// What the files held cost, counted by [`ChunkCache::cost`].
     bytes: usize,
     bytes_max: usize,
     generation: u64,
 }
+
+/// What a cached file costs beyond its bytes, about: the path, the map's
+/// and queue's slots.
+const CACHED_FILE_OVERHEAD: usize = 256;
 
 impl ChunkCache {
     /// An empty cache holding at most `bytes_max` bytes of file contents.
@@ -74,19 +79,22 @@ impl ChunkCache {
         }
     }
 
-    fn put(&mut self, path: &SafePath, chunks: Vec<ChunkRef>, data: Bytes) {
-        if data.len() > self.bytes_max {
-            self.remove(path);
+    fn cost(path: &SafePath, chunks: &[ChunkRef], data: &[u8]) -> usize {
+        data.len() + path.as_str().len() + std::mem::size_of_val(chunks) + CACHED_FILE_OVERHEAD
+    }
+
+    /// Keep `data`, the content of `path` as cut into `chunks` (an empty
+    /// file has no chunk to send, and is not kept).
+    fn put(&mut self, path: &SafePath, chunks: Vec<ChunkRef>, data: Vec<u8>) {
+        self.remove(path);
+        let cost = Self::cost(path, &chunks, &data);
+        if data.is_empty() || cost > self.bytes_max {
             return;
         }
         self.generation += 1;
-        self.bytes += data.len();
-        if let Some((_, _, old)) = self
-            .files
-            .insert(path.clone(), (self.generation, chunks, data))
-        {
-            self.bytes -= old.len();
-        }
+        self.bytes += cost;
+        self.files
+            .insert(path.clone(), (self.generation, chunks, data));
         self.order.push_back((path.clone(), self.generation));
         while self.bytes > self.bytes_max {
             let Some((oldest, generation)) = self.order.pop_front() else {
@@ -96,11 +104,20 @@ impl ChunkCache {
                 self.remove(&oldest);
             }
         }
+        // A path put in again leaves a stale place behind: drop those
+        // before they outnumber the files (a small file rewritten over and
+        // over while the standby is not in sync).
+        if self.order.len() > 2 * self.files.len() + 16 {
+            let files = &self.files;
+            self.order
+                .retain(|(p, g)| files.get(p).is_some_and(|f| f.0 == *g));
+        }
     }
 
+    /// Forget `path` (read again without being kept, or gone).
     fn remove(&mut self, path: &SafePath) {
-        if let Some((_, _, data)) = self.files.remove(path) {
-            self.bytes -= data.len();
+        if let Some((_, chunks, data)) = self.files.remove(path) {
+            self.bytes -= Self::cost(path, &chunks, &data);
         }
     }
 
@@ -113,7 +130,8 @@ impl ChunkCache {
         (chunks[i] == *chunk).then(|| data[chunk.offset as usize..chunk.end() as usize].to_vec())
     }
 
-    /// Bytes held.
+    /// What the files held cost: their bytes and about
+    /// [`CACHED_FILE_OVERHEAD`] each.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -589,7 +607,10 @@ impl FileSetScanner {
             let mut whole = None;
             if self.chunk_cache.is_some() && before.len() <= WHOLE_READ_BYTES_MAX {
                 let mut data = Vec::with_capacity(before.len() as usize);
-                file.read_to_end(&mut data)
+                // One byte more than it had is enough to see it grew.
+                (&mut file)
+                    .take(before.len() + 1)
+                    .read_to_end(&mut data)
                     .map_err(|e| SkipReason::Io(e.to_string()))?;
                 chunks = chunker.push_last(&data);
                 size = data.len() as u64;
@@ -624,9 +645,12 @@ impl FileSetScanner {
                         store.insert(hash, sketch);
                     }
                 }
-                if let (Some(cache), Some(data)) = (&self.chunk_cache, whole) {
+                if let Some(cache) = &self.chunk_cache {
                     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-                    cache.put(path, chunks.clone(), Bytes::from(data));
+                    match whole {
+                        Some(data) => cache.put(path, chunks.clone(), data),
+                        None => cache.remove(path),
+                    }
                 }
                 return Ok(Some(Entry {
                     kind: EntryKind::file(chunks),
@@ -1030,34 +1054,48 @@ mod tests {
     fn the_chunk_cache_lets_its_oldest_files_go_and_counts_a_file_put_again_once() {
         let file = |b: u8, len: usize| {
             let data = vec![b; len];
-            (chunk_bytes(&data), Bytes::from(data))
+            (chunk_bytes(&data), data)
         };
         let path = |s: &str| SafePath::parse(s).unwrap();
-        let mut cache = ChunkCache::new(1000);
+        // Room for three such files: a one-letter name, 300 bytes, a chunk.
+        let (chunks, data) = file(0, 300);
+        let one = ChunkCache::cost(&path("x"), &chunks, &data);
+        assert!(one > 300);
+        let mut cache = ChunkCache::new(3 * one);
         for (name, b) in [("a", 1), ("b", 2), ("c", 3)] {
             let (chunks, data) = file(b, 300);
             cache.put(&path(name), chunks, data);
         }
-        assert_eq!(cache.bytes(), 900);
+        assert_eq!(cache.bytes(), 3 * one);
         // "a" again: counted once, and now the newest.
         let (a_chunks, a) = file(4, 300);
         cache.put(&path("a"), a_chunks.clone(), a);
-        assert_eq!(cache.bytes(), 900);
+        assert_eq!(cache.bytes(), 3 * one);
         let (d_chunks, d) = file(5, 300);
         cache.put(&path("d"), d_chunks.clone(), d);
         // "b" was the oldest: gone; the others are there.
-        assert_eq!(cache.bytes(), 900);
+        assert_eq!(cache.bytes(), 3 * one);
         assert!(cache.get(&path("b"), &file(2, 300).0[0]).is_none());
         assert_eq!(cache.get(&path("a"), &a_chunks[0]), Some(vec![4; 300]));
         assert_eq!(cache.get(&path("d"), &d_chunks[0]), Some(vec![5; 300]));
         assert!(cache.get(&path("c"), &file(3, 300).0[0]).is_some());
         // The old content of "a" is not served for its new place.
         assert!(cache.get(&path("a"), &file(1, 300).0[0]).is_none());
-        // A file larger than the whole cache is not kept.
-        let (big_chunks, big) = file(6, 2000);
+        // A file larger than the whole cache is not kept, nor what "c"
+        // held before; nor an empty file.
+        let (big_chunks, big) = file(6, 3 * one);
         cache.put(&path("c"), big_chunks.clone(), big);
         assert!(cache.get(&path("c"), &big_chunks[0]).is_none());
-        assert_eq!(cache.bytes(), 600);
+        assert_eq!(cache.bytes(), 2 * one);
+        cache.put(&path("e"), Vec::new(), Vec::new());
+        assert_eq!(cache.bytes(), 2 * one);
+        // Stale places do not pile up when one file is put again and again.
+        for i in 0..1000u32 {
+            let (chunks, data) = file(i as u8, 300);
+            cache.put(&path("a"), chunks, data);
+        }
+        assert!(cache.order.len() <= 2 * cache.files.len() + 16);
+        assert_eq!(cache.bytes(), 2 * one);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //!   the file, or any other file of the set) is copied, and only the rest is
 //!   asked of the [`ChunkSource`]. Every chunk is checked against its hash
 //!   before it is written, and the entry's content hash against its chunk
-//!   list (so the file is not read back). Then mode and mtime, fsync, rename over the target, fsync of
-//!   the directory: at once with [`FileSetReplica::apply`]; with
+//!   list (so the file is not read back). Then mode and mtime, fsync,
+//!   rename over the target, fsync of the directory: at once with [`FileSetReplica::apply`]; with
 //!   [`FileSetReplica::apply_batched`] the file waits, complete and
 //!   verified, in its temp file until [`FileSetReplica::commit`] puts a
 //!   whole batch in place (its fsync started on a background thread as soon
@@ -150,9 +150,12 @@ pub struct FileSetReplica {
     pending_index: HashMap<ChunkHash, (PathBuf, ChunkRef)>,
     /// The change being applied, when its file may wait in the batch.
     defer: Option<Change>,
-    /// Offsets in temp files where this process staged a chunk it had
-    /// checked: read back without hashing it again (the whole-file hash
-    /// still covers every byte).
+    /// Chunks this process checked and wrote into temp files, by offset:
+    /// not read or hashed again when the file is assembled. Forgotten when
+    /// the temp file has to be made again (it was removed: a deleted
+    /// directory, a restart's cleanup), so a new temp file is not taken to
+    /// hold what its predecessor held. (Its inode number is no proof: the
+    /// filesystem hands a freed one out again at once.)
     staged: HashMap<PathBuf, std::collections::HashSet<(u64, ChunkHash)>>,
     /// Where each apply is recorded before it takes effect, when the node
     /// keeps one ([`AppliedLog`]).
@@ -580,6 +583,9 @@ impl FileSetReplica {
             let _ = set_mtime_nofollow(&parent, ns);
         }
         let staged = self.staged.entry(tmp).or_default();
+        if creating {
+            staged.clear();
+        }
         for c in places {
             file.write_all_at(bytes, c.offset).map_err(io)?;
             staged.insert((c.offset, c.hash));
@@ -664,7 +670,7 @@ impl FileSetReplica {
     }
 
     /// Apply one change, leaving a file's new content pending: assembled,
-    /// verified (chunks and whole-file hash), mode and mtime set in its temp
+    /// verified (chunks and chunk list), mode and mtime set in its temp
     /// file, then left there for the next [`FileSetReplica::commit`], which
     /// makes a whole batch durable at once. Until then the change is not in
     /// the manifest and the target still holds the old version. Any other

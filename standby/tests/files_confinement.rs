@@ -304,3 +304,53 @@ fn a_batch_keeps_its_good_files_and_refuses_one_whose_whole_hash_is_wrong() {
     assert!(s.replica.manifest().get(&p("f1")).is_none());
     assert!(s.replica.manifest().get(&p("f0")).is_some());
 }
+
+#[test]
+fn a_temp_file_made_again_is_not_taken_to_hold_what_was_staged_in_the_one_before() {
+    let mut s = setup();
+    let mut data = vec![0u8; 600_000];
+    blake3::Hasher::new()
+        .update(b"staged")
+        .finalize_xof()
+        .fill(&mut data);
+    let entry = file_entry(&data);
+    let chunks = entry.chunks().to_vec();
+    assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+    let bytes_of = |c: &ChunkRef| data[c.offset as usize..c.end() as usize].to_vec();
+    // The first chunk staged, then its temp file removed (as a restart's
+    // cleanup or a deleted directory would), then the second chunk staged
+    // into a new temp file, which is now long enough to cover the first.
+    let last = chunks.last().unwrap();
+    s.replica
+        .stage_chunk(&p("f"), &entry, &chunks[0].hash, &bytes_of(&chunks[0]))
+        .unwrap();
+    let partials: Vec<PathBuf> = fs::read_dir(&s.root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tandem-partial")
+        })
+        .collect();
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    fs::remove_file(&partials[0]).unwrap();
+    s.replica
+        .stage_chunk(&p("f"), &entry, &last.hash, &bytes_of(last))
+        .unwrap();
+    // The first chunk is no longer there: it must be fetched again, not
+    // committed as the zeros the new temp file holds in its place.
+    let mut fetched = Vec::new();
+    let mut source = |_: &SafePath, c: &ChunkRef| {
+        fetched.push(c.offset);
+        Ok(data[c.offset as usize..c.end() as usize].to_vec())
+    };
+    let c = Change::Create {
+        path: p("f"),
+        entry,
+    };
+    s.replica.apply(&c, &mut source).unwrap();
+    assert!(fetched.contains(&0), "fetched {fetched:?}");
+    assert!(fs::read(s.root.join("f")).unwrap() == data);
+}

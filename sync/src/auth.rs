@@ -527,7 +527,8 @@ impl Session {
     }
 
     /// The body limit agreed for this session; payloads passed to
-    /// [`seal`](Self::seal) should not exceed it or the peer refuses them.
+    /// [`seal`](Self::seal) or [`seal_in_place`](Self::seal_in_place) should
+    /// not exceed it or the peer refuses them.
     pub fn frame_bytes_max(&self) -> usize {
         self.frame_bytes_max
     }

@@ -22,6 +22,10 @@
 use crate::delta::ChunkSketch;
 use serde::{Deserialize, Serialize};
 
+// The chunking parameters and FastCDC's gear table decide every chunk
+// boundary, so every file's hash (`file_hash`): changing either is a new
+// wire protocol version and manifest encoding (fastcdc is pinned exactly).
+
 /// The smallest chunk, except for the last chunk of a file.
 pub const CHUNK_BYTES_MIN: usize = 16 * 1024;
 /// The size chunks tend towards.

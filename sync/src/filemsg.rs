@@ -552,6 +552,13 @@ mod tests {
         let mut e = file(b"x");
         e.mode = 0o17777;
         assert!(validate_entry(&p("f"), &e).is_err());
+        // A content hash that is not its chunk list's.
+        let mut e = file(&[2u8; 40_000]);
+        assert!(validate_entry(&p("f"), &e).is_ok());
+        if let EntryKind::File { hash, .. } = &mut e.kind {
+            hash[31] ^= 1;
+        }
+        assert!(validate_entry(&p("f"), &e).is_err());
         let link = Entry {
             kind: EntryKind::Symlink {
                 target: "a\0b".into(),

@@ -40,8 +40,8 @@ pub const ENTRY_CONTEXT: &str = "tandem file-set manifest entry v1";
 /// blake3 derive-key context of the root hash.
 pub const ROOT_CONTEXT: &str = "tandem file-set manifest root v1";
 /// Version byte at the start of the compact encoding. 2: a file's hash
-/// became [`file_hash`] of its chunk list (it was blake3 of its bytes); a
-/// manifest kept by an earlier build is not taken for this node's tree.
+/// became [`file_hash`] of its chunk list (it was blake3 of its bytes);
+/// version 1 is still read, its hashes recomputed from the chunk lists.
 pub const ENCODING_VERSION: u8 = 2;
 /// The permission bits that are mirrored (including setuid, setgid, sticky).
 pub const MODE_MASK: u32 = 0o7777;
@@ -300,7 +300,11 @@ impl Manifest {
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let wire: WireManifest =
             postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        if wire.version != ENCODING_VERSION {
+        // Version 1 held blake3 of each file's bytes as its hash; its
+        // chunk lists are complete, so the hash is recomputed from them (a
+        // manifest kept by an earlier build still describes its tree).
+        let v1 = wire.version == 1;
+        if wire.version != ENCODING_VERSION && !v1 {
             return Err(ManifestError::Version(wire.version));
         }
         let mut m = Manifest::new();
@@ -333,12 +337,13 @@ impl Manifest {
                     if offset != size {
                         return Err(ManifestError::Chunks(path));
                     }
-                    if file_hash(&refs) != hash {
+                    let content = file_hash(&refs);
+                    if content != hash && !v1 {
                         return Err(ManifestError::Hash(path));
                     }
                     EntryKind::File {
                         size,
-                        hash,
+                        hash: content,
                         chunks: refs,
                     }
                 }
@@ -776,6 +781,42 @@ mod tests {
             Manifest::decode(&bad.encode()),
             Err(ManifestError::Orphan(_))
         ));
+    }
+
+    #[test]
+    fn a_content_hash_must_be_that_of_the_chunk_list_except_in_version_1() {
+        let m = sample();
+        let with = |version: u8, hash: [u8; 32]| {
+            let mut wire: WireManifest = postcard::from_bytes(&m.encode()).unwrap();
+            wire.version = version;
+            for e in &mut wire.entries {
+                if let WireKind::File { hash: h, .. } = &mut e.kind {
+                    *h = hash;
+                }
+            }
+            postcard::to_allocvec(&wire).unwrap()
+        };
+        // Version 1 held another hash (blake3 of the bytes): recomputed.
+        assert_eq!(Manifest::decode(&with(1, [7; 32])).unwrap(), m);
+        assert!(matches!(
+            Manifest::decode(&with(ENCODING_VERSION, [7; 32])),
+            Err(ManifestError::Hash(_))
+        ));
+        assert!(matches!(
+            Manifest::decode(&with(ENCODING_VERSION + 1, [7; 32])),
+            Err(ManifestError::Version(v)) if v == ENCODING_VERSION + 1
+        ));
+    }
+
+    #[test]
+    fn the_content_hash_is_pinned() {
+        // A change here changes every file's hash: a new wire protocol
+        // version and manifest encoding, as in 3 and 2.
+        let chunks = chunk_bytes(b"tandem");
+        expect_test::expect!["1eab8ca4ae2bb3cdcda8ec22bf4a75119b014862a0b3633a223854035b949a53"]
+            .assert_eq(&hex::encode(file_hash(&chunks)));
+        expect_test::expect!["ffbc07a9c4a1d0e453665db6437f2be9986434d4a0f5471dcdc4826bb548c55c"]
+            .assert_eq(&hex::encode(file_hash(&[])));
     }
 
     /// Each change as "kind path".

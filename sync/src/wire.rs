@@ -47,6 +47,9 @@ pub const PROTOCOL_VERSION: u8 = 3;
 pub const HEADER_BYTES: usize = 16;
 /// Length of the truncated MAC that ends every frame.
 pub const MAC_BYTES: usize = 16;
+/// A stream reader sets aside room for a frame up to this size as soon as
+/// its length is known (a longer one grows as it arrives).
+const RESERVE_BYTES_MAX: usize = 8 << 20;
 /// Default cap on a frame's body length (16 MiB).
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 
@@ -102,9 +105,10 @@ impl std::fmt::Display for FrameKind {
     }
 }
 
-/// One well-formed (not yet authenticated) frame. Its body is a view of
-/// the buffer the frame was received into, not a copy: a bulk frame's
-/// megabytes are not moved between the socket and the message decoder.
+/// One well-formed (not yet authenticated) frame. From a stream, its body
+/// is a view of the buffer the frame was received into, not a copy: a
+/// bulk frame's megabytes are not moved between the socket's reader and
+/// the message decoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: FrameKind,
@@ -345,8 +349,12 @@ impl FrameReader {
                     }
                     // The whole frame's room at once: the buffer is handed
                     // over with the frame, so it would otherwise grow (and
-                    // be copied) step by step for every frame.
-                    Ok(Some(len)) => self.buf.reserve_exact(frame_len(len) - self.buf.len()),
+                    // be copied) step by step for every frame. Up to a
+                    // bound: the length is not authenticated yet.
+                    Ok(Some(len)) => {
+                        let room = frame_len(len).min(RESERVE_BYTES_MAX);
+                        self.buf.reserve_exact(room.saturating_sub(self.buf.len()));
+                    }
                     Ok(None) => {}
                 }
             }
