@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 use tandem_sync::auth::{AuthError, Handshake, HandshakeStep, PairKey, Session};
+use tandem_sync::message::Unsealed;
 use tandem_sync::wire::{Frame, FrameKind};
 
 pub struct Endpoint {
@@ -29,6 +30,9 @@ pub struct Received {
     pub reply: Option<Vec<u8>>,
     /// An authenticated payload (a view of the frame's buffer).
     pub payload: Option<bytes::Bytes>,
+    /// The payload's attachment (an Attached frame's), NOT authenticated:
+    /// the payload names its pieces by hash (see `wire`).
+    pub attachment: bytes::Bytes,
     /// A session was just established.
     pub established: bool,
     /// The handshake went on but the peer is likely misconfigured (its Hello
@@ -96,22 +100,27 @@ impl Endpoint {
         self.session.as_mut().map(|s| s.seal(payload))
     }
 
-    /// Seal a payload encoded with `message::encode_for_frame`, in place,
+    /// Seal a message encoded with `message::encode_unsealed`, in place,
     /// if a session is up.
-    pub fn seal_in_place(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
-        self.session.as_mut().map(|s| s.seal_in_place(frame))
+    pub fn seal_unsealed(&mut self, frame: Unsealed) -> Option<Vec<u8>> {
+        let session = self.session.as_mut()?;
+        Some(match frame {
+            Unsealed::Data(frame) => session.seal_in_place(frame),
+            Unsealed::Attached(frame, payload_len) => session.seal_attached(frame, payload_len),
+        })
     }
 
     pub fn on_frame(&mut self, now: Instant, frame: &Frame) -> Result<Received, AuthError> {
         match frame.kind {
-            FrameKind::Data => {
+            FrameKind::Data | FrameKind::Attached => {
                 let Some(session) = self.session.as_mut() else {
                     return Ok(Received::default());
                 };
-                let payload = session.open(frame)?;
+                let (payload, attachment) = session.open_with_attachment(frame)?;
                 self.last_rx = now;
                 Ok(Received {
                     payload: Some(payload),
+                    attachment,
                     ..Received::default()
                 })
             }

@@ -70,7 +70,10 @@ fn receive(node: &Node, link: usize, ep: &mut Endpoint, frame: &Frame) -> Option
             if let Some(suspect) = got.suspect {
                 node.set_link_error(link, Some(suspect.to_string()));
             }
-            if let Some(payload) = got.payload {
+            if !got.attachment.is_empty() {
+                // A heartbeat takes none; its bytes are not authenticated.
+                node.set_link_error(link, Some("a heartbeat with an attachment".into()));
+            } else if let Some(payload) = got.payload {
                 match message::decode::<Heartbeat>("heartbeat", &payload) {
                     Ok(hb) if hb.node == node.peer => node.on_heartbeat(link, &hb),
                     Ok(hb) => node.set_link_error(

@@ -173,8 +173,9 @@ impl Outbound {
             self.flush.notify_one();
             return Ok(());
         }
-        let Some(frame) = lock(&self.endpoint).seal_in_place(message::encode_for_frame(&msg))
-        else {
+        // Not bulk, so no attachment: the message is kept for the error.
+        let encoded = message::Unsealed::Data(message::encode_for_frame(&msg));
+        let Some(frame) = lock(&self.endpoint).seal_unsealed(encoded) else {
             return Err(Box::new((
                 msg,
                 "the replication link has no session".into(),
@@ -239,9 +240,9 @@ impl Outbound {
                     return false;
                 };
                 drop(st);
-                let encoded = message::encode_for_frame(&msg);
+                let encoded = message::encode_unsealed(msg);
                 st = lock(&self.state);
-                let Some(sealed) = lock(&self.endpoint).seal_in_place(encoded) else {
+                let Some(sealed) = lock(&self.endpoint).seal_unsealed(encoded) else {
                     st.closed = true;
                     return false;
                 };
@@ -499,7 +500,7 @@ async fn run_session(node: Arc<Node>, session: Session, id: u64) {
             match opened {
                 Ok(got) => {
                     if let Some(payload) = got.payload {
-                        match message::decode::<PeerMessage>("peer message", &payload) {
+                        match message::decode_attached(&payload, &got.attachment) {
                             Ok(msg) => crate::switchover::on_peer_message(&node, msg).await,
                             Err(e) => {
                                 failed = Some(e.to_string());

@@ -51,6 +51,7 @@ fn offer(frame: &Frame) {
     let (mut si, mut sr, mut awaiting_proof) = fixtures();
     let _ = si.open(frame);
     let _ = sr.open(frame);
+    let _ = si.open_with_attachment(frame);
     let (mut initiator, _) = Handshake::initiate(&key, "fuzz", "a", [1; 32], MAX);
     let _ = initiator.receive(frame);
     let mut responder = Handshake::respond(&key, "fuzz", "b", [2; 32], MAX);
@@ -83,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
         FrameKind::Welcome,
         FrameKind::Proof,
         FrameKind::Data,
+        FrameKind::Attached,
     ] {
         offer(&Frame {
             kind,

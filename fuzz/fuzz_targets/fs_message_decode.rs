@@ -20,7 +20,7 @@ use tandem_sync::delta::{ChunkDelta, ChunkListDelta};
 use tandem_sync::filemsg::{validate_change, FsMessage, WireChange};
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{Entry, EntryKind, Manifest};
-use tandem_sync::message::{decode, PeerMessage};
+use tandem_sync::message::{decode, decode_attached, PeerMessage};
 
 struct Held {
     manifest: Manifest,
@@ -71,6 +71,11 @@ fuzz_target!(|data: &[u8]| {
                 deltas.iter().for_each(rebuild);
             }
         }
+    }
+    // The same bytes cut into a payload and an attachment.
+    let cut = data.first().map_or(0, |&b| b as usize % (data.len() + 1));
+    if let Ok(PeerMessage::Fs(m)) = decode_attached(&data[..cut], &data[cut..]) {
+        let _ = m.validate();
     }
     if let Ok(change) = decode::<WireChange>("wire change", data) {
         resolve(&change);

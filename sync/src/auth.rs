@@ -567,6 +567,34 @@ impl Session {
         frame
     }
 
+    /// Seal an Attached frame laid out as room for the header, the
+    /// payload's length (4 bytes, filled in here), the payload
+    /// (`payload_len` bytes) and the attachment: the MAC covers the header
+    /// and the payload, not the attachment, whose pieces the payload names
+    /// by hash (see `wire`). Nothing is copied.
+    ///
+    /// # Panics
+    /// If `frame` is shorter than the header's room, the length and the
+    /// payload.
+    pub fn seal_attached(&mut self, mut frame: Vec<u8>, payload_len: usize) -> Vec<u8> {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        let body_len = frame.len() - wire::HEADER_BYTES;
+        let len = u32::try_from(payload_len).expect("payload longer than u32::MAX bytes");
+        frame[..wire::HEADER_BYTES].copy_from_slice(&wire::header(
+            FrameKind::Attached,
+            seq,
+            body_len,
+        ));
+        frame[wire::HEADER_BYTES..wire::HEADER_BYTES + 4].copy_from_slice(&len.to_be_bytes());
+        let mac = truncated_mac(
+            &self.send_key,
+            &frame[..wire::HEADER_BYTES + 4 + payload_len],
+        );
+        frame.extend_from_slice(&mac);
+        frame
+    }
+
     /// Check a received frame (kind Data, MAC, seq strictly greater than the
     /// highest accepted) and return its payload. Refused frames change
     /// nothing: a datagram caller just drops them.
@@ -577,11 +605,50 @@ impl Session {
                 got: frame.kind,
             });
         }
+        Ok(self.open_with_attachment(frame)?.0)
+    }
+
+    /// [`Session::open`] for a Data or an Attached frame: the payload and
+    /// the attachment (empty for Data), views of the frame's buffer. The
+    /// attachment is NOT authenticated: its caller checks every piece
+    /// against the hash the payload gives for it before using it.
+    pub fn open_with_attachment(&mut self, frame: &Frame) -> Result<(Bytes, Bytes), AuthError> {
         if frame.body.len() > u32::MAX as usize {
             // Cannot have been sealed (the length field is a u32).
             return Err(AuthError::BadMac);
         }
-        let mac = frame_mac(&self.recv_key, FrameKind::Data, frame.seq, &frame.body);
+        let (mac, payload, attachment) = match frame.kind {
+            FrameKind::Data => (
+                frame_mac(&self.recv_key, FrameKind::Data, frame.seq, &frame.body),
+                frame.body.clone(),
+                Bytes::new(),
+            ),
+            FrameKind::Attached => {
+                let Some((len, rest)) = frame.body.split_first_chunk::<4>() else {
+                    return Err(AuthError::BadMac);
+                };
+                let len = u32::from_be_bytes(*len) as usize;
+                if len > rest.len() {
+                    // Cannot have been sealed.
+                    return Err(AuthError::BadMac);
+                }
+                (
+                    covering_mac(
+                        &self.recv_key,
+                        &wire::header(FrameKind::Attached, frame.seq, frame.body.len()),
+                        &frame.body[..4 + len],
+                    ),
+                    frame.body.slice(4..4 + len),
+                    frame.body.slice(4 + len..),
+                )
+            }
+            kind => {
+                return Err(AuthError::UnexpectedFrame {
+                    expected: "Data",
+                    got: kind,
+                })
+            }
+        };
         if !ct_eq(&mac, &frame.mac) {
             return Err(AuthError::BadMac);
         }
@@ -592,8 +659,7 @@ impl Session {
             });
         }
         self.last_seq = frame.seq;
-        // A view of the frame's buffer, not a copy.
-        Ok(frame.body.clone())
+        Ok((payload, attachment))
     }
 }
 
@@ -602,6 +668,15 @@ fn frame_mac(key: &[u8; 32], kind: FrameKind, seq: u64, body: &[u8]) -> [u8; MAC
     let mut h = blake3::Hasher::new_keyed(key);
     h.update(&wire::header(kind, seq, body.len()));
     h.update(body);
+    truncate(h.finalize())
+}
+
+/// Keyed BLAKE3 over `header` ‖ `covered` (an Attached frame's header and
+/// payload), truncated to [`MAC_BYTES`].
+fn covering_mac(key: &[u8; 32], header: &[u8], covered: &[u8]) -> [u8; MAC_BYTES] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(header);
+    h.update(covered);
     truncate(h.finalize())
 }
 

@@ -358,6 +358,51 @@ fn chunks_ok(chunks: &[ChunkData]) -> Result<(), FsInvalid> {
 }
 
 impl FsMessage {
+    /// The chunks whose bytes may travel as a frame's attachment.
+    fn chunk_slots(&mut self) -> &mut [ChunkData] {
+        match self {
+            FsMessage::Change { inline, .. } => inline,
+            FsMessage::Chunks { chunks, .. } => chunks,
+            _ => &mut [],
+        }
+    }
+
+    /// Take the bytes of this message's chunks out, in order, to travel as
+    /// an Attached frame's attachment (`message::encode_unsealed`). The
+    /// message keeps each chunk's hash, by which the receiver checks the
+    /// bytes ([`FsMessage::validate`]). Empty when there are none.
+    pub fn detach_chunks(&mut self) -> Vec<Vec<u8>> {
+        self.chunk_slots()
+            .iter_mut()
+            .map(|c| std::mem::take(&mut c.bytes))
+            .collect()
+    }
+
+    /// Put back the bytes [`FsMessage::detach_chunks`] took out, from a
+    /// frame's attachment (each piece a u32 BE length and its bytes): `Err`
+    /// unless it holds exactly one piece per chunk. Nothing is checked against the hashes here: [`validate`]
+    /// does (the attachment is not authenticated, the hashes are).
+    ///
+    /// [`validate`]: FsMessage::validate
+    pub fn attach_chunks(&mut self, attachment: &[u8]) -> Result<(), FsInvalid> {
+        let mut rest = attachment;
+        for c in self.chunk_slots() {
+            let Some((len, after)) = rest.split_first_chunk::<4>() else {
+                return bad("the attachment ends before its last chunk");
+            };
+            let len = u32::from_be_bytes(*len) as usize;
+            if len > after.len() || len > CHUNK_BYTES_MAX {
+                return bad("an attached chunk of illegal length");
+            }
+            c.bytes = after[..len].to_vec();
+            rest = &after[len..];
+        }
+        if !rest.is_empty() {
+            return bad("attached bytes that no chunk names");
+        }
+        Ok(())
+    }
+
     /// The file set this message is about.
     pub fn set(&self) -> &str {
         match self {
@@ -453,6 +498,7 @@ mod tests {
     use super::*;
     use crate::chunk::chunk_bytes;
     use crate::message::{decode, encode, PeerMessage};
+    use crate::wire::HEADER_BYTES;
 
     fn p(s: &str) -> SafePath {
         SafePath::parse(s).unwrap()
@@ -476,6 +522,61 @@ mod tests {
             inline,
             deltas: vec![],
         }))
+    }
+
+    #[test]
+    fn chunk_bytes_travel_as_an_attachment_checked_by_their_hashes() {
+        use crate::message::{decode_attached, encode_unsealed, Unsealed};
+        let bytes = crate::chunk::tests::random_bytes(17, 200_000);
+        let entry = file(&bytes);
+        let inline: Vec<ChunkData> = entry
+            .chunks()
+            .iter()
+            .map(|c| ChunkData {
+                hash: c.hash,
+                bytes: bytes[c.offset as usize..c.end() as usize].to_vec(),
+            })
+            .collect();
+        assert!(inline.len() >= 2);
+        let msg = change_msg(
+            Change::Create {
+                path: p("f"),
+                entry,
+            },
+            inline,
+        );
+        let Unsealed::Attached(frame, payload_len) = encode_unsealed(msg.clone()) else {
+            panic!("chunks go attached")
+        };
+        // The payload holds no chunk bytes: a few hundred bytes for 200 KB.
+        assert!(payload_len < 2_000, "{payload_len}");
+        let payload = &frame[HEADER_BYTES + 4..HEADER_BYTES + 4 + payload_len];
+        let attachment = &frame[HEADER_BYTES + 4 + payload_len..];
+        let back = decode_attached(payload, attachment).unwrap();
+        assert_eq!(back, msg);
+        let PeerMessage::Fs(fs) = &back else { panic!() };
+        fs.validate().unwrap();
+        // A changed byte in the attachment decodes, and fails validation.
+        let mut tampered = attachment.to_vec();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 1;
+        let PeerMessage::Fs(fs) = decode_attached(payload, &tampered).unwrap() else {
+            panic!()
+        };
+        assert!(fs.validate().is_err());
+        // An attachment cut short, with a piece too many, or given to a
+        // message that takes none, is refused.
+        assert!(decode_attached(payload, &attachment[..attachment.len() - 1]).is_err());
+        let mut longer = attachment.to_vec();
+        longer.extend_from_slice(&[0, 0, 0, 1, 9]);
+        assert!(decode_attached(payload, &longer).is_err());
+        let ka = encode(&PeerMessage::Keepalive);
+        assert!(decode_attached(&ka, attachment).is_err());
+        // Without chunks, a plain Data frame.
+        assert!(matches!(
+            encode_unsealed(PeerMessage::Keepalive),
+            Unsealed::Data(_)
+        ));
     }
 
     #[test]

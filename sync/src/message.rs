@@ -353,6 +353,60 @@ pub fn encode_for_frame<T: Serialize>(msg: &T) -> Vec<u8> {
         .expect("postcard encoding of an in-memory message")
 }
 
+/// A message encoded for a frame, not sealed yet.
+pub enum Unsealed {
+    /// For `Session::seal_in_place`.
+    Data(Vec<u8>),
+    /// For `Session::seal_attached`, with the payload's length.
+    Attached(Vec<u8>, usize),
+}
+
+/// Encode `msg` for a frame. The bytes of a file set's chunks go as the
+/// frame's attachment, which the MAC does not cover: the payload names
+/// each piece by its blake3 hash, and the receiver checks every piece
+/// against it before using it (`FsMessage::validate`), so they are as
+/// authenticated as the payload without a second keyed pass over them on
+/// each side. Anything else is a Data frame, its bytes under the MAC.
+pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
+    let pieces = match &mut msg {
+        PeerMessage::Fs(m) => m.detach_chunks(),
+        _ => Vec::new(),
+    };
+    if pieces.is_empty() {
+        return Unsealed::Data(encode_for_frame(&msg));
+    }
+    // As in `encode`: counting and encoding plain structs cannot fail.
+    let payload_len = postcard::experimental::serialized_size(&msg)
+        .expect("postcard size of an in-memory message");
+    let attachment_len: usize = pieces.iter().map(|p| 4 + p.len()).sum();
+    let mut frame = crate::wire::body_buffer(4 + payload_len + attachment_len);
+    frame.extend_from_slice(&[0; 4]);
+    let mut frame =
+        postcard::to_extend(&msg, frame).expect("postcard encoding of an in-memory message");
+    for p in &pieces {
+        frame.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        frame.extend_from_slice(p);
+    }
+    Unsealed::Attached(frame, payload_len)
+}
+
+/// Decode a peer message and put its attachment back where it belongs
+/// (see [`encode_unsealed`]). Only a file set's chunks take one.
+pub fn decode_attached(payload: &[u8], attachment: &[u8]) -> Result<PeerMessage, DecodeError> {
+    let mut msg: PeerMessage = decode("peer message", payload)?;
+    if !attachment.is_empty() {
+        let attached = match &mut msg {
+            PeerMessage::Fs(m) => m.attach_chunks(attachment).map_err(|e| e.to_string()),
+            _ => Err("an attachment to a message that takes none".to_string()),
+        };
+        attached.map_err(|reason| DecodeError {
+            what: "peer message",
+            reason,
+        })?;
+    }
+    Ok(msg)
+}
+
 pub fn decode<'a, T: Deserialize<'a>>(
     what: &'static str,
     bytes: &'a [u8],

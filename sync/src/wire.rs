@@ -6,11 +6,23 @@
 //! ```text
 //! magic    2 bytes   b"TD"
 //! version  u8        PROTOCOL_VERSION (3)
-//! kind     u8        1 Hello, 2 Welcome, 3 Proof, 4 Data
+//! kind     u8        1 Hello, 2 Welcome, 3 Proof, 4 Data, 5 Attached
 //! len      u32 BE    body length, refused if over the receiver's limit
-//! seq      u64 BE    0 in handshake frames; 1, 2, 3, ... in Data frames
+//! seq      u64 BE    0 in handshake frames; 1, 2, 3, ... in data frames
 //! body     len bytes
 //! mac      16 bytes  keyed BLAKE3 over header || body, truncated (see `auth`)
+//! ```
+//!
+//! An Attached frame's body is a payload and an attachment, and its MAC
+//! covers the payload only:
+//!
+//! ```text
+//! payload_len  u32 BE
+//! payload      payload_len bytes: the message, which names each piece
+//!                            of the attachment by its blake3 hash
+//! attachment   the rest: the bulk bytes (file chunks), each checked
+//!              against its hash by the receiver before it is used
+//! mac      16 bytes  keyed BLAKE3 over header || payload_len || payload
 //! ```
 //!
 //! Why it looks like this:
@@ -40,8 +52,9 @@ pub const MAGIC: [u8; 2] = *b"TD";
 /// refused with [`WireError::VersionMismatch`]. 2: a page's hash became
 /// blake3(pgno || blake3(page)) (see `DbSum::page_hash`); a pair of builds
 /// that hash pages differently would take equal copies for diverged ones.
-/// 3: a file's content hash became `chunk::file_hash` of its chunk list; a
-/// standby of an earlier build would refuse every file of a newer primary.
+/// 3: a file's content hash became `chunk::file_hash` of its chunk list (a
+/// standby of an earlier build would refuse every file of a newer primary),
+/// and file chunks travel in Attached frames.
 pub const PROTOCOL_VERSION: u8 = 3;
 /// magic (2) + version (1) + kind (1) + len (4) + seq (8).
 pub const HEADER_BYTES: usize = 16;
@@ -64,6 +77,10 @@ pub enum FrameKind {
     Proof,
     /// Either way, after the handshake: an authenticated payload.
     Data,
+    /// Either way, after the handshake: an authenticated payload with an
+    /// attachment of bulk bytes that the payload names by hash (see the
+    /// module doc).
+    Attached,
 }
 
 impl FrameKind {
@@ -74,6 +91,7 @@ impl FrameKind {
             FrameKind::Welcome => 2,
             FrameKind::Proof => 3,
             FrameKind::Data => 4,
+            FrameKind::Attached => 5,
         }
     }
 
@@ -84,6 +102,7 @@ impl FrameKind {
             2 => Some(FrameKind::Welcome),
             3 => Some(FrameKind::Proof),
             4 => Some(FrameKind::Data),
+            5 => Some(FrameKind::Attached),
             _ => None,
         }
     }
@@ -95,6 +114,7 @@ impl FrameKind {
             FrameKind::Welcome => "Welcome",
             FrameKind::Proof => "Proof",
             FrameKind::Data => "Data",
+            FrameKind::Attached => "Attached",
         }
     }
 }

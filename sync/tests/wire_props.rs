@@ -6,8 +6,8 @@ use expect_test::expect;
 use proptest::prelude::*;
 use tandem_sync::auth::{AuthError, Handshake, HandshakeStep, KeyError, PairKey, Session};
 use tandem_sync::wire::{
-    self, decode_datagram, encode, Frame, FrameKind, FrameReader, WireError, HEADER_BYTES,
-    MAC_BYTES, PROTOCOL_VERSION,
+    self, body_buffer, decode_datagram, encode, Frame, FrameKind, FrameReader, WireError,
+    HEADER_BYTES, MAC_BYTES, PROTOCOL_VERSION,
 };
 
 const MAX: usize = 4096;
@@ -18,6 +18,7 @@ fn kind() -> impl Strategy<Value = FrameKind> {
         Just(FrameKind::Welcome),
         Just(FrameKind::Proof),
         Just(FrameKind::Data),
+        Just(FrameKind::Attached),
     ]
 }
 
@@ -156,10 +157,11 @@ proptest! {
     #[test]
     fn raw_bytes_to_open_and_receive_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         // Put arbitrary bodies behind a valid header so they reach the parsers.
-        for kind in [FrameKind::Hello, FrameKind::Welcome, FrameKind::Proof, FrameKind::Data] {
+        for kind in [FrameKind::Hello, FrameKind::Welcome, FrameKind::Proof, FrameKind::Data, FrameKind::Attached] {
             let f = Frame { kind, seq: 0, body: bytes.clone().into(), mac: [0; 16] };
             let (mut si, _) = sessions();
             let _ = si.open(&f);
+            let _ = si.open_with_attachment(&f);
             let k = PairKey::from_bytes([7; 32]);
             let (mut i, _) = Handshake::initiate(&k, "pair1", "a", [1; 32], MAX);
             let _ = i.receive(&f);
@@ -180,6 +182,57 @@ proptest! {
         match decode_datagram(&sealed, MAX) {
             Err(_) => {}
             Ok(f) => prop_assert!(sr.open(&f).is_err(), "tampered frame opened"),
+        }
+    }
+
+    /// An Attached frame: payload and attachment come back as sealed; a
+    /// flipped bit in the header, the payload's length or the payload is
+    /// refused; one in the attachment is not (the payload's hashes are what
+    /// checks it, above this layer), and `open` takes Data frames only.
+    #[test]
+    fn attached_frames_authenticate_the_payload_and_carry_the_attachment(
+        payload in prop::collection::vec(any::<u8>(), 0..200),
+        attachment in prop::collection::vec(any::<u8>(), 0..300),
+        bit in any::<prop::sample::Index>(),
+    ) {
+        let (mut si, mut sr) = sessions();
+        let seal = |si: &mut Session| {
+            let mut buf = body_buffer(4 + payload.len() + attachment.len());
+            buf.extend_from_slice(&[0; 4]);
+            buf.extend_from_slice(&payload);
+            buf.extend_from_slice(&attachment);
+            si.seal_attached(buf, payload.len())
+        };
+        let sealed = seal(&mut si);
+        let f = frame(&sealed);
+        prop_assert_eq!(f.kind, FrameKind::Attached);
+        prop_assert_eq!(sr.open(&f), Err(AuthError::UnexpectedFrame { expected: "Data", got: FrameKind::Attached }));
+        let (p, a) = sr.open_with_attachment(&f).unwrap();
+        prop_assert_eq!(&p[..], &payload[..]);
+        prop_assert_eq!(&a[..], &attachment[..]);
+        // A Data frame opens with an empty attachment.
+        let d = frame(&si.seal(&payload));
+        let (p, a) = sr.open_with_attachment(&d).unwrap();
+        prop_assert_eq!(&p[..], &payload[..]);
+        prop_assert!(a.is_empty());
+        // Tampering.
+        let mut tampered = seal(&mut si);
+        let bit = bit.index(tampered.len() * 8);
+        tampered[bit / 8] ^= 1 << (bit % 8);
+        let attachment_at = HEADER_BYTES + 4 + payload.len();
+        let mac_at = tampered.len() - MAC_BYTES;
+        match decode_datagram(&tampered, MAX) {
+            Err(_) => {}
+            Ok(f) => {
+                let opened = sr.open_with_attachment(&f);
+                if (attachment_at..mac_at).contains(&(bit / 8)) {
+                    let (p, a) = opened.unwrap();
+                    prop_assert_eq!(&p[..], &payload[..]);
+                    prop_assert_ne!(&a[..], &attachment[..]);
+                } else {
+                    prop_assert!(opened.is_err(), "tampered frame opened");
+                }
+            }
         }
     }
 
