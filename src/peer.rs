@@ -412,18 +412,22 @@ async fn handshake(
             stream.write_all(&hello).await.map_err(|e| e.to_string())?;
         }
         while !endpoint.is_established() {
-            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("closed by the peer during the handshake".to_string());
-            }
-            reader.push(&buf[..n]);
-            while let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? {
-                let got = endpoint
-                    .on_frame(Instant::now(), &frame)
-                    .map_err(|e| e.to_string())?;
-                if let Some(reply) = got.reply {
-                    stream.write_all(&reply).await.map_err(|e| e.to_string())?;
+            // One frame at a time: what the peer sent right behind its last
+            // handshake frame is a session's, left in the reader for the
+            // session's loop (opened here, it was lost).
+            let Some(frame) = reader.next_frame().map_err(|e| e.to_string())? else {
+                let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("closed by the peer during the handshake".to_string());
                 }
+                reader.push(&buf[..n]);
+                continue;
+            };
+            let got = endpoint
+                .on_frame(Instant::now(), &frame)
+                .map_err(|e| e.to_string())?;
+            if let Some(reply) = got.reply {
+                stream.write_all(&reply).await.map_err(|e| e.to_string())?;
             }
         }
         Ok(())

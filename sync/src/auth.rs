@@ -33,9 +33,12 @@
 //! A finished handshake yields a [`Session`] holding two directional keys,
 //! `derive_key("tandem v1 session i->r", K ‖ T)` and `... "r->i" ...`: a frame
 //! sealed by one side can only be opened by the other, never reflected back
-//! to its sender. Data frames carry a sequence number starting at 1; a frame
-//! whose seq is not greater than the highest accepted one is refused
-//! ([`AuthError::Replay`]), which also drops reordered datagrams.
+//! to its sender. Data and Attached frames carry a sequence number starting
+//! at 1; a frame whose seq is not greater than the highest accepted one is
+//! refused ([`AuthError::Replay`]), which also drops reordered datagrams.
+//! A Data frame's MAC covers its header and body; an Attached frame's, its
+//! header and payload, not its attachment, whose pieces the payload names
+//! by hash (checked by `message::decode_attached`).
 //!
 //! All MAC and proof comparisons are constant-time. MACs are keyed BLAKE3
 //! truncated to 16 bytes.
@@ -526,9 +529,8 @@ impl Session {
         self.role
     }
 
-    /// The body limit agreed for this session; payloads passed to
-    /// [`seal`](Self::seal) or [`seal_in_place`](Self::seal_in_place) should
-    /// not exceed it or the peer refuses them.
+    /// The body limit agreed for this session: a frame this session seals
+    /// with a longer body is refused by the peer.
     pub fn frame_bytes_max(&self) -> usize {
         self.frame_bytes_max
     }
@@ -644,7 +646,7 @@ impl Session {
             }
             kind => {
                 return Err(AuthError::UnexpectedFrame {
-                    expected: "Data",
+                    expected: "Data or Attached",
                     got: kind,
                 })
             }
@@ -680,7 +682,8 @@ fn covering_mac(key: &[u8; 32], header: &[u8], covered: &[u8]) -> [u8; MAC_BYTES
     truncate(h.finalize())
 }
 
-/// [`frame_mac`] of a frame already laid out as header ‖ body.
+/// [`frame_mac`] of a frame already laid out as header ‖ body (or, for an
+/// Attached frame, header ‖ payload_len ‖ payload).
 fn truncated_mac(key: &[u8; 32], header_and_body: &[u8]) -> [u8; MAC_BYTES] {
     truncate(blake3::keyed_hash(key, header_and_body))
 }

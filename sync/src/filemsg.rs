@@ -345,14 +345,21 @@ pub fn validate_change(c: &Change) -> Result<(), FsInvalid> {
     }
 }
 
+/// The lengths of a message's chunks. Their bytes were checked against
+/// their hashes when the message was decoded ([`FsMessage::attach_chunks`],
+/// [`FsMessage::check_chunk_hashes`]).
 fn chunks_ok(chunks: &[ChunkData]) -> Result<(), FsInvalid> {
     for c in chunks {
         if c.bytes.is_empty() || c.bytes.len() > CHUNK_BYTES_MAX {
             return bad("a chunk of illegal length");
         }
-        if *blake3::hash(&c.bytes).as_bytes() != c.hash {
-            return bad("a chunk does not match its hash");
-        }
+    }
+    Ok(())
+}
+
+fn hash_ok(c: &ChunkData) -> Result<(), FsInvalid> {
+    if *blake3::hash(&c.bytes).as_bytes() != c.hash {
+        return bad("a chunk does not match its hash");
     }
     Ok(())
 }
@@ -367,10 +374,18 @@ impl FsMessage {
         }
     }
 
+    /// Check the bytes of chunks that came in the message itself (a Data
+    /// frame's) against their hashes: done once, as it is decoded
+    /// (`message::decode_attached`), as [`FsMessage::attach_chunks`] does
+    /// for an attachment's.
+    pub fn check_chunk_hashes(&mut self) -> Result<(), FsInvalid> {
+        self.chunk_slots().iter().try_for_each(hash_ok)
+    }
+
     /// Take the bytes of this message's chunks out, in order, to travel as
     /// an Attached frame's attachment (`message::encode_unsealed`). The
     /// message keeps each chunk's hash, by which the receiver checks the
-    /// bytes ([`FsMessage::validate`]). Empty when there are none.
+    /// bytes ([`FsMessage::attach_chunks`]). Empty when there are none.
     pub fn detach_chunks(&mut self) -> Vec<Vec<u8>> {
         self.chunk_slots()
             .iter_mut()
@@ -380,10 +395,8 @@ impl FsMessage {
 
     /// Put back the bytes [`FsMessage::detach_chunks`] took out, from a
     /// frame's attachment (each piece a u32 BE length and its bytes): `Err`
-    /// unless it holds exactly one piece per chunk. Nothing is checked against the hashes here: [`validate`]
-    /// does (the attachment is not authenticated, the hashes are).
-    ///
-    /// [`validate`]: FsMessage::validate
+    /// unless it holds exactly one piece per chunk, each matching its hash.
+    /// The attachment is not authenticated; the hashes, in the payload, are.
     pub fn attach_chunks(&mut self, attachment: &[u8]) -> Result<(), FsInvalid> {
         let mut rest = attachment;
         for c in self.chunk_slots() {
@@ -395,6 +408,7 @@ impl FsMessage {
                 return bad("an attached chunk of illegal length");
             }
             c.bytes = after[..len].to_vec();
+            hash_ok(c)?;
             rest = &after[len..];
         }
         if !rest.is_empty() {
@@ -529,14 +543,16 @@ mod tests {
         use crate::message::{decode_attached, encode_unsealed, Unsealed};
         let bytes = crate::chunk::tests::random_bytes(17, 200_000);
         let entry = file(&bytes);
-        let inline: Vec<ChunkData> = entry
-            .chunks()
-            .iter()
-            .map(|c| ChunkData {
-                hash: c.hash,
-                bytes: bytes[c.offset as usize..c.end() as usize].to_vec(),
-            })
-            .collect();
+        let inline_of = |bytes: &[u8]| -> Vec<ChunkData> {
+            chunk_bytes(bytes)
+                .iter()
+                .map(|c| ChunkData {
+                    hash: c.hash,
+                    bytes: bytes[c.offset as usize..c.end() as usize].to_vec(),
+                })
+                .collect()
+        };
+        let inline = inline_of(&bytes);
         assert!(inline.len() >= 2);
         let msg = change_msg(
             Change::Create {
@@ -556,22 +572,70 @@ mod tests {
         assert_eq!(back, msg);
         let PeerMessage::Fs(fs) = &back else { panic!() };
         fs.validate().unwrap();
-        // A changed byte in the attachment decodes, and fails validation.
-        let mut tampered = attachment.to_vec();
-        let at = tampered.len() / 2;
-        tampered[at] ^= 1;
-        let PeerMessage::Fs(fs) = decode_attached(payload, &tampered).unwrap() else {
-            panic!()
+        // Any change to the attachment is refused as it is decoded: a
+        // changed byte; bytes moved between pieces by their (unsigned)
+        // lengths; pieces swapped; a piece of no bytes; cut short; a
+        // piece too many; an attachment to a message that takes none.
+        let pieces: Vec<&[u8]> = {
+            let mut out = Vec::new();
+            let mut rest = attachment;
+            while let Some((len, after)) = rest.split_first_chunk::<4>() {
+                let len = u32::from_be_bytes(*len) as usize;
+                out.push(&after[..len]);
+                rest = &after[len..];
+            }
+            out
         };
-        assert!(fs.validate().is_err());
-        // An attachment cut short, with a piece too many, or given to a
-        // message that takes none, is refused.
-        assert!(decode_attached(payload, &attachment[..attachment.len() - 1]).is_err());
+        let join = |pieces: &[&[u8]]| {
+            let mut out = Vec::new();
+            for p in pieces {
+                out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                out.extend_from_slice(p);
+            }
+            out
+        };
+        assert_eq!(join(&pieces), attachment);
+        let mut flipped = attachment.to_vec();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 1;
+        let (a, b) = (pieces[0], pieces[1]);
+        let mut moved_a = a.to_vec();
+        let last = moved_a.pop().unwrap();
+        let moved_b = [&[last][..], b].concat();
+        let mut moved = vec![&moved_a[..], &moved_b[..]];
+        moved.extend(&pieces[2..]);
+        let mut swapped = pieces.clone();
+        swapped.swap(0, 1);
+        let mut empty = pieces.clone();
+        empty[0] = &[];
         let mut longer = attachment.to_vec();
         longer.extend_from_slice(&[0, 0, 0, 1, 9]);
-        assert!(decode_attached(payload, &longer).is_err());
+        for bad in [
+            flipped,
+            join(&moved),
+            join(&swapped),
+            join(&empty),
+            attachment[..attachment.len() - 1].to_vec(),
+            longer,
+        ] {
+            assert!(decode_attached(payload, &bad).is_err());
+        }
         let ka = encode(&PeerMessage::Keepalive);
         assert!(decode_attached(&ka, attachment).is_err());
+        // A `Chunks` answer goes the same way.
+        let chunks = PeerMessage::Fs(Box::new(FsMessage::Chunks {
+            set: "etc".into(),
+            round: 1,
+            path: p("f"),
+            chunks: inline_of(&bytes),
+            unreadable: vec![],
+        }));
+        let Unsealed::Attached(frame, payload_len) = encode_unsealed(chunks.clone()) else {
+            panic!("chunks go attached")
+        };
+        let at = HEADER_BYTES + 4;
+        let back = decode_attached(&frame[at..at + payload_len], &frame[at + payload_len..]);
+        assert_eq!(back.unwrap(), chunks);
         // Without chunks, a plain Data frame.
         assert!(matches!(
             encode_unsealed(PeerMessage::Keepalive),
@@ -668,6 +732,8 @@ mod tests {
             mtime_ns: 0,
         };
         assert!(validate_entry(&p("l"), &link).is_err());
+        // A chunk that does not match its hash is refused as it is
+        // decoded, in the payload or attached.
         let forged = FsMessage::Chunks {
             set: "s".into(),
             round: 1,
@@ -678,7 +744,15 @@ mod tests {
             }],
             unreadable: vec![],
         };
-        assert!(forged.validate().is_err());
+        let forged = PeerMessage::Fs(Box::new(forged));
+        assert!(crate::message::decode_attached(&encode(&forged), &[]).is_err());
+        let crate::message::Unsealed::Attached(frame, len) =
+            crate::message::encode_unsealed(forged)
+        else {
+            panic!()
+        };
+        let at = HEADER_BYTES + 4;
+        assert!(crate::message::decode_attached(&frame[at..at + len], &frame[at + len..]).is_err());
         let parts = FsMessage::State {
             set: "s".into(),
             epoch: Epoch(1),

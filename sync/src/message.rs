@@ -363,10 +363,10 @@ pub enum Unsealed {
 
 /// Encode `msg` for a frame. The bytes of a file set's chunks go as the
 /// frame's attachment, which the MAC does not cover: the payload names
-/// each piece by its blake3 hash, and the receiver checks every piece
-/// against it before using it (`FsMessage::validate`), so they are as
-/// authenticated as the payload without a second keyed pass over them on
-/// each side. Anything else is a Data frame, its bytes under the MAC.
+/// each piece by its blake3 hash, and [`decode_attached`] checks every
+/// piece against it, so they are as authenticated as the payload without
+/// a second keyed pass over them on each side. Anything else is a Data
+/// frame, its bytes under the MAC.
 pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
     let pieces = match &mut msg {
         PeerMessage::Fs(m) => m.detach_chunks(),
@@ -376,13 +376,15 @@ pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
         return Unsealed::Data(encode_for_frame(&msg));
     }
     // As in `encode`: counting and encoding plain structs cannot fail.
-    let payload_len = postcard::experimental::serialized_size(&msg)
+    let size = postcard::experimental::serialized_size(&msg)
         .expect("postcard size of an in-memory message");
     let attachment_len: usize = pieces.iter().map(|p| 4 + p.len()).sum();
-    let mut frame = crate::wire::body_buffer(4 + payload_len + attachment_len);
+    let mut frame = crate::wire::body_buffer(4 + size + attachment_len);
     frame.extend_from_slice(&[0; 4]);
     let mut frame =
         postcard::to_extend(&msg, frame).expect("postcard encoding of an in-memory message");
+    // What was written, whatever the count said: the MAC's span.
+    let payload_len = frame.len() - crate::wire::HEADER_BYTES - 4;
     for p in &pieces {
         frame.extend_from_slice(&(p.len() as u32).to_be_bytes());
         frame.extend_from_slice(p);
@@ -391,19 +393,22 @@ pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
 }
 
 /// Decode a peer message and put its attachment back where it belongs
-/// (see [`encode_unsealed`]). Only a file set's chunks take one.
+/// (see [`encode_unsealed`]); only a file set's chunks take one. Every
+/// chunk's bytes, attached or in the payload, are checked against their
+/// hash here, once: a mismatch is an error like a bad MAC, which ends the
+/// connection. This is the only way a peer message is decoded.
 pub fn decode_attached(payload: &[u8], attachment: &[u8]) -> Result<PeerMessage, DecodeError> {
     let mut msg: PeerMessage = decode("peer message", payload)?;
-    if !attachment.is_empty() {
-        let attached = match &mut msg {
-            PeerMessage::Fs(m) => m.attach_chunks(attachment).map_err(|e| e.to_string()),
-            _ => Err("an attachment to a message that takes none".to_string()),
-        };
-        attached.map_err(|reason| DecodeError {
-            what: "peer message",
-            reason,
-        })?;
-    }
+    let checked = match (&mut msg, attachment.is_empty()) {
+        (PeerMessage::Fs(m), true) => m.check_chunk_hashes().map_err(|e| e.to_string()),
+        (PeerMessage::Fs(m), false) => m.attach_chunks(attachment).map_err(|e| e.to_string()),
+        (_, true) => Ok(()),
+        (_, false) => Err("an attachment to a message that takes none".to_string()),
+    };
+    checked.map_err(|reason| DecodeError {
+        what: "peer message",
+        reason,
+    })?;
     Ok(msg)
 }
 

@@ -10,19 +10,19 @@
 //! len      u32 BE    body length, refused if over the receiver's limit
 //! seq      u64 BE    0 in handshake frames; 1, 2, 3, ... in data frames
 //! body     len bytes
-//! mac      16 bytes  keyed BLAKE3 over header || body, truncated (see `auth`)
+//! mac      16 bytes  keyed BLAKE3 over header || body, truncated (see
+//!                    `auth`); in an Attached frame, over header ||
+//!                    payload_len || payload only
 //! ```
 //!
-//! An Attached frame's body is a payload and an attachment, and its MAC
-//! covers the payload only:
+//! An Attached frame's body is a payload and an attachment:
 //!
 //! ```text
 //! payload_len  u32 BE
-//! payload      payload_len bytes: the message, which names each piece
-//!                            of the attachment by its blake3 hash
-//! attachment   the rest: the bulk bytes (file chunks), each checked
-//!              against its hash by the receiver before it is used
-//! mac      16 bytes  keyed BLAKE3 over header || payload_len || payload
+//! payload      payload_len bytes: the message, which names each piece of
+//!              the attachment by its blake3 hash
+//! attachment   the rest: bulk bytes (file chunks), each checked against
+//!              its hash as the message is decoded (`message::decode_attached`)
 //! ```
 //!
 //! Why it looks like this:
@@ -146,7 +146,7 @@ impl Frame {
         header(self.kind, self.seq, self.body.len())
     }
 
-    /// The bytes the MAC covers: header || body.
+    /// The bytes a Data or handshake frame's MAC covers: header || body.
     pub fn mac_input(&self) -> Vec<u8> {
         mac_input(self.kind, self.seq, &self.body)
     }
@@ -196,7 +196,7 @@ pub fn header(kind: FrameKind, seq: u64, body_len: usize) -> [u8; HEADER_BYTES] 
     h
 }
 
-/// The bytes a frame's MAC covers: header || body.
+/// The bytes a Data or handshake frame's MAC covers: header || body.
 pub fn mac_input(kind: FrameKind, seq: u64, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER_BYTES + body.len());
     v.extend_from_slice(&header(kind, seq, body.len()));

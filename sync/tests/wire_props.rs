@@ -301,6 +301,48 @@ fn stream_reader_holds_at_most_one_frame_even_for_a_huge_push() {
     assert_eq!(got.len(), 50);
 }
 
+/// The header of an Attached frame is under its MAC: relabelled as Data
+/// (or a Data frame as Attached), or with its attachment grown or cut and
+/// the length fixed up to match, a frame is refused.
+#[test]
+fn an_attached_frames_kind_and_length_are_authenticated() {
+    let (mut si, mut sr) = sessions();
+    let mut buf = body_buffer(4 + 3 + 5);
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(b"abc");
+    buf.extend_from_slice(b"12345");
+    let sealed = si.seal_attached(buf, 3);
+    let relabel = |bytes: &[u8], kind: FrameKind| {
+        let mut b = bytes.to_vec();
+        b[3] = kind.to_byte();
+        frame(&b)
+    };
+    assert_eq!(
+        sr.open_with_attachment(&relabel(&sealed, FrameKind::Data)),
+        Err(AuthError::BadMac)
+    );
+    let data = si.seal(b"\0\0\0\x01x");
+    assert_eq!(
+        sr.open_with_attachment(&relabel(&data, FrameKind::Attached)),
+        Err(AuthError::BadMac)
+    );
+    for attachment in [&b"123456"[..], b"1234"] {
+        let body_len = 4 + 3 + attachment.len();
+        let mut b = sealed[..HEADER_BYTES + 7].to_vec();
+        b[4..8].copy_from_slice(&(body_len as u32).to_be_bytes());
+        b.extend_from_slice(attachment);
+        b.extend_from_slice(&sealed[sealed.len() - MAC_BYTES..]);
+        assert_eq!(sr.open_with_attachment(&frame(&b)), Err(AuthError::BadMac));
+    }
+    // The frame as sealed opens (and only once).
+    let (p, a) = sr.open_with_attachment(&frame(&sealed)).unwrap();
+    assert_eq!((&p[..], &a[..]), (&b"abc"[..], &b"12345"[..]));
+    assert!(matches!(
+        sr.open_with_attachment(&frame(&sealed)),
+        Err(AuthError::Replay { .. })
+    ));
+}
+
 #[test]
 fn handshake_succeeds_both_ways() {
     let k = PairKey::from_bytes([42; 32]);
