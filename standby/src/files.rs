@@ -495,6 +495,10 @@ impl FileSetReplica {
             .as_ref()
             .and_then(|f| f.metadata().ok())
             .map_or(0, |m| m.len());
+        // What this process staged there is known good: not read back.
+        let staged = partial
+            .as_ref()
+            .and_then(|_| self.staged.get(&self.partial_path(path)));
         let mut asked = std::collections::HashSet::new();
         let mut out = Vec::new();
         for c in entry.chunks() {
@@ -502,10 +506,11 @@ impl FileSetReplica {
                 continue;
             }
             let in_partial = partial.as_ref().is_some_and(|f| {
-                let mut buf = vec![0u8; c.len as usize];
                 c.end() <= partial_len
-                    && f.read_exact_at(&mut buf, c.offset).is_ok()
-                    && c.verify(&buf)
+                    && (staged.is_some_and(|s| s.contains(&(c.offset, c.hash))) || {
+                        let mut buf = vec![0u8; c.len as usize];
+                        f.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
+                    })
             });
             if in_partial || self.local_chunk(c).is_some() {
                 continue;
