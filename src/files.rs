@@ -386,6 +386,16 @@ struct PrimarySide {
     renames_sent: u64,
 }
 
+impl PrimarySide {
+    /// Let go of the files the scanner kept for sending.
+    fn forget_cached_chunks(&self) {
+        self.chunk_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
 struct StandbySide {
     scanner: FileSetScanner,
     replica: FileSetReplica,
@@ -958,10 +968,7 @@ impl Actor {
         if !connected || p.peer.is_none() {
             // No round until the standby is back and has said what it
             // holds; its chunks will then be read from the files.
-            p.chunk_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            p.forget_cached_chunks();
         }
         if p.round.is_some() || !connected || !may_send {
             return;
@@ -969,10 +976,7 @@ impl Actor {
         let Some(peer) = &p.peer else { return };
         if peer.root() == p.local.root() && p.deferred.is_empty() {
             // The standby has every chunk: none will be asked for.
-            p.chunk_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            p.forget_cached_chunks();
             if p.unsynced_since.take().is_some() || p.last_sync_unix_ms.is_none() {
                 p.last_sync_unix_ms = Some(unix_ms());
                 p.last_errors.clear();

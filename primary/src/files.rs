@@ -68,7 +68,8 @@ pub struct ChunkCache {
 const CACHED_FILE_OVERHEAD: usize = 256;
 
 impl ChunkCache {
-    /// An empty cache holding at most `bytes_max` bytes of file contents.
+    /// An empty cache whose files cost at most `bytes_max` (see
+    /// [`ChunkCache::bytes`]).
     pub fn new(bytes_max: usize) -> Self {
         ChunkCache {
             files: Default::default(),
@@ -136,7 +137,8 @@ impl ChunkCache {
         self.bytes
     }
 
-    /// Let go of everything (the set is in sync: nothing will be asked).
+    /// Let go of everything: no chunk will be asked for (the set is in
+    /// sync, or the standby is away and will say what it holds first).
     pub fn clear(&mut self) {
         self.files.clear();
         self.order.clear();
