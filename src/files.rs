@@ -347,7 +347,7 @@ struct PrimarySide {
     /// deltas: kept for the chunks of this tree and of the standby's.
     sketches: Arc<Mutex<SketchStore>>,
     /// Files the scanner read whole, their chunks sent from memory; emptied
-    /// once the standby is in sync.
+    /// once the standby is in sync, and while it is away.
     chunk_cache: Arc<Mutex<ChunkCache>>,
     /// `None` when the set could not be watched (see `watch_error`).
     watcher: Option<FileSetWatcher>,

@@ -52,11 +52,10 @@ const WHOLE_READ_BYTES_MAX: u64 = 4 << 20;
 /// found here is read from the file as before.
 #[derive(Debug)]
 pub struct ChunkCache {
-    /// By path: the generation it was put in with, its chunks, its bytes.
+    /// By path: when it was put in (a count), its chunks, its bytes.
     files: std::collections::HashMap<SafePath, (u64, Vec<ChunkRef>, Vec<u8>)>,
-    /// Paths oldest first, each with the generation it was put in with (a
-    /// path put in again leaves its older place stale).
-    order: std::collections::VecDeque<(SafePath, u64)>,
+    /// The paths by when they were put in, oldest first.
+    order: std::collections::BTreeMap<u64, SafePath>,
     /// What the files held cost, counted by [`ChunkCache::cost`].
     bytes: usize,
     bytes_max: usize,
@@ -96,28 +95,19 @@ impl ChunkCache {
         self.bytes += cost;
         self.files
             .insert(path.clone(), (self.generation, chunks, data));
-        self.order.push_back((path.clone(), self.generation));
+        self.order.insert(self.generation, path.clone());
         while self.bytes > self.bytes_max {
-            let Some((oldest, generation)) = self.order.pop_front() else {
+            let Some((_, oldest)) = self.order.pop_first() else {
                 break;
             };
-            if self.files.get(&oldest).is_some_and(|f| f.0 == generation) {
-                self.remove(&oldest);
-            }
-        }
-        // A path put in again leaves a stale place behind: drop those
-        // before they outnumber the files (a small file rewritten over and
-        // over while the standby is not in sync).
-        if self.order.len() > 2 * self.files.len() + 16 {
-            let files = &self.files;
-            self.order
-                .retain(|(p, g)| files.get(p).is_some_and(|f| f.0 == *g));
+            self.remove(&oldest);
         }
     }
 
     /// Forget `path` (read again without being kept, or gone).
     fn remove(&mut self, path: &SafePath) {
-        if let Some((_, chunks, data)) = self.files.remove(path) {
+        if let Some((put, chunks, data)) = self.files.remove(path) {
+            self.order.remove(&put);
             self.bytes -= Self::cost(path, &chunks, &data);
         }
     }
