@@ -12,7 +12,8 @@
 //!   asked of the [`ChunkSource`]. Every chunk is checked against its hash
 //!   before it is written, and the entry's content hash against its chunk
 //!   list (so the file is not read back). Then mode and mtime, fsync,
-//!   rename over the target, fsync of the directory: at once with [`FileSetReplica::apply`]; with
+//!   rename over the target, fsync of the directory: at once with
+//!   [`FileSetReplica::apply`]; with
 //!   [`FileSetReplica::apply_batched`] the file waits, complete and
 //!   verified, in its temp file until [`FileSetReplica::commit`] puts a
 //!   whole batch in place (its fsync started on a background thread as soon
@@ -187,6 +188,22 @@ pub const BATCH_BYTES_MAX: u64 = 128 << 20;
 pub const BATCH_AGE_MAX: Duration = Duration::from_millis(100);
 /// fsyncs of pending files in flight at once.
 const FSYNC_THREADS: usize = 4;
+
+/// Whether chunk `c` is in its place in a temp file `len` bytes long:
+/// staged there by this process (checked when received), or left by an
+/// earlier attempt (checked now).
+fn in_temp_file(
+    file: &File,
+    len: u64,
+    staged: Option<&std::collections::HashSet<(u64, ChunkHash)>>,
+    c: &ChunkRef,
+) -> bool {
+    c.end() <= len
+        && (staged.is_some_and(|s| s.contains(&(c.offset, c.hash))) || {
+            let mut buf = vec![0u8; c.len as usize];
+            file.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
+        })
+}
 
 /// A file to fsync, and where to say how it went.
 type FsyncJob = (File, mpsc::SyncSender<io::Result<()>>);
@@ -505,13 +522,9 @@ impl FileSetReplica {
             if asked.contains(&c.hash) {
                 continue;
             }
-            let in_partial = partial.as_ref().is_some_and(|f| {
-                c.end() <= partial_len
-                    && (staged.is_some_and(|s| s.contains(&(c.offset, c.hash))) || {
-                        let mut buf = vec![0u8; c.len as usize];
-                        f.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
-                    })
-            });
+            let in_partial = partial
+                .as_ref()
+                .is_some_and(|f| in_temp_file(f, partial_len, staged, c));
             if in_partial || self.local_chunk(c).is_some() {
                 continue;
             }
@@ -1032,14 +1045,8 @@ impl FileSetReplica {
         source: &mut dyn ChunkSource,
     ) -> Result<(), ApplyError> {
         let io = |e| ApplyError::Io(path.clone(), e);
-        // 1. Already in the temp file: staged (checked when received) by
-        // this process, or from an earlier attempt (checked now).
-        let in_partial = c.end() <= partial_len
-            && (staged.contains(&(c.offset, c.hash)) || {
-                let mut buf = vec![0u8; c.len as usize];
-                file.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
-            });
-        if in_partial {
+        // 1. Already in the temp file.
+        if in_temp_file(file, partial_len, Some(staged), c) {
             self.stats.chunks_reused += 1;
             self.stats.bytes_reused += u64::from(c.len);
             return Ok(());
