@@ -667,10 +667,7 @@ impl Session {
 
 /// Keyed BLAKE3 over header ‖ body, truncated to [`MAC_BYTES`].
 fn frame_mac(key: &[u8; 32], kind: FrameKind, seq: u64, body: &[u8]) -> [u8; MAC_BYTES] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(&wire::header(kind, seq, body.len()));
-    h.update(body);
-    truncate(h.finalize())
+    covering_mac(key, &wire::header(kind, seq, body.len()), body)
 }
 
 /// Keyed BLAKE3 over `header` ‖ `covered` (an Attached frame's header and

@@ -346,11 +346,18 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// `auth::Session::seal_in_place`: the message is written once, where the
 /// frame is sent from (not grown step by step, then copied into a frame).
 pub fn encode_for_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    encode_behind(msg, 0, 0)
+}
+
+/// `msg` encoded into a [`crate::wire::body_buffer`] behind `room` more
+/// bytes (zeros), with capacity for `after` more after it.
+fn encode_behind<T: Serialize>(msg: &T, room: usize, after: usize) -> Vec<u8> {
     // As in `encode`: counting and encoding plain structs cannot fail.
     let len = postcard::experimental::serialized_size(msg)
         .expect("postcard size of an in-memory message");
-    postcard::to_extend(msg, crate::wire::body_buffer(len))
-        .expect("postcard encoding of an in-memory message")
+    let mut frame = crate::wire::body_buffer(room + len + after);
+    frame.resize(crate::wire::HEADER_BYTES + room, 0);
+    postcard::to_extend(msg, frame).expect("postcard encoding of an in-memory message")
 }
 
 /// A message encoded for a frame, not sealed yet.
@@ -375,14 +382,9 @@ pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
     if pieces.is_empty() {
         return Unsealed::Data(encode_for_frame(&msg));
     }
-    // As in `encode`: counting and encoding plain structs cannot fail.
-    let size = postcard::experimental::serialized_size(&msg)
-        .expect("postcard size of an in-memory message");
+    // Room for the payload's length, filled in when sealed.
     let attachment_len: usize = pieces.iter().map(|p| 4 + p.len()).sum();
-    let mut frame = crate::wire::body_buffer(4 + size + attachment_len);
-    frame.extend_from_slice(&[0; 4]);
-    let mut frame =
-        postcard::to_extend(&msg, frame).expect("postcard encoding of an in-memory message");
+    let mut frame = encode_behind(&msg, 4, attachment_len);
     // What was written, whatever the count said: the MAC's span.
     let payload_len = frame.len() - crate::wire::HEADER_BYTES - 4;
     for p in &pieces {

@@ -216,10 +216,10 @@ pub fn encode(kind: FrameKind, seq: u64, body: &[u8], mac: [u8; MAC_BYTES]) -> V
     v
 }
 
-/// A buffer to encode a Data frame's body into: [`HEADER_BYTES`] of room
-/// for the header in front, and capacity for `body_len` bytes and the MAC
-/// after them, so that `auth::Session::seal_in_place` seals it without
-/// moving the body.
+/// A buffer to encode a frame's body into: [`HEADER_BYTES`] of room for
+/// the header in front, and capacity for `body_len` bytes and the MAC after
+/// them, so that `auth::Session::seal_in_place` (or `seal_attached`) seals
+/// it without moving the body.
 pub fn body_buffer(body_len: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(frame_len(body_len));
     v.resize(HEADER_BYTES, 0);
