@@ -41,10 +41,7 @@ fn wait_fenced(p: &DbPair, i: usize, what: &str) -> String {
 }
 
 fn start_streaming(p: &mut DbPair) {
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 30);
     // The primary's copy is open to local writers.
     write(&p.db(0)).expect("the primary's copy takes writes");

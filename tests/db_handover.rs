@@ -61,10 +61,7 @@ fn rows(p: &DbPair, i: usize) -> Option<u64> {
 fn a_writer_waiting_on_the_fence_never_slips_into_the_demoted_copy() {
     which("python3");
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 10);
 
     for round in 0..3 {

@@ -11,10 +11,7 @@ use std::time::Duration;
 #[test]
 fn a_standby_killed_mid_stream_resumes_and_catches_up() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_streaming(0, Duration::from_secs(20));
+    p.start_streaming(Duration::from_secs(20));
 
     let mut writer = spawn_writer(&p.db(0), 7, 1500, 2.0);
     for round in 0..3 {
@@ -63,10 +60,7 @@ fn python(db: &std::path::Path, body: &str) {
 #[test]
 fn a_standby_behind_a_restarted_primary_is_resynced_by_page_hashes() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_streaming(0, Duration::from_secs(20));
+    p.start_streaming(Duration::from_secs(20));
     // A database over several page ranges of 256 pages.
     common::db::run_writer(&p.db(0), 1, 20);
     python(

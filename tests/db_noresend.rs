@@ -381,10 +381,7 @@ fn no_report_is_lost_or_sent_twice_across_switchovers_and_kill_9() {
     which("python3");
     let started = Instant::now();
     let mut p = DbPair::with_failover("auto");
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     fill_outbox(&p.db(0), REPORTS);
     p.barrier_txid(0);
     p.wait_same_position(SETTLE);

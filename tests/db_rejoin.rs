@@ -26,10 +26,7 @@ fn rows(db: &std::path::Path) -> u64 {
 #[test]
 fn a_diverged_old_primary_is_quarantined_whole_and_seeded_anew() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 20);
     let common_txid = p.barrier_txid(0);
     let before = rows(&p.db(0));
@@ -100,10 +97,7 @@ fn a_diverged_old_primary_is_quarantined_whole_and_seeded_anew() {
 #[test]
 fn a_database_deleted_and_recreated_while_running_is_mirrored_anew() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 20);
     p.barrier_txid(0);
     p.wait_same_position(Duration::from_secs(10));
@@ -155,10 +149,7 @@ fn a_database_deleted_and_recreated_while_running_is_mirrored_anew() {
 #[test]
 fn a_standby_copy_written_while_tandem_was_stopped_is_quarantined_and_reseeded() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 3, 50);
     p.barrier_txid(0);
     p.wait_same_position(Duration::from_secs(10));

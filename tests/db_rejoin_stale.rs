@@ -38,10 +38,7 @@ print("committed", flush=True)
 #[test]
 fn a_diverged_copy_behind_its_capture_record_is_quarantined_not_resynced() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 20);
     let first = p.barrier_txid(0);
     // A checkpoint backfilled everything and recorded the pin there: the

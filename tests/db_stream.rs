@@ -11,10 +11,7 @@ use std::time::Duration;
 #[test]
 fn a_python_writer_is_mirrored_and_the_barrier_covers_it() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_streaming(0, Duration::from_secs(20));
+    p.start_streaming(Duration::from_secs(20));
 
     run_writer(&p.db(0), 1, 300);
     // The CLI barrier, as a sender would call it.

@@ -24,10 +24,7 @@ fn switchover(p: &DbPair, from: usize) {
 #[test]
 fn switchover_both_ways_keeps_rows_and_continues_txids() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, Duration::from_secs(20));
-    p.wait_streaming(0, Duration::from_secs(20));
+    p.start_streaming(Duration::from_secs(20));
 
     run_writer(&p.db(0), 1, 150);
     let first = p.barrier_txid(0);

@@ -31,10 +31,7 @@ fn verify(p: &DbPair, i: usize) -> (i32, Value) {
 #[test]
 fn both_copies_are_identical_after_and_during_a_workload() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 200);
 
     // On the primary and on the standby (which asks the primary).
@@ -71,10 +68,7 @@ fn both_copies_are_identical_after_and_during_a_workload() {
 #[test]
 fn bytes_changed_in_the_standby_file_are_reported_with_their_pages() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 3, 100);
     p.barrier_txid(0);
 
@@ -139,10 +133,7 @@ fn bytes_changed_in_the_standby_file_are_reported_with_their_pages() {
 #[test]
 fn a_verify_started_while_the_standby_is_away_completes_when_it_returns() {
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 50);
     p.barrier_txid(0);
     p.pair.stop(1);

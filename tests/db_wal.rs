@@ -52,10 +52,7 @@ fn wal_size(p: &DbPair) -> u64 {
 #[test]
 fn the_wal_stays_under_its_cap_with_the_standby_down_and_it_catches_up() {
     let mut p = DbPair::with_settings("manual", "wal_bytes_max = \"1MiB\"");
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 20);
     p.barrier_txid(0);
 

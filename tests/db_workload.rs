@@ -426,10 +426,7 @@ fn a_random_workload_replicates_exactly() {
     let seed = Seed::new("a_random_workload_replicates_exactly");
     let mut rng = StdRng::seed_from_u64(seed.0);
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
 
     let started = Instant::now();
     let workload = Workload::spawn(
@@ -491,10 +488,7 @@ fn a_database_with_another_page_size_replicates() {
                 .unwrap()
         };
         assert!(out.status.success(), "{out:?}");
-        p.pair.start(0);
-        p.pair.start(1);
-        p.pair.wait_roles(0, SETTLE);
-        p.wait_streaming(0, SETTLE);
+        p.start_streaming(SETTLE);
         assert_same_rows(&p, &format!("page size {page_size}, seeded"));
 
         let workload = Workload::spawn(
@@ -527,10 +521,7 @@ fn the_standby_killed_during_apply_is_consistent_every_time() {
     let mut rng = StdRng::seed_from_u64(seed.0);
     let kills = env_count("TANDEM_DB_KILLS", 8);
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
 
     let workload = Workload::spawn(
         &p.db(0),
@@ -609,10 +600,7 @@ fn the_primary_killed_during_capture_resyncs_the_standby() {
     let mut rng = StdRng::seed_from_u64(seed.0);
     let kills = env_count("TANDEM_DB_KILLS", 5);
     let mut p = DbPair::new();
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
 
     let mut behind_at_kill = 0;
     for kill in 0..kills {
@@ -703,10 +691,7 @@ fn a_resync_blocked_by_a_local_writer_is_tried_again() {
         "manual",
         "wal_bytes_max = \"8MiB\"\nspool_bytes_max = \"64KiB\"",
     );
-    p.pair.start(0);
-    p.pair.start(1);
-    p.pair.wait_roles(0, SETTLE);
-    p.wait_streaming(0, SETTLE);
+    p.start_streaming(SETTLE);
     common::db::run_writer(&p.db(0), 1, 20);
     barrier(&p, 0, SETTLE);
 

@@ -58,6 +58,14 @@ impl DbPair {
         s["databases"].as_array()?.first().cloned()
     }
 
+    /// Start both nodes and wait until node 0 is primary and both stream.
+    pub fn start_streaming(&mut self, within: Duration) {
+        self.pair.start(0);
+        self.pair.start(1);
+        self.pair.wait_roles(0, within);
+        self.wait_streaming(0, within);
+    }
+
     /// Wait until both nodes stream: node `primary` captures, the other
     /// applies, and the primary knows where the standby stands.
     pub fn wait_streaming(&self, primary: usize, within: Duration) {
