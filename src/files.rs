@@ -96,6 +96,9 @@ const ROUND_INLINE_BYTES_MAX: usize = 64 << 20;
 /// and a change made meanwhile elsewhere in the set waits for one pass,
 /// not for the whole tree to be read.
 const SCAN_PASS_BYTES: u64 = ROUND_INLINE_BYTES_MAX as u64;
+/// What the primary's chunk cache holds at most: one pass's files (the
+/// next round's), with room for what keeping each costs.
+const CHUNK_CACHE_BYTES: usize = (SCAN_PASS_BYTES + SCAN_PASS_BYTES / 8) as usize;
 /// A chunk delta is sent instead of the whole chunk only if it saves at
 /// least this many bytes (its own framing, about).
 const DELTA_SAVING_MIN: usize = 128;
@@ -339,6 +342,8 @@ struct RoundOut {
     /// The standby's manifest once the round is applied.
     expected: Manifest,
     last_progress: Instant,
+    /// [`PrimarySide::passes`] when the round was built.
+    passes: u64,
 }
 
 struct PrimarySide {
@@ -357,6 +362,12 @@ struct PrimarySide {
     /// left the longest first: `local` still has their old entries, or none
     /// for new ones.
     deferred: Vec<SafePath>,
+    /// Scan passes so far that left files unread. A pass read while a
+    /// round is out has its files wait in the chunk cache for the next
+    /// round, so no further pass is read before that round is built: it
+    /// would push them out of the cache, and each of their chunks would be
+    /// read from disk and hashed a second time.
+    passes: u64,
     /// The standby's manifest, as it reported it plus every round it
     /// acknowledged at the expected root. `None`: unknown, asked for.
     peer: Option<Manifest>,
@@ -653,7 +664,7 @@ impl Actor {
 
     fn become_primary(&mut self, side: Side) -> Result<PrimarySide, String> {
         let sketches = Arc::new(Mutex::new(SketchStore::default()));
-        let chunk_cache = Arc::new(Mutex::new(ChunkCache::new(SCAN_PASS_BYTES as usize)));
+        let chunk_cache = Arc::new(Mutex::new(ChunkCache::new(CHUNK_CACHE_BYTES)));
         let scanner = self
             .scanner()?
             .with_sketches(sketches.clone())
@@ -704,6 +715,7 @@ impl Actor {
             watch_error,
             local: scan.manifest,
             deferred: Vec::new(),
+            passes: 0,
             peer: None,
             asked_at: None,
             incoming: None,
@@ -866,13 +878,16 @@ impl Actor {
     }
 
     /// Bring the manifest up to date with what the watcher reported, and
-    /// with `read_on`, read on where the last pass stopped. Without it,
+    /// with `read_on`, read on where the last pass stopped (unless a pass
+    /// already waits for the round out). Without it,
     /// nothing is done while a scan is unfinished: its next pass takes the
     /// watcher's news, after the round being built from what it read.
     fn take_dirty(&mut self, read_on: bool) {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
+        // At most one pass ahead of the rounds (see `PrimarySide::passes`).
+        let read_on = read_on && p.round.as_ref().is_none_or(|r| r.passes == p.passes);
         if !read_on && !p.deferred.is_empty() {
             return;
         }
@@ -1162,7 +1177,12 @@ impl Actor {
             id,
             expected,
             last_progress: Instant::now(),
+            passes: p.passes,
         });
+        if !p.deferred.is_empty() {
+            // The next pass is read while the standby applies this round.
+            self.wake.notify_one();
+        }
         tracing::debug!("file set {name}: round {id}: {batch_len} change(s)");
         if !send_to(&node, &name, end).await {
             p.round = None;
@@ -2119,6 +2139,7 @@ fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet, wake: &Notify) {
         p.unsynced_since.get_or_insert_with(Instant::now);
     }
     if !p.deferred.is_empty() {
+        p.passes += 1;
         wake.notify_one();
     }
 }
