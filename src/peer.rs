@@ -523,13 +523,27 @@ async fn run_session(node: Arc<Node>, session: Session, id: u64) {
             break why;
         }
         // Frames that came with the handshake were handled above first.
-        let n = match tokio::time::timeout(SILENT, rd.read(&mut buf)).await {
+        // The rest of a large frame (file chunks) is read straight into
+        // its own buffer; anything else through `buf`, a read of which
+        // may hold several small frames.
+        let (read, direct) = match reader.body_room(buf.len()) {
+            Some(mut room) => (
+                tokio::time::timeout(SILENT, rd.read_buf(&mut room)).await,
+                true,
+            ),
+            None => (tokio::time::timeout(SILENT, rd.read(&mut buf)).await, false),
+        };
+        let n = match read {
             Err(_) => break format!("silent for {SILENT:?}"),
             Ok(Err(e)) => break e.to_string(),
             Ok(Ok(0)) => break "closed by the peer".to_string(),
             Ok(Ok(n)) => n,
         };
-        reader.push(&buf[..n]);
+        if direct {
+            reader.filled();
+        } else {
+            reader.push(&buf[..n]);
+        }
     };
     tracing::warn!("replication link to {} ({addr}) lost: {why}", node.peer);
 }

@@ -30,7 +30,9 @@ struct Held {
 fn held() -> &'static Held {
     static HELD: OnceLock<Held> = OnceLock::new();
     HELD.get_or_init(|| {
-        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let bytes: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         let chunks = chunk_bytes(&bytes);
         let base = bytes[..chunks[0].len as usize].to_vec();
         let mut manifest = Manifest::new();
@@ -74,14 +76,18 @@ fuzz_target!(|data: &[u8]| {
     }
     // The same bytes cut into a payload and an attachment.
     let cut = data.first().map_or(0, |&b| b as usize % (data.len() + 1));
-    if let Ok(PeerMessage::Fs(m)) = decode_attached(&data[..cut], &data[cut..]) {
+    if let Ok(PeerMessage::Fs(m)) =
+        decode_attached(&data[..cut], &bytes::Bytes::copy_from_slice(&data[cut..]))
+    {
         let _ = m.validate();
     }
     if let Ok(change) = decode::<WireChange>("wire change", data) {
         resolve(&change);
     }
     if let Ok(list) = decode::<ChunkListDelta>("chunk list delta", data) {
-        if let EntryKind::File { chunks, .. } = &held().manifest.iter().next().expect("one entry").1.kind {
+        if let EntryKind::File { chunks, .. } =
+            &held().manifest.iter().next().expect("one entry").1.kind
+        {
             if let Ok(new) = list.apply(chunks) {
                 assert!(new.iter().all(|c| c.len > 0));
             }

@@ -16,6 +16,7 @@
 //! as unstable so the caller retries later). An unchanged file (same size,
 //! mtime and type as in the previous manifest) is not read again.
 
+use bytes::Bytes;
 use nix::libc::{ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashSet};
@@ -53,7 +54,7 @@ const WHOLE_READ_BYTES_MAX: u64 = 4 << 20;
 #[derive(Debug)]
 pub struct ChunkCache {
     /// By path: when it was put in (a count), its chunks, its bytes.
-    files: std::collections::HashMap<SafePath, (u64, Vec<ChunkRef>, Vec<u8>)>,
+    files: std::collections::HashMap<SafePath, (u64, Vec<ChunkRef>, Bytes)>,
     /// The paths by when they were put in, oldest first.
     order: std::collections::BTreeMap<u64, SafePath>,
     /// What the files held cost, counted by [`ChunkCache::cost`].
@@ -94,7 +95,7 @@ impl ChunkCache {
         self.generation += 1;
         self.bytes += cost;
         self.files
-            .insert(path.clone(), (self.generation, chunks, data));
+            .insert(path.clone(), (self.generation, chunks, Bytes::from(data)));
         self.order.insert(self.generation, path.clone());
         while self.bytes > self.bytes_max {
             let Some((_, oldest)) = self.order.pop_first() else {
@@ -112,13 +113,14 @@ impl ChunkCache {
         }
     }
 
-    /// The bytes of `chunk` of `path`, if the file was scanned with it.
-    fn get(&self, path: &SafePath, chunk: &ChunkRef) -> Option<Vec<u8>> {
+    /// The bytes of `chunk` of `path`, if the file was scanned with it (a
+    /// view of the file's bytes, which stay in memory as long as it does).
+    fn get(&self, path: &SafePath, chunk: &ChunkRef) -> Option<Bytes> {
         let (_, chunks, data) = self.files.get(path)?;
         let i = chunks
             .binary_search_by_key(&chunk.offset, |c| c.offset)
             .ok()?;
-        (chunks[i] == *chunk).then(|| data[chunk.offset as usize..chunk.end() as usize].to_vec())
+        (chunks[i] == *chunk).then(|| data.slice(chunk.offset as usize..chunk.end() as usize))
     }
 
     /// What the files held cost: their bytes and about
@@ -656,7 +658,7 @@ impl FileSetScanner {
 
     /// The bytes of one chunk of a file as scanned (from the
     /// [`ChunkCache`]), or read now and checked against its hash.
-    pub fn read_chunk(&self, path: &SafePath, chunk: &ChunkRef) -> Result<Vec<u8>, ReadChunkError> {
+    pub fn read_chunk(&self, path: &SafePath, chunk: &ChunkRef) -> Result<Bytes, ReadChunkError> {
         if let Some(cache) = &self.chunk_cache {
             let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(bytes) = cache.get(path, chunk) {
@@ -682,7 +684,7 @@ impl FileSetScanner {
         if !chunk.verify(&buf) {
             return Err(ReadChunkError::Changed(path.clone()));
         }
-        Ok(buf)
+        Ok(buf.into())
     }
 }
 
@@ -1068,8 +1070,14 @@ mod tests {
         // "b" was the oldest: gone; the others are there.
         assert_eq!(cache.bytes(), 3 * one);
         assert!(cache.get(&path("b"), &file(2, 300).0[0]).is_none());
-        assert_eq!(cache.get(&path("a"), &a_chunks[0]), Some(vec![4; 300]));
-        assert_eq!(cache.get(&path("d"), &d_chunks[0]), Some(vec![5; 300]));
+        assert_eq!(
+            cache.get(&path("a"), &a_chunks[0]),
+            Some(Bytes::from(vec![4; 300]))
+        );
+        assert_eq!(
+            cache.get(&path("d"), &d_chunks[0]),
+            Some(Bytes::from(vec![5; 300]))
+        );
         assert!(cache.get(&path("c"), &file(3, 300).0[0]).is_some());
         // The old content of "a" is not served for its new place.
         assert!(cache.get(&path("a"), &file(1, 300).0[0]).is_none());

@@ -64,7 +64,10 @@ impl Pair {
         let changes = diff(self.replica.manifest(), &scan.manifest);
         let scanner = self.scanner.clone();
         let mut source = move |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
-            scanner.read_chunk(path, c).map_err(io::Error::other)
+            scanner
+                .read_chunk(path, c)
+                .map(Vec::from)
+                .map_err(io::Error::other)
         };
         for c in &changes {
             self.replica
@@ -418,7 +421,10 @@ fn an_interrupted_transfer_resumes_and_a_replay_is_harmless() {
         if served > 3 {
             return Err(io::Error::new(io::ErrorKind::ConnectionReset, "link down"));
         }
-        scanner.read_chunk(path, c).map_err(io::Error::other)
+        scanner
+            .read_chunk(path, c)
+            .map(Vec::from)
+            .map_err(io::Error::other)
     };
     let err = pair.replica.apply(&changes[0], &mut flaky).unwrap_err();
     assert!(matches!(err, ApplyError::Fetch(..)), "{err}");
@@ -431,7 +437,10 @@ fn an_interrupted_transfer_resumes_and_a_replay_is_harmless() {
     let mut fetched = 0;
     let mut good = |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
         fetched += 1;
-        scanner.read_chunk(path, c).map_err(io::Error::other)
+        scanner
+            .read_chunk(path, c)
+            .map(Vec::from)
+            .map_err(io::Error::other)
     };
     pair.replica.apply(&changes[0], &mut good).unwrap();
     assert_eq!(fetched, total - 3, "the 3 chunks already written are kept");
@@ -524,7 +533,10 @@ fn a_file_changed_after_its_scan_fails_the_apply_cleanly_then_converges() {
     fs::write(pair.p("f"), random_bytes(&mut rng, 500_000)).unwrap();
     let scanner = pair.scanner.clone();
     let mut source = move |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
-        scanner.read_chunk(path, c).map_err(io::Error::other)
+        scanner
+            .read_chunk(path, c)
+            .map(Vec::from)
+            .map_err(io::Error::other)
     };
     let err = pair.replica.apply(&changes[0], &mut source).unwrap_err();
     assert!(matches!(err, ApplyError::Fetch(..)), "{err}");
@@ -556,7 +568,10 @@ fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versi
     let changes = diff(pair.replica.manifest(), &scan.manifest);
     let scanner = pair.scanner.clone();
     let mut source = move |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
-        scanner.read_chunk(path, c).map_err(io::Error::other)
+        scanner
+            .read_chunk(path, c)
+            .map(Vec::from)
+            .map_err(io::Error::other)
     };
     let files: Vec<&Change> = changes
         .iter()
@@ -633,7 +648,10 @@ fn a_batch_past_its_age_bound_is_committed_at_the_next_file() {
     assert_eq!(changes.len(), 2, "{changes:#?}");
     let scanner = pair.scanner.clone();
     let mut source = move |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
-        scanner.read_chunk(path, c).map_err(io::Error::other)
+        scanner
+            .read_chunk(path, c)
+            .map(Vec::from)
+            .map_err(io::Error::other)
     };
     pair.replica.set_batch_age_max(Duration::ZERO);
     pair.replica

@@ -37,6 +37,7 @@ use crate::delta::{entry_digest, ChunkDelta, ChunkListDelta};
 use crate::fileset::{SafePath, PATH_BYTES_MAX};
 use crate::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
 use crate::message::Epoch;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// A part of an encoded manifest, at most.
@@ -53,12 +54,13 @@ pub const CHUNKS_BYTES_MAX: usize = 4 << 20;
 /// Chunks asked for in one `ChunkAsk`, at most.
 pub const CHUNK_ASK_MAX: usize = 4096;
 
-/// The bytes of one chunk, named by its hash.
+/// The bytes of one chunk, named by its hash. `Bytes`, so that a chunk
+/// can be a view of the buffer it was read or received into (it encodes
+/// as a byte string, as `serde_bytes` did).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkData {
     pub hash: ChunkHash,
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
 }
 
 /// The version of an entry the receiver holds, named without its chunk
@@ -386,7 +388,7 @@ impl FsMessage {
     /// an Attached frame's attachment (`message::encode_unsealed`). The
     /// message keeps each chunk's hash, by which the receiver checks the
     /// bytes ([`FsMessage::attach_chunks`]). Empty when there are none.
-    pub fn detach_chunks(&mut self) -> Vec<Vec<u8>> {
+    pub fn detach_chunks(&mut self) -> Vec<Bytes> {
         self.chunk_slots()
             .iter_mut()
             .map(|c| std::mem::take(&mut c.bytes))
@@ -397,21 +399,23 @@ impl FsMessage {
     /// frame's attachment (each piece a u32 BE length and its bytes): `Err`
     /// unless it holds exactly one piece per chunk, each matching its hash.
     /// The attachment is not authenticated; the hashes, in the payload, are.
-    pub fn attach_chunks(&mut self, attachment: &[u8]) -> Result<(), FsInvalid> {
-        let mut rest = attachment;
+    /// Each chunk's bytes are a view of `attachment`, not a copy.
+    pub fn attach_chunks(&mut self, attachment: &Bytes) -> Result<(), FsInvalid> {
+        let mut at = 0;
         for c in self.chunk_slots() {
-            let Some((len, after)) = rest.split_first_chunk::<4>() else {
+            let Some((len, after)) = attachment[at..].split_first_chunk::<4>() else {
                 return bad("the attachment ends before its last chunk");
             };
             let len = u32::from_be_bytes(*len) as usize;
             if len > after.len() || len > CHUNK_BYTES_MAX {
                 return bad("an attached chunk of illegal length");
             }
-            c.bytes = after[..len].to_vec();
+            at += 4;
+            c.bytes = attachment.slice(at..at + len);
             hash_ok(c)?;
-            rest = &after[len..];
+            at += len;
         }
-        if !rest.is_empty() {
+        if at != attachment.len() {
             return bad("attached bytes that no chunk names");
         }
         Ok(())
@@ -548,7 +552,7 @@ mod tests {
                 .iter()
                 .map(|c| ChunkData {
                     hash: c.hash,
-                    bytes: bytes[c.offset as usize..c.end() as usize].to_vec(),
+                    bytes: Bytes::copy_from_slice(&bytes[c.offset as usize..c.end() as usize]),
                 })
                 .collect()
         };
@@ -567,7 +571,7 @@ mod tests {
         // The payload holds no chunk bytes: a few hundred bytes for 200 KB.
         assert!(payload_len < 2_000, "{payload_len}");
         let payload = &frame[HEADER_BYTES + 4..HEADER_BYTES + 4 + payload_len];
-        let attachment = &frame[HEADER_BYTES + 4 + payload_len..];
+        let attachment = &Bytes::copy_from_slice(&frame[HEADER_BYTES + 4 + payload_len..]);
         let back = decode_attached(payload, attachment).unwrap();
         assert_eq!(back, msg);
         let PeerMessage::Fs(fs) = &back else { panic!() };
@@ -578,7 +582,7 @@ mod tests {
         // piece too many; an attachment to a message that takes none.
         let pieces: Vec<&[u8]> = {
             let mut out = Vec::new();
-            let mut rest = attachment;
+            let mut rest = &attachment[..];
             while let Some((len, after)) = rest.split_first_chunk::<4>() {
                 let len = u32::from_be_bytes(*len) as usize;
                 out.push(&after[..len]);
@@ -594,7 +598,7 @@ mod tests {
             }
             out
         };
-        assert_eq!(join(&pieces), attachment);
+        assert_eq!(join(&pieces), &attachment[..]);
         let mut flipped = attachment.to_vec();
         let at = flipped.len() / 2;
         flipped[at] ^= 1;
@@ -618,7 +622,7 @@ mod tests {
             attachment[..attachment.len() - 1].to_vec(),
             longer,
         ] {
-            assert!(decode_attached(payload, &bad).is_err());
+            assert!(decode_attached(payload, &bad.into()).is_err());
         }
         let ka = encode(&PeerMessage::Keepalive);
         assert!(decode_attached(&ka, attachment).is_err());
@@ -634,7 +638,10 @@ mod tests {
             panic!("chunks go attached")
         };
         let at = HEADER_BYTES + 4;
-        let back = decode_attached(&frame[at..at + payload_len], &frame[at + payload_len..]);
+        let back = decode_attached(
+            &frame[at..at + payload_len],
+            &Bytes::copy_from_slice(&frame[at + payload_len..]),
+        );
         assert_eq!(back.unwrap(), chunks);
         // Without chunks, a plain Data frame.
         assert!(matches!(
@@ -649,7 +656,7 @@ mod tests {
         let entry = file(&bytes);
         let inline = vec![ChunkData {
             hash: entry.chunks()[0].hash,
-            bytes: bytes[..entry.chunks()[0].len as usize].to_vec(),
+            bytes: Bytes::copy_from_slice(&bytes[..entry.chunks()[0].len as usize]),
         }];
         let msg = change_msg(
             Change::Create {
@@ -740,19 +747,23 @@ mod tests {
             path: p("f"),
             chunks: vec![ChunkData {
                 hash: [0; 32],
-                bytes: vec![1, 2, 3],
+                bytes: Bytes::from_static(&[1, 2, 3]),
             }],
             unreadable: vec![],
         };
         let forged = PeerMessage::Fs(Box::new(forged));
-        assert!(crate::message::decode_attached(&encode(&forged), &[]).is_err());
+        assert!(crate::message::decode_attached(&encode(&forged), &Bytes::new()).is_err());
         let crate::message::Unsealed::Attached(frame, len) =
             crate::message::encode_unsealed(forged)
         else {
             panic!()
         };
         let at = HEADER_BYTES + 4;
-        assert!(crate::message::decode_attached(&frame[at..at + len], &frame[at + len..]).is_err());
+        assert!(crate::message::decode_attached(
+            &frame[at..at + len],
+            &Bytes::copy_from_slice(&frame[at + len..])
+        )
+        .is_err());
         let parts = FsMessage::State {
             set: "s".into(),
             epoch: Epoch(1),

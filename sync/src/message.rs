@@ -10,6 +10,7 @@
 
 use crate::dbsum::{DbPosition, DbSum, TxId};
 use crate::lineage::EpochStart;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -399,7 +400,7 @@ pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
 /// chunk's bytes, attached or in the payload, are checked against their
 /// hash here, once: a mismatch is an error like a bad MAC, which ends the
 /// connection. This is the only way a peer message is decoded.
-pub fn decode_attached(payload: &[u8], attachment: &[u8]) -> Result<PeerMessage, DecodeError> {
+pub fn decode_attached(payload: &[u8], attachment: &Bytes) -> Result<PeerMessage, DecodeError> {
     let mut msg: PeerMessage = decode("peer message", payload)?;
     let checked = match (&mut msg, attachment.is_empty()) {
         (PeerMessage::Fs(m), true) => m.check_chunk_hashes().map_err(|e| e.to_string()),

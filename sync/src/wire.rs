@@ -378,10 +378,33 @@ impl FrameReader {
                     Ok(None) => {}
                 }
             }
-            if self.is_complete() {
-                let whole = std::mem::take(&mut self.buf);
-                self.ready.push_back(parse_complete(Bytes::from(whole)));
-            }
+            self.hand_over_if_complete();
+        }
+    }
+
+    /// Room to read the rest of a large frame into, without the copy
+    /// [`FrameReader::push`] makes: `Some` while the frame in progress has
+    /// its header in and lacks at least `min` bytes, limited to what it
+    /// lacks. Fill some of it (a `BufMut`), then call
+    /// [`FrameReader::filled`].
+    pub fn body_room(&mut self, min: usize) -> Option<bytes::buf::Limit<&mut Vec<u8>>> {
+        if self.error.is_some() || self.buf.len() < HEADER_BYTES {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
+        let lacks = frame_len(len as usize).saturating_sub(self.buf.len());
+        (lacks >= min.max(1)).then(|| bytes::BufMut::limit(&mut self.buf, lacks))
+    }
+
+    /// Bytes were read into [`FrameReader::body_room`].
+    pub fn filled(&mut self) {
+        self.hand_over_if_complete();
+    }
+
+    fn hand_over_if_complete(&mut self) {
+        if self.is_complete() {
+            let whole = std::mem::take(&mut self.buf);
+            self.ready.push_back(parse_complete(Bytes::from(whole)));
         }
     }
 
@@ -497,6 +520,36 @@ mod tests {
         let mut r = FrameReader::new(100);
         r.push(b"TD\x03\x09");
         assert_eq!(r.next_frame(), Err(WireError::UnknownKind(9)));
+    }
+
+    #[test]
+    fn a_large_body_is_read_into_its_frames_own_buffer() {
+        use bytes::BufMut;
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let whole = encode(FrameKind::Data, 3, &body, [4; MAC_BYTES]);
+        let next = sample();
+        let mut r = FrameReader::new(1 << 20);
+        assert!(r.body_room(1).is_none(), "no header yet");
+        r.push(&whole[..HEADER_BYTES - 1]);
+        assert!(r.body_room(1).is_none(), "no header yet");
+        r.push(&whole[HEADER_BYTES - 1..1000]);
+        assert!(r.body_room(whole.len()).is_none(), "lacks less than asked");
+        // Filled in pieces, never past the frame's end.
+        let mut at = 1000;
+        while at < whole.len() {
+            let mut room = r.body_room(1).unwrap();
+            assert_eq!(room.remaining_mut(), whole.len() - at);
+            let n = (whole.len() - at).min(30_000);
+            room.put_slice(&whole[at..at + n]);
+            at += n;
+            r.filled();
+        }
+        assert!(r.body_room(1).is_none(), "the frame is complete");
+        r.push(&next);
+        let f = r.next_frame().unwrap().unwrap();
+        assert_eq!((f.seq, &f.body[..]), (3, &body[..]));
+        assert_eq!(r.next_frame().unwrap().unwrap().to_bytes(), next);
+        assert_eq!(r.buffered(), 0);
     }
 
     #[test]
