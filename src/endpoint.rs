@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 use tandem_sync::auth::{AuthError, Handshake, HandshakeStep, PairKey, Session};
 use tandem_sync::message::Unsealed;
-use tandem_sync::wire::{Frame, FrameKind};
+use tandem_sync::wire::{Frame, FrameKind, SealedFrame};
 
 pub struct Endpoint {
     key: PairKey,
@@ -102,11 +102,11 @@ impl Endpoint {
 
     /// Seal a message encoded with `message::encode_unsealed`, in place,
     /// if a session is up.
-    pub fn seal_unsealed(&mut self, frame: Unsealed) -> Option<Vec<u8>> {
+    pub fn seal_unsealed(&mut self, frame: Unsealed) -> Option<SealedFrame> {
         let session = self.session.as_mut()?;
         Some(match frame {
-            Unsealed::Data(frame) => session.seal_in_place(frame),
-            Unsealed::Attached(frame, payload_len) => session.seal_attached(frame, payload_len),
+            Unsealed::Data(frame) => session.seal_in_place(frame).into(),
+            Unsealed::Attached { head, attachment } => session.seal_attached(head, attachment),
         })
     }
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_sync::message::{self, PeerMessage};
-use tandem_sync::wire::{FrameReader, FRAME_BYTES_MAX_DEFAULT};
+use tandem_sync::wire::{FrameReader, SealedFrame, FRAME_BYTES_MAX_DEFAULT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -130,7 +130,7 @@ enum Waiting {
     Message(PeerMessage),
     /// Being encoded by the flusher.
     Encoding,
-    Sealed(Vec<u8>),
+    Sealed(SealedFrame),
 }
 
 #[derive(Default)]
@@ -143,6 +143,10 @@ struct OutState {
     bytes: usize,
     closed: bool,
 }
+
+/// Parts of a frame given to one vectored write, at most (Linux takes
+/// 1024; an Attached frame has two per chunk).
+const IOV_MAX: usize = 512;
 
 fn bulk(msg: &PeerMessage) -> bool {
     matches!(
@@ -181,7 +185,7 @@ impl Outbound {
                 "the replication link has no session".into(),
             )));
         };
-        let written = match self.wr.try_write(&frame) {
+        let written = match self.wr.try_write_vectored(&frame.slices_from(0, IOV_MAX)) {
             Ok(n) if n == frame.len() => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
@@ -261,7 +265,10 @@ impl Outbound {
             let Some(Waiting::Sealed(frame)) = frames.front() else {
                 return false;
             };
-            match self.wr.try_write(&frame[*written..]) {
+            match self
+                .wr
+                .try_write_vectored(&frame.slices_from(*written, IOV_MAX))
+            {
                 Ok(n) => {
                     *written += n;
                     *bytes = bytes.saturating_sub(n);

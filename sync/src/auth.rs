@@ -43,7 +43,7 @@
 //! All MAC and proof comparisons are constant-time. MACs are keyed BLAKE3
 //! truncated to 16 bytes.
 
-use crate::wire::{self, Frame, FrameKind, MAC_BYTES};
+use crate::wire::{self, Frame, FrameKind, SealedFrame, MAC_BYTES};
 use bytes::Bytes;
 
 /// Context strings. Changing any of them is a protocol version change.
@@ -569,32 +569,34 @@ impl Session {
         frame
     }
 
-    /// Seal an Attached frame laid out as room for the header, the
-    /// payload's length (4 bytes, filled in here), the payload
-    /// (`payload_len` bytes) and the attachment: the MAC covers the header
-    /// and the payload, not the attachment, whose pieces the payload names
-    /// by hash (see `wire`). Nothing is copied.
+    /// Seal an Attached frame: `head` is room for the header and the
+    /// payload's length (4 bytes), both filled in here, then the payload;
+    /// `attachment` is the attachment's bytes in parts. The MAC covers the
+    /// header and the payload, not the attachment, whose pieces the payload
+    /// names by hash (see `wire`). Nothing is copied: the frame is `head`,
+    /// the parts and the MAC, written in order.
     ///
     /// # Panics
-    /// If `frame` is shorter than the header's room, the length and the
-    /// payload.
-    pub fn seal_attached(&mut self, mut frame: Vec<u8>, payload_len: usize) -> Vec<u8> {
+    /// If `head` is shorter than the header's room and the length.
+    pub fn seal_attached(&mut self, mut head: Vec<u8>, attachment: Vec<Bytes>) -> SealedFrame {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
-        let body_len = frame.len() - wire::HEADER_BYTES;
+        let payload_len = head.len() - wire::HEADER_BYTES - 4;
+        let body_len =
+            head.len() - wire::HEADER_BYTES + attachment.iter().map(Bytes::len).sum::<usize>();
         let len = u32::try_from(payload_len).expect("payload longer than u32::MAX bytes");
-        frame[..wire::HEADER_BYTES].copy_from_slice(&wire::header(
+        head[..wire::HEADER_BYTES].copy_from_slice(&wire::header(
             FrameKind::Attached,
             seq,
             body_len,
         ));
-        frame[wire::HEADER_BYTES..wire::HEADER_BYTES + 4].copy_from_slice(&len.to_be_bytes());
-        let mac = truncated_mac(
-            &self.send_key,
-            &frame[..wire::HEADER_BYTES + 4 + payload_len],
-        );
-        frame.extend_from_slice(&mac);
-        frame
+        head[wire::HEADER_BYTES..wire::HEADER_BYTES + 4].copy_from_slice(&len.to_be_bytes());
+        let mac = truncated_mac(&self.send_key, &head);
+        let mut parts = Vec::with_capacity(attachment.len() + 2);
+        parts.push(Bytes::from(head));
+        parts.extend(attachment);
+        parts.push(Bytes::copy_from_slice(&mac));
+        SealedFrame::new(parts)
     }
 
     /// Check a received frame (kind Data, MAC, seq strictly greater than the

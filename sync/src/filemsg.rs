@@ -542,6 +542,18 @@ mod tests {
         }))
     }
 
+    /// An Attached encoding's payload and attachment, as a receiver gets
+    /// them.
+    fn payload_and_attachment(encoded: crate::message::Unsealed) -> (Vec<u8>, Bytes) {
+        let crate::message::Unsealed::Attached { head, attachment } = encoded else {
+            panic!("chunks go attached")
+        };
+        (
+            head[HEADER_BYTES + 4..].to_vec(),
+            attachment.concat().into(),
+        )
+    }
+
     #[test]
     fn chunk_bytes_travel_as_an_attachment_checked_by_their_hashes() {
         use crate::message::{decode_attached, encode_unsealed, Unsealed};
@@ -565,13 +577,10 @@ mod tests {
             },
             inline,
         );
-        let Unsealed::Attached(frame, payload_len) = encode_unsealed(msg.clone()) else {
-            panic!("chunks go attached")
-        };
+        let (payload, attachment) = payload_and_attachment(encode_unsealed(msg.clone()));
+        let (payload, attachment) = (&payload[..], &attachment);
         // The payload holds no chunk bytes: a few hundred bytes for 200 KB.
-        assert!(payload_len < 2_000, "{payload_len}");
-        let payload = &frame[HEADER_BYTES + 4..HEADER_BYTES + 4 + payload_len];
-        let attachment = &Bytes::copy_from_slice(&frame[HEADER_BYTES + 4 + payload_len..]);
+        assert!(payload.len() < 2_000, "{}", payload.len());
         let back = decode_attached(payload, attachment).unwrap();
         assert_eq!(back, msg);
         let PeerMessage::Fs(fs) = &back else { panic!() };
@@ -634,15 +643,8 @@ mod tests {
             chunks: inline_of(&bytes),
             unreadable: vec![],
         }));
-        let Unsealed::Attached(frame, payload_len) = encode_unsealed(chunks.clone()) else {
-            panic!("chunks go attached")
-        };
-        let at = HEADER_BYTES + 4;
-        let back = decode_attached(
-            &frame[at..at + payload_len],
-            &Bytes::copy_from_slice(&frame[at + payload_len..]),
-        );
-        assert_eq!(back.unwrap(), chunks);
+        let (payload, attachment) = payload_and_attachment(encode_unsealed(chunks.clone()));
+        assert_eq!(decode_attached(&payload, &attachment).unwrap(), chunks);
         // Without chunks, a plain Data frame.
         assert!(matches!(
             encode_unsealed(PeerMessage::Keepalive),
@@ -753,17 +755,8 @@ mod tests {
         };
         let forged = PeerMessage::Fs(Box::new(forged));
         assert!(crate::message::decode_attached(&encode(&forged), &Bytes::new()).is_err());
-        let crate::message::Unsealed::Attached(frame, len) =
-            crate::message::encode_unsealed(forged)
-        else {
-            panic!()
-        };
-        let at = HEADER_BYTES + 4;
-        assert!(crate::message::decode_attached(
-            &frame[at..at + len],
-            &Bytes::copy_from_slice(&frame[at + len..])
-        )
-        .is_err());
+        let (payload, attachment) = payload_and_attachment(crate::message::encode_unsealed(forged));
+        assert!(crate::message::decode_attached(&payload, &attachment).is_err());
         let parts = FsMessage::State {
             set: "s".into(),
             epoch: Epoch(1),

@@ -347,16 +347,16 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// `auth::Session::seal_in_place`: the message is written once, where the
 /// frame is sent from (not grown step by step, then copied into a frame).
 pub fn encode_for_frame<T: Serialize>(msg: &T) -> Vec<u8> {
-    encode_behind(msg, 0, 0)
+    encode_behind(msg, 0)
 }
 
 /// `msg` encoded into a [`crate::wire::body_buffer`] behind `room` more
-/// bytes (zeros), with capacity for `after` more after it.
-fn encode_behind<T: Serialize>(msg: &T, room: usize, after: usize) -> Vec<u8> {
+/// bytes (zeros).
+fn encode_behind<T: Serialize>(msg: &T, room: usize) -> Vec<u8> {
     // As in `encode`: counting and encoding plain structs cannot fail.
     let len = postcard::experimental::serialized_size(msg)
         .expect("postcard size of an in-memory message");
-    let mut frame = crate::wire::body_buffer(room + len + after);
+    let mut frame = crate::wire::body_buffer(room + len);
     frame.resize(crate::wire::HEADER_BYTES + room, 0);
     postcard::to_extend(msg, frame).expect("postcard encoding of an in-memory message")
 }
@@ -365,8 +365,12 @@ fn encode_behind<T: Serialize>(msg: &T, room: usize, after: usize) -> Vec<u8> {
 pub enum Unsealed {
     /// For `Session::seal_in_place`.
     Data(Vec<u8>),
-    /// For `Session::seal_attached`, with the payload's length.
-    Attached(Vec<u8>, usize),
+    /// For `Session::seal_attached`: room for the header and the
+    /// payload's length, then the payload; and the attachment in parts.
+    Attached {
+        head: Vec<u8>,
+        attachment: Vec<Bytes>,
+    },
 }
 
 /// Encode `msg` for a frame. The bytes of a file set's chunks go as the
@@ -383,16 +387,15 @@ pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
     if pieces.is_empty() {
         return Unsealed::Data(encode_for_frame(&msg));
     }
-    // Room for the payload's length, filled in when sealed.
-    let attachment_len: usize = pieces.iter().map(|p| 4 + p.len()).sum();
-    let mut frame = encode_behind(&msg, 4, attachment_len);
-    // What was written, whatever the count said: the MAC's span.
-    let payload_len = frame.len() - crate::wire::HEADER_BYTES - 4;
-    for p in &pieces {
-        frame.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        frame.extend_from_slice(p);
+    // Room for the payload's length, filled in when sealed; each piece
+    // goes behind its length, from where it is.
+    let head = encode_behind(&msg, 4);
+    let mut attachment = Vec::with_capacity(2 * pieces.len());
+    for p in pieces {
+        attachment.push(Bytes::copy_from_slice(&(p.len() as u32).to_be_bytes()));
+        attachment.push(p);
     }
-    Unsealed::Attached(frame, payload_len)
+    Unsealed::Attached { head, attachment }
 }
 
 /// Decode a peer message and put its attachment back where it belongs

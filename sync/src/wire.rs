@@ -226,6 +226,60 @@ pub fn body_buffer(body_len: usize) -> Vec<u8> {
     v
 }
 
+/// A sealed frame, ready to write: its bytes in order, in parts, so that
+/// an Attached frame's bulk bytes are written from where they already are
+/// (a file's bytes read by the scanner) instead of being copied into one
+/// buffer first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealedFrame {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl SealedFrame {
+    pub fn new(parts: Vec<Bytes>) -> Self {
+        let len = parts.iter().map(Bytes::len).sum();
+        SealedFrame { parts, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes from offset `from` on, as at most `max` slices (for a
+    /// vectored write).
+    pub fn slices_from(&self, mut from: usize, max: usize) -> Vec<std::io::IoSlice<'_>> {
+        let mut out = Vec::new();
+        for part in &self.parts {
+            if out.len() == max {
+                break;
+            }
+            if from >= part.len() {
+                from -= part.len();
+                continue;
+            }
+            out.push(std::io::IoSlice::new(&part[from..]));
+            from = 0;
+        }
+        out
+    }
+
+    /// All its bytes in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts.concat()
+    }
+}
+
+impl From<Vec<u8>> for SealedFrame {
+    fn from(frame: Vec<u8>) -> Self {
+        SealedFrame::new(vec![Bytes::from(frame)])
+    }
+}
+
 /// Check as much of a header as `prefix` holds (any length), so garbage is
 /// refused from its first wrong byte. Returns the body length once the
 /// length field is complete.
@@ -550,6 +604,26 @@ mod tests {
         assert_eq!((f.seq, &f.body[..]), (3, &body[..]));
         assert_eq!(r.next_frame().unwrap().unwrap().to_bytes(), next);
         assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn a_sealed_frame_in_parts_is_written_from_any_offset() {
+        let f = SealedFrame::new(vec![
+            Bytes::from_static(b"head"),
+            Bytes::new(),
+            Bytes::from_static(b"12"),
+            Bytes::from_static(b"345"),
+        ]);
+        assert_eq!((f.len(), f.to_vec()), (9, b"head12345".to_vec()));
+        let at = |from: usize, max: usize| -> Vec<u8> {
+            f.slices_from(from, max).iter().flat_map(|s| s.to_vec()).collect()
+        };
+        for from in 0..=9 {
+            assert_eq!(at(from, 16), b"head12345"[from..].to_vec(), "from {from}");
+        }
+        assert_eq!(at(2, 1), b"ad");
+        assert_eq!(at(4, 1), b"12", "an empty part is no slice");
+        assert_eq!(at(5, 2), b"2345");
     }
 
     #[test]

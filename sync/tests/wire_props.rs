@@ -2,6 +2,7 @@
 //! arbitrary chunking, no panics on garbage, tamper / replay / reflection
 //! refusal, and the exact error sentences that end up in logs.
 
+use bytes::Bytes;
 use expect_test::expect;
 use proptest::prelude::*;
 use tandem_sync::auth::{AuthError, Handshake, HandshakeStep, KeyError, PairKey, Session};
@@ -197,11 +198,16 @@ proptest! {
     ) {
         let (mut si, mut sr) = sessions();
         let seal = |si: &mut Session| {
-            let mut buf = body_buffer(4 + payload.len() + attachment.len());
-            buf.extend_from_slice(&[0; 4]);
-            buf.extend_from_slice(&payload);
-            buf.extend_from_slice(&attachment);
-            si.seal_attached(buf, payload.len())
+            let mut head = body_buffer(4 + payload.len());
+            head.extend_from_slice(&[0; 4]);
+            head.extend_from_slice(&payload);
+            // In parts, as the pieces of file chunks go.
+            let cut = attachment.len() / 3;
+            let parts = vec![
+                Bytes::copy_from_slice(&attachment[..cut]),
+                Bytes::copy_from_slice(&attachment[cut..]),
+            ];
+            si.seal_attached(head, parts).to_vec()
         };
         let sealed = seal(&mut si);
         let f = frame(&sealed);
@@ -307,11 +313,12 @@ fn stream_reader_holds_at_most_one_frame_even_for_a_huge_push() {
 #[test]
 fn an_attached_frames_kind_and_length_are_authenticated() {
     let (mut si, mut sr) = sessions();
-    let mut buf = body_buffer(4 + 3 + 5);
-    buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(b"abc");
-    buf.extend_from_slice(b"12345");
-    let sealed = si.seal_attached(buf, 3);
+    let mut head = body_buffer(4 + 3);
+    head.extend_from_slice(&[0; 4]);
+    head.extend_from_slice(b"abc");
+    let sealed = si
+        .seal_attached(head, vec![Bytes::from_static(b"12345")])
+        .to_vec();
     let relabel = |bytes: &[u8], kind: FrameKind| {
         let mut b = bytes.to_vec();
         b[3] = kind.to_byte();
