@@ -780,6 +780,7 @@ def cp_run(rig, staging, dst):
     os.sync()
     dt = time.monotonic() - t0
     mib = du_bytes(dst) / MIB
+    shutil.rmtree(dst)
     log(f"cp -r + sync: {mib:.0f} MiB in {dt:.2f} s = {mib / dt:.1f} MiB/s")
     return mib / dt
 
@@ -908,40 +909,39 @@ def run_files(args, helpers):
 
         # ---- 3. throughput, new files -----------------------------------
         staging = os.path.join(r, "staging")
-        # The staged files, and each run's copy (kept; see below).
-        need = (2 + 2 * tp_runs + 3) * data_mib * MIB
-        free = shutil.disk_usage(r).free
-        if free < need:
-            raise RuntimeError(f"the throughput runs need {need / 2**30:.1f} GiB free under {r}, "
-                               f"{free / 2**30:.1f} GiB are (--data-mib sets the size)")
         log(f"writing {data_mib} MiB of new files to stage")
         names = make_staging(staging, data_mib)
-        # Every copy stays until the end (the temp dir goes with the rig):
-        # no run starts right after another's copy was deleted. On ext4
-        # without a journal, a new inode skips each one freed in the last
-        # minutes whose inode table block is not written back yet, one
-        # lookup each, so a run after a deletion pays for it (up to a
-        # third of the standby's time in the kernel's `recently_deleted`)
-        # and the comparison would depend on the order of the runs.
         tp = {"cp": [], "tandem": []}
         for run in range(tp_runs):
-            tp["cp"].append(cp_run(rig, staging, os.path.join(r, f"cp-copy{run}")))
-            v = throughput_run(rig, f"tandem{run}", staging, names, tsrc, tdst)
+            tp["cp"].append(cp_run(rig, staging, os.path.join(r, "cp-copy")))
+            label = f"tandem{run}"
+            v = throughput_run(rig, label, staging, names, tsrc, tdst)
             if v is not None:
                 tp["tandem"].append(v[0])  # tandem fsyncs every file itself
+            # Leave the pair empty and in sync for the next run.
+            old = pair.fs(p)["root_hash"]
+            shutil.rmtree(os.path.join(tsrc, f"bulk-{label}"))
+            pair.wait_synced(p, old, 300)
         others = {}
         others["rsync"] = throughput_run(
             rig, "rsync", staging, names, srcs["rsync"], dsts["rsync"],
             start=lambda: rig.spawn(["rsync", "-a", srcs["rsync"] + "/", rs.url("rsync")],
                                     stdout=subprocess.DEVNULL))
+        shutil.rmtree(os.path.join(srcs["rsync"], "bulk-rsync"))
+        shutil.rmtree(os.path.join(dsts["rsync"], "bulk-rsync"), ignore_errors=True)
         l0 = Lsyncd(rig, "delay0-tp", srcs["lsyncd0"], rs.url("lsyncd0"), 0)
         others["lsyncd_delay0"] = throughput_run(rig, "lsyncd_delay0", staging, names,
                                                  srcs["lsyncd0"], dsts["lsyncd0"])
         l0.stop()
+        shutil.rmtree(os.path.join(srcs["lsyncd0"], "bulk-lsyncd_delay0"))
+        shutil.rmtree(os.path.join(dsts["lsyncd0"], "bulk-lsyncd_delay0"), ignore_errors=True)
         if not quick:
             others["lsyncd_default_delay"] = throughput_run(
                 rig, "lsyncd_default_delay", staging, names, srcs["lsyncd15"], dsts["lsyncd15"])
+            shutil.rmtree(os.path.join(srcs["lsyncd15"], "bulk-lsyncd_default_delay"))
         l15.stop()
+        shutil.rmtree(os.path.join(dsts["lsyncd15"], "bulk-lsyncd_default_delay"), ignore_errors=True)
+        shutil.rmtree(staging)
 
         cp_mib_s = percentile(tp["cp"], 50)
         t_mib_s = percentile(tp["tandem"], 50)
