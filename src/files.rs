@@ -1469,13 +1469,15 @@ impl Actor {
                 .iter()
                 .map(|c| c.hash)
                 .collect();
-            for c in inline.iter().filter(|c| missing.contains(&c.hash)) {
-                s.replica
-                    .stage_checked_chunk(path, entry, &c.hash, &c.bytes)
-                    .map_err(|e| e.to_string())?;
-                s.bytes_received += c.bytes.len() as u64;
-                s.chunks_received += 1;
-            }
+            let wanted: Vec<&ChunkData> = inline
+                .iter()
+                .filter(|c| missing.contains(&c.hash))
+                .collect();
+            s.replica
+                .stage_checked_chunks(path, entry, wanted.iter().map(|c| (&c.hash, &c.bytes[..])))
+                .map_err(|e| e.to_string())?;
+            s.bytes_received += wanted.iter().map(|c| c.bytes.len() as u64).sum::<u64>();
+            s.chunks_received += wanted.len() as u64;
             for d in deltas.iter().filter(|d| missing.contains(&d.hash)) {
                 // The base is read from the current file, before the change
                 // replaces it. If it cannot be read or the result does not
@@ -1619,17 +1621,23 @@ impl Actor {
                     let Side::Standby(s) = &mut self.side else {
                         return Err("no longer a standby".into());
                     };
-                    for c in chunks {
+                    let mut asked = Vec::new();
+                    for c in &chunks {
                         if let Some(len) = waiting.remove(&c.hash) {
                             outstanding = outstanding.saturating_sub(len);
-                            s.partials_maybe = true;
-                            s.replica
-                                .stage_checked_chunk(path, entry, &c.hash, &c.bytes)
-                                .map_err(|e| e.to_string())?;
-                            s.bytes_received += c.bytes.len() as u64;
-                            s.chunks_received += 1;
+                            asked.push(c);
                         }
                     }
+                    s.partials_maybe |= !asked.is_empty();
+                    s.replica
+                        .stage_checked_chunks(
+                            path,
+                            entry,
+                            asked.iter().map(|c| (&c.hash, &c.bytes[..])),
+                        )
+                        .map_err(|e| e.to_string())?;
+                    s.bytes_received += asked.iter().map(|c| c.bytes.len() as u64).sum::<u64>();
+                    s.chunks_received += asked.len() as u64;
                 }
                 // Chunks of an earlier, abandoned attempt.
                 Ok(FsMessage::Chunks { .. }) => {}

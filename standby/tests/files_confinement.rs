@@ -354,3 +354,44 @@ fn a_temp_file_made_again_is_not_taken_to_hold_what_was_staged_in_the_one_before
     assert!(fetched.contains(&0), "fetched {fetched:?}");
     assert!(fs::read(s.root.join("f")).unwrap() == data);
 }
+
+#[test]
+fn chunks_staged_together_are_each_written_at_every_place_of_theirs() {
+    let mut s = setup();
+    // The same 300 KB twice and a tail: the repeated part's chunks appear
+    // at two places each.
+    let mut half = vec![0u8; 300_000];
+    blake3::Hasher::new()
+        .update(b"twice")
+        .finalize_xof()
+        .fill(&mut half);
+    let data = [&half[..], &half[..], b"tail"].concat();
+    let entry = file_entry(&data);
+    let chunks = entry.chunks().to_vec();
+    let distinct: std::collections::BTreeMap<_, _> = chunks.iter().map(|c| (c.hash, c)).collect();
+    assert!(distinct.len() < chunks.len(), "a chunk repeats");
+    let bytes_of = |c: &ChunkRef| data[c.offset as usize..c.end() as usize].to_vec();
+    let staged: Vec<([u8; 32], Vec<u8>)> =
+        distinct.values().map(|c| (c.hash, bytes_of(c))).collect();
+    // One unrelated chunk among them is ignored.
+    let stray = ([7u8; 32], vec![7u8; 10]);
+    s.replica
+        .stage_checked_chunks(
+            &p("f"),
+            &entry,
+            staged.iter().chain([&stray]).map(|(h, b)| (h, &b[..])),
+        )
+        .unwrap();
+    let mut fetched = Vec::new();
+    let mut source = |_: &SafePath, c: &ChunkRef| {
+        fetched.push(c.offset);
+        Ok(bytes_of(c))
+    };
+    let c = Change::Create {
+        path: p("f"),
+        entry,
+    };
+    s.replica.apply(&c, &mut source).unwrap();
+    assert!(fetched.is_empty(), "fetched {fetched:?}");
+    assert!(fs::read(s.root.join("f")).unwrap() == data);
+}

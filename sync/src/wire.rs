@@ -616,7 +616,10 @@ mod tests {
         ]);
         assert_eq!((f.len(), f.to_vec()), (9, b"head12345".to_vec()));
         let at = |from: usize, max: usize| -> Vec<u8> {
-            f.slices_from(from, max).iter().flat_map(|s| s.to_vec()).collect()
+            f.slices_from(from, max)
+                .iter()
+                .flat_map(|s| s.to_vec())
+                .collect()
         };
         for from in 0..=9 {
             assert_eq!(at(from, 16), b"head12345"[from..].to_vec(), "from {from}");
