@@ -342,8 +342,6 @@ struct RoundOut {
     /// The standby's manifest once the round is applied.
     expected: Manifest,
     last_progress: Instant,
-    /// [`PrimarySide::passes`] when the round was built.
-    passes: u64,
 }
 
 struct PrimarySide {
@@ -362,12 +360,13 @@ struct PrimarySide {
     /// left the longest first: `local` still has their old entries, or none
     /// for new ones.
     deferred: Vec<SafePath>,
-    /// Scan passes so far that left files unread. A pass read while a
-    /// round is out has its files wait in the chunk cache for the next
-    /// round, so no further pass is read before that round is built: it
-    /// would push them out of the cache, and each of their chunks would be
-    /// read from disk and hashed a second time.
-    passes: u64,
+    /// A pass's files wait in the chunk cache for a round: while a round
+    /// is out, no further pass is read until a round took every change
+    /// that was ready (the one being built when this was set, or the last
+    /// of several if a pass holds more changes than one round takes). A
+    /// pass read sooner would push them out of the cache, and each of
+    /// their chunks would be read from disk and hashed a second time.
+    pass_waiting: bool,
     /// The standby's manifest, as it reported it plus every round it
     /// acknowledged at the expected root. `None`: unknown, asked for.
     peer: Option<Manifest>,
@@ -398,12 +397,14 @@ struct PrimarySide {
 }
 
 impl PrimarySide {
-    /// Let go of the files the scanner kept for sending.
-    fn forget_cached_chunks(&self) {
+    /// Let go of the files the scanner kept for sending (and so read on
+    /// at will: no pass waits in the cache any more).
+    fn forget_cached_chunks(&mut self) {
         self.chunk_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.pass_waiting = false;
     }
 }
 
@@ -715,7 +716,7 @@ impl Actor {
             watch_error,
             local: scan.manifest,
             deferred: Vec::new(),
-            passes: 0,
+            pass_waiting: false,
             peer: None,
             asked_at: None,
             incoming: None,
@@ -886,8 +887,8 @@ impl Actor {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
-        // At most one pass ahead of the rounds (see `PrimarySide::passes`).
-        let read_on = read_on && p.round.as_ref().is_none_or(|r| r.passes == p.passes);
+        // At most one pass ahead of the rounds (`PrimarySide::pass_waiting`).
+        let read_on = read_on && !(p.pass_waiting && p.round.is_some());
         if !read_on && !p.deferred.is_empty() {
             return;
         }
@@ -1056,6 +1057,7 @@ impl Actor {
             .filter(|c| !have.contains(&c.hash))
             .map(|c| u64::from(c.len))
             .sum();
+        let ready = changes.len();
         let candidates: Vec<Change> = changes.into_iter().take(ROUND_CHANGES_MAX).collect();
         let mut expected = peer.clone();
         let mut batch_len = 0usize;
@@ -1177,11 +1179,13 @@ impl Actor {
             id,
             expected,
             last_progress: Instant::now(),
-            passes: p.passes,
         });
-        if !p.deferred.is_empty() {
+        if batch_len == ready {
             // The next pass is read while the standby applies this round.
-            self.wake.notify_one();
+            p.pass_waiting = false;
+            if !p.deferred.is_empty() {
+                self.wake.notify_one();
+            }
         }
         tracing::debug!("file set {name}: round {id}: {batch_len} change(s)");
         if !send_to(&node, &name, end).await {
@@ -2147,7 +2151,7 @@ fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet, wake: &Notify) {
         p.unsynced_since.get_or_insert_with(Instant::now);
     }
     if !p.deferred.is_empty() {
-        p.passes += 1;
+        p.pass_waiting = true;
         wake.notify_one();
     }
 }

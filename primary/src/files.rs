@@ -40,6 +40,8 @@ const READ_BUFFER_BYTES: usize = 1024 * 1024;
 const PARALLEL_READ_BYTES_MIN: u64 = 8 << 20;
 /// Threads reading a pass's files, at most.
 const READ_THREADS_MAX: usize = 4;
+/// Their nice value (see [`read_in_background`]).
+const READ_THREADS_NICE: i32 = 10;
 /// With a [`ChunkCache`], a file up to this size is read whole into memory
 /// (and kept there for its chunks to be sent); a larger one is streamed.
 const WHOLE_READ_BYTES_MAX: u64 = 4 << 20;
@@ -493,6 +495,7 @@ impl FileSetScanner {
                     let workers: Vec<_> = (0..threads)
                         .map(|_| {
                             scope.spawn(|| {
+                                read_in_background();
                                 let mut out = Vec::new();
                                 loop {
                                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -686,6 +689,18 @@ impl FileSetScanner {
         }
         Ok(buf.into())
     }
+}
+
+/// A pass's reading threads yield to the rest of the node: hashing a
+/// large change is bulk work, and the application the primary serves (and,
+/// where both nodes share a machine, the standby applying the round before)
+/// should not wait behind it. Linux keeps a nice value per thread; raising
+/// one's own needs no privilege. Only these threads: a small change is read
+/// on the engine's own thread, at the usual priority.
+fn read_in_background() {
+    // SAFETY: setpriority takes plain integers and touches no memory of
+    // ours. An error (none is expected) leaves the usual priority.
+    let _ = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, READ_THREADS_NICE) };
 }
 
 fn dir_entry(meta: &Metadata) -> Entry {
