@@ -576,19 +576,21 @@ impl FileSetReplica {
         chunks: impl IntoIterator<Item = (&'a ChunkHash, &'a [u8])>,
     ) -> Result<(), ApplyError> {
         let io = |e| ApplyError::Io(path.clone(), e);
+        let work: Vec<(Vec<&ChunkRef>, &[u8])> = chunks
+            .into_iter()
+            .filter_map(|(hash, bytes)| {
+                let places: Vec<&ChunkRef> =
+                    entry.chunks().iter().filter(|c| c.hash == *hash).collect();
+                (!places.is_empty()).then_some((places, bytes))
+            })
+            .collect();
+        if work.is_empty() {
+            return Ok(());
+        }
         let tmp = self.partial_path(path);
-        let mut file = None;
-        for (hash, bytes) in chunks {
-            let places: Vec<&ChunkRef> =
-                entry.chunks().iter().filter(|c| c.hash == *hash).collect();
-            if places.is_empty() {
-                continue;
-            }
-            let file = match &mut file {
-                Some(f) => f,
-                None => file.insert(self.open_temp_file(path, &tmp)?),
-            };
-            let staged = self.staged.entry(tmp.clone()).or_default();
+        let file = self.open_temp_file(path, &tmp)?;
+        let staged = self.staged.entry(tmp).or_default();
+        for (places, bytes) in work {
             for c in places {
                 file.write_all_at(bytes, c.offset).map_err(io)?;
                 staged.insert((c.offset, c.hash));

@@ -390,9 +390,14 @@ pub fn encode_unsealed(mut msg: PeerMessage) -> Unsealed {
     // Room for the payload's length, filled in when sealed; each piece
     // goes behind its length, from where it is.
     let head = encode_behind(&msg, 4);
+    let lens: Vec<u8> = pieces
+        .iter()
+        .flat_map(|p| (p.len() as u32).to_be_bytes())
+        .collect();
+    let lens = Bytes::from(lens);
     let mut attachment = Vec::with_capacity(2 * pieces.len());
-    for p in pieces {
-        attachment.push(Bytes::copy_from_slice(&(p.len() as u32).to_be_bytes()));
+    for (i, p) in pieces.into_iter().enumerate() {
+        attachment.push(lens.slice(4 * i..4 * i + 4));
         attachment.push(p);
     }
     Unsealed::Attached { head, attachment }
