@@ -100,6 +100,12 @@ impl Endpoint {
         self.session.as_mut().map(|s| s.seal(payload))
     }
 
+    /// Seal a Data frame encoded with `message::encode_for_frame`, in
+    /// place, if a session is up.
+    pub fn seal_in_place(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
+        self.session.as_mut().map(|s| s.seal_in_place(frame))
+    }
+
     /// Seal a message encoded with `message::encode_unsealed`, in place,
     /// if a session is up.
     pub fn seal_unsealed(&mut self, frame: Unsealed) -> Option<SealedFrame> {

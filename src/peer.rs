@@ -177,15 +177,15 @@ impl Outbound {
             self.flush.notify_one();
             return Ok(());
         }
-        // Not bulk, so no attachment: the message is kept for the error.
-        let encoded = message::Unsealed::Data(message::encode_for_frame(&msg));
-        let Some(frame) = lock(&self.endpoint).seal_unsealed(encoded) else {
+        // Not bulk, so no attachment: one buffer, written as it is.
+        let Some(frame) = lock(&self.endpoint).seal_in_place(message::encode_for_frame(&msg))
+        else {
             return Err(Box::new((
                 msg,
                 "the replication link has no session".into(),
             )));
         };
-        let written = match self.wr.try_write_vectored(&frame.slices_from(0, IOV_MAX)) {
+        let written = match self.wr.try_write(&frame) {
             Ok(n) if n == frame.len() => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
@@ -197,7 +197,7 @@ impl Outbound {
         };
         st.written = written;
         st.bytes += frame.len() - written;
-        st.frames.push_back(Waiting::Sealed(frame));
+        st.frames.push_back(Waiting::Sealed(frame.into()));
         drop(st);
         self.flush.notify_one();
         Ok(())
