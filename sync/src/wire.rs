@@ -404,12 +404,7 @@ impl FrameReader {
                 return;
             }
             // How many more bytes the frame in progress needs.
-            let want = if self.buf.len() < HEADER_BYTES {
-                HEADER_BYTES - self.buf.len()
-            } else {
-                let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
-                frame_len(len as usize) - self.buf.len()
-            };
+            let want = self.frame_in_progress_len().unwrap_or(HEADER_BYTES) - self.buf.len();
             let take = want.min(bytes.len());
             let in_header = self.buf.len() < HEADER_BYTES;
             self.buf.extend_from_slice(&bytes[..take]);
@@ -442,11 +437,10 @@ impl FrameReader {
     /// lacks. Fill some of it (a `BufMut`), then call
     /// [`FrameReader::filled`].
     pub fn body_room(&mut self, min: usize) -> Option<bytes::buf::Limit<&mut Vec<u8>>> {
-        if self.error.is_some() || self.buf.len() < HEADER_BYTES {
+        if self.error.is_some() {
             return None;
         }
-        let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
-        let lacks = frame_len(len as usize).saturating_sub(self.buf.len());
+        let lacks = self.frame_in_progress_len()?.saturating_sub(self.buf.len());
         (lacks >= min.max(1)).then(|| bytes::BufMut::limit(&mut self.buf, lacks))
     }
 
@@ -463,11 +457,14 @@ impl FrameReader {
     }
 
     fn is_complete(&self) -> bool {
-        if self.buf.len() < HEADER_BYTES {
-            return false;
-        }
-        let len = u32::from_be_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
-        self.buf.len() == frame_len(len as usize)
+        self.frame_in_progress_len() == Some(self.buf.len())
+    }
+
+    /// The whole length of the frame in progress, once its header is in.
+    fn frame_in_progress_len(&self) -> Option<usize> {
+        let len = self.buf.get(4..8)?;
+        (self.buf.len() >= HEADER_BYTES)
+            .then(|| frame_len(u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize))
     }
 
     /// The next whole frame, `Ok(None)` if more bytes are needed, or the
