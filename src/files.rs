@@ -428,6 +428,24 @@ struct StandbySide {
     partials_maybe: bool,
 }
 
+impl StandbySide {
+    /// Write chunks received for `path` (checked as their message was
+    /// decoded) into its temp file, and count them.
+    fn stage_received(
+        &mut self,
+        path: &SafePath,
+        entry: &Entry,
+        chunks: &[&ChunkData],
+    ) -> Result<(), String> {
+        self.replica
+            .stage_checked_chunks(path, entry, chunks.iter().map(|c| (&c.hash, &c.bytes[..])))
+            .map_err(|e| e.to_string())?;
+        self.bytes_received += chunks.iter().map(|c| c.bytes.len() as u64).sum::<u64>();
+        self.chunks_received += chunks.len() as u64;
+        Ok(())
+    }
+}
+
 enum Side {
     Idle,
     Primary(Box<PrimarySide>),
@@ -1477,11 +1495,7 @@ impl Actor {
                 .iter()
                 .filter(|c| missing.contains(&c.hash))
                 .collect();
-            s.replica
-                .stage_checked_chunks(path, entry, wanted.iter().map(|c| (&c.hash, &c.bytes[..])))
-                .map_err(|e| e.to_string())?;
-            s.bytes_received += wanted.iter().map(|c| c.bytes.len() as u64).sum::<u64>();
-            s.chunks_received += wanted.len() as u64;
+            s.stage_received(path, entry, &wanted)?;
             for d in deltas.iter().filter(|d| missing.contains(&d.hash)) {
                 // The base is read from the current file, before the change
                 // replaces it. If it cannot be read or the result does not
@@ -1633,15 +1647,7 @@ impl Actor {
                         }
                     }
                     s.partials_maybe |= !asked.is_empty();
-                    s.replica
-                        .stage_checked_chunks(
-                            path,
-                            entry,
-                            asked.iter().map(|c| (&c.hash, &c.bytes[..])),
-                        )
-                        .map_err(|e| e.to_string())?;
-                    s.bytes_received += asked.iter().map(|c| c.bytes.len() as u64).sum::<u64>();
-                    s.chunks_received += asked.len() as u64;
+                    s.stage_received(path, entry, &asked)?;
                 }
                 // Chunks of an earlier, abandoned attempt.
                 Ok(FsMessage::Chunks { .. }) => {}

@@ -635,7 +635,7 @@ impl FileSetReplica {
             let _ = set_mtime_nofollow(&parent, ns);
         }
         if creating {
-            self.staged.entry(tmp.to_owned()).or_default().clear();
+            self.staged.remove(tmp);
         }
         Ok(file)
     }
