@@ -70,6 +70,7 @@ log = None
 percentile = None
 free_ports = None
 request = None
+drop_large_files = None
 
 
 def wait_until(pred, within_s, what, sleep_s=0.01):
@@ -283,14 +284,7 @@ class Rig:
             # configs stay.
             for sub in ("staging",):
                 shutil.rmtree(os.path.join(self.root, sub), ignore_errors=True)
-            for dirpath, _, files in os.walk(self.root):
-                for f in files:
-                    p = os.path.join(dirpath, f)
-                    try:
-                        if os.lstat(p).st_size >= MIB:
-                            os.unlink(p)
-                    except OSError:
-                        pass
+            drop_large_files(self.root, MIB)
             log(f"kept the temp dir (logs, configs; files >= 1 MiB removed): {self.root}")
         else:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -808,9 +802,10 @@ def summarize_bytes(out, prefix, res):
 
 
 def run_files(args, helpers):
-    global log, percentile, free_ports, request
+    global log, percentile, free_ports, request, drop_large_files
     log, percentile, free_ports, request = (helpers["log"], helpers["percentile"],
                                             helpers["free_ports"], helpers["request"])
+    drop_large_files = helpers["drop_large_files"]
     quick = args.quick
     lat_n = args.latency_files or (50 if quick else 200)
     lat_default_n = args.default_delay_files or (1 if quick else 3)
