@@ -65,8 +65,8 @@ pub struct ChunkCache {
     generation: u64,
 }
 
-/// What a cached file costs beyond its bytes, about: the path, the map's
-/// and queue's slots.
+/// What a cached file costs beyond its bytes and chunk list, about: its
+/// entries in the map and in the order.
 const CACHED_FILE_OVERHEAD: usize = 256;
 
 impl ChunkCache {

@@ -305,14 +305,20 @@ fn a_batch_keeps_its_good_files_and_refuses_one_whose_whole_hash_is_wrong() {
     assert!(s.replica.manifest().get(&p("f0")).is_some());
 }
 
+/// `len` bytes that do not repeat, different for each `seed`.
+fn noise(seed: &[u8], len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed)
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
 #[test]
 fn a_temp_file_made_again_is_not_taken_to_hold_what_was_staged_in_the_one_before() {
     let mut s = setup();
-    let mut data = vec![0u8; 600_000];
-    blake3::Hasher::new()
-        .update(b"staged")
-        .finalize_xof()
-        .fill(&mut data);
+    let data = noise(b"staged", 600_000);
     let entry = file_entry(&data);
     let chunks = entry.chunks().to_vec();
     assert!(chunks.len() >= 2, "{} chunks", chunks.len());
@@ -360,11 +366,7 @@ fn chunks_staged_together_are_each_written_at_every_place_of_theirs() {
     let mut s = setup();
     // The same 300 KB twice and a tail: the repeated part's chunks appear
     // at two places each.
-    let mut half = vec![0u8; 300_000];
-    blake3::Hasher::new()
-        .update(b"twice")
-        .finalize_xof()
-        .fill(&mut half);
+    let half = noise(b"twice", 300_000);
     let data = [&half[..], &half[..], b"tail"].concat();
     let entry = file_entry(&data);
     let chunks = entry.chunks().to_vec();
