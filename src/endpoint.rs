@@ -21,6 +21,8 @@ pub struct Endpoint {
     session: Option<Session>,
     /// When the last authenticated data frame arrived.
     last_rx: Instant,
+    /// The transport delivers every frame in order: sessions refuse gaps.
+    in_order: bool,
 }
 
 /// What one received frame produced.
@@ -57,7 +59,16 @@ impl Endpoint {
             handshake: None,
             session: None,
             last_rx: Instant::now(),
+            in_order: false,
         }
+    }
+
+    /// For a stream that loses nothing (TCP): its sessions refuse a frame
+    /// that does not carry the next sequence number
+    /// ([`Session::require_in_order`]).
+    pub fn in_order(mut self) -> Self {
+        self.in_order = true;
+        self
     }
 
     pub fn is_established(&self) -> bool {
@@ -166,7 +177,10 @@ impl Endpoint {
                 suspect: hs.suspected_failure().cloned(),
                 ..Received::default()
             }),
-            HandshakeStep::Done { session, send } => {
+            HandshakeStep::Done { mut session, send } => {
+                if self.in_order {
+                    session.require_in_order();
+                }
                 self.session = Some(session);
                 self.last_rx = now;
                 Ok(Received {
@@ -227,6 +241,33 @@ mod tests {
         assert!(!a.is_established());
         let welcome = deliver(&mut b2, &hello).unwrap().reply.unwrap();
         assert!(deliver(&mut a, &welcome).unwrap().established);
+    }
+
+    #[test]
+    fn a_stream_endpoint_refuses_a_frame_cut_out_both_ways() {
+        let (a, b) = pair([1; 32]);
+        let (mut a, mut b) = (a.in_order(), b.in_order());
+        let hello = a.on_tick(Instant::now(), Duration::from_secs(1)).unwrap();
+        let welcome = deliver(&mut b, &hello).unwrap().reply.unwrap();
+        let proof = deliver(&mut a, &welcome).unwrap().reply.unwrap();
+        assert!(deliver(&mut b, &proof).unwrap().established);
+        cut_one_out(&mut a, &mut b);
+        cut_one_out(&mut b, &mut a);
+    }
+
+    fn cut_one_out(from: &mut Endpoint, to: &mut Endpoint) {
+        let first = from.seal(b"1").unwrap();
+        let _cut_out = from.seal(b"2").unwrap();
+        let third = from.seal(b"3").unwrap();
+        assert!(deliver(to, &first).unwrap().payload.is_some());
+        let err = deliver(to, &third).err().expect("refused");
+        assert_eq!(
+            err,
+            AuthError::Gap {
+                seq: 3,
+                expected: 2
+            }
+        );
     }
 
     #[test]

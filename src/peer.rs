@@ -410,7 +410,8 @@ async fn handshake(
         &node.me,
         initiator,
         FRAME_BYTES_MAX_DEFAULT,
-    );
+    )
+    .in_order();
     let mut reader = FrameReader::new(FRAME_BYTES_MAX_DEFAULT);
     let mut buf = vec![0u8; 64 * 1024];
     // Handshake: the initiator speaks first; both sides give up after a bound.

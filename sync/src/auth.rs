@@ -36,6 +36,10 @@
 //! to its sender. Data and Attached frames carry a sequence number starting
 //! at 1; a frame whose seq is not greater than the highest accepted one is
 //! refused ([`AuthError::Replay`]), which also drops reordered datagrams.
+//! On a stream that delivers every frame in order (TCP),
+//! [`Session::require_in_order`] also refuses a gap ([`AuthError::Gap`]):
+//! each frame is authentic on its own, so only the sequence shows that
+//! someone on the path cut frames out of the stream.
 //! A Data frame's MAC covers its header and body; an Attached frame's, its
 //! header and payload, not its attachment, whose pieces the payload names
 //! by hash (checked by `message::decode_attached`).
@@ -154,6 +158,8 @@ pub enum AuthError {
     PairMismatch { theirs: String, ours: String },
     #[error("dropped frame {seq}: not newer than the last accepted frame {last} (replayed or reordered)")]
     Replay { seq: u64, last: u64 },
+    #[error("frame {seq} arrived where frame {expected} was due: frames were cut out of an ordered stream")]
+    Gap { seq: u64, expected: u64 },
     #[error("dropped a frame that failed its integrity check (corrupted in transit, or not sent by the paired peer)")]
     BadMac,
     #[error("expected a {expected} frame but received a {got} frame")]
@@ -475,6 +481,8 @@ pub struct Session {
     recv_key: [u8; 32],
     next_seq: u64,
     last_seq: u64,
+    /// Every frame must carry `last_seq + 1` (see `require_in_order`).
+    in_order: bool,
     peer: String,
     role: Role,
     frame_bytes_max: usize,
@@ -487,6 +495,7 @@ impl std::fmt::Debug for Session {
             .field("role", &self.role)
             .field("next_seq", &self.next_seq)
             .field("last_seq", &self.last_seq)
+            .field("in_order", &self.in_order)
             .finish_non_exhaustive()
     }
 }
@@ -513,10 +522,19 @@ impl Session {
             recv_key,
             next_seq: 1,
             last_seq: 0,
+            in_order: false,
             peer,
             role,
             frame_bytes_max,
         }
+    }
+
+    /// For a transport that delivers every frame, in order (TCP): from now
+    /// on a frame must carry exactly the sequence number after the last
+    /// accepted one. Datagram and serial links lose frames honestly and
+    /// keep the default, which only refuses old ones.
+    pub fn require_in_order(&mut self) {
+        self.in_order = true;
     }
 
     /// The peer's node name, as it stated it in the handshake.
@@ -660,6 +678,12 @@ impl Session {
             return Err(AuthError::Replay {
                 seq: frame.seq,
                 last: self.last_seq,
+            });
+        }
+        if self.in_order && frame.seq != self.last_seq + 1 {
+            return Err(AuthError::Gap {
+                seq: frame.seq,
+                expected: self.last_seq + 1,
             });
         }
         self.last_seq = frame.seq;

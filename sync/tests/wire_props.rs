@@ -351,6 +351,42 @@ fn an_attached_frames_kind_and_length_are_authenticated() {
 }
 
 #[test]
+fn an_ordered_session_refuses_a_gap_that_a_datagram_session_accepts() {
+    // A datagram session: a lost frame is just lost.
+    let (mut tx, mut rx) = sessions();
+    let first = frame(&tx.seal(b"one"));
+    let _lost = tx.seal(b"two");
+    let third = frame(&tx.seal(b"three"));
+    assert_eq!(&rx.open(&first).unwrap()[..], b"one");
+    assert_eq!(&rx.open(&third).unwrap()[..], b"three");
+
+    // An ordered one (TCP): a frame cut out of the stream is found at the
+    // next one, and nothing after the gap is accepted.
+    let (mut tx, mut rx) = sessions();
+    rx.require_in_order();
+    let first = frame(&tx.seal(b"one"));
+    let _cut_out = tx.seal(b"two");
+    let third = frame(&tx.seal(b"three"));
+    let fourth = frame(&tx.seal(b"four"));
+    assert_eq!(&rx.open(&first).unwrap()[..], b"one");
+    assert_eq!(
+        rx.open(&third),
+        Err(AuthError::Gap {
+            seq: 3,
+            expected: 2
+        })
+    );
+    assert_eq!(
+        rx.open(&fourth),
+        Err(AuthError::Gap {
+            seq: 4,
+            expected: 2
+        })
+    );
+    assert_eq!(rx.last_seq(), 1);
+}
+
+#[test]
 fn handshake_succeeds_both_ways() {
     let k = PairKey::from_bytes([42; 32]);
     let (mut si, mut sr) = handshake(&k, &k, 9).unwrap();
