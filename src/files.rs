@@ -397,6 +397,12 @@ struct PrimarySide {
 }
 
 impl PrimarySide {
+    /// Whether the next pass must wait: one waits in the chunk cache for a
+    /// round that is out (see `pass_waiting`).
+    fn pass_held(&self) -> bool {
+        self.pass_waiting && self.round.is_some()
+    }
+
     /// Let go of the files the scanner kept for sending (and so read on
     /// at will: no pass waits in the cache any more).
     fn forget_cached_chunks(&mut self) {
@@ -906,7 +912,7 @@ impl Actor {
             return;
         };
         // At most one pass ahead of the rounds (`PrimarySide::pass_waiting`).
-        let read_on = read_on && !(p.pass_waiting && p.round.is_some());
+        let read_on = read_on && !p.pass_held();
         if !read_on && !p.deferred.is_empty() {
             return;
         }
@@ -948,7 +954,10 @@ impl Actor {
         let reconcile = self.e.reconcile;
         match &mut self.side {
             Side::Primary(p) => {
-                if p.last_reconcile.elapsed() >= reconcile {
+                // A reconcile reads a pass too: not while one waits in the
+                // chunk cache, which it would push out; it comes at the
+                // first tick after a round took that pass.
+                if p.last_reconcile.elapsed() >= reconcile && !p.pass_held() {
                     p.last_reconcile = Instant::now();
                     rescan(&self.e.name, p, &DirtySet::Everything, &self.wake);
                 }
