@@ -151,8 +151,8 @@ const RESTART_AT_BYTES: u64 = 4 << 20;
 /// the standby's acknowledgements.
 const RESTART_HOLD_MAX: Duration = Duration::from_millis(20);
 /// A standby applies (two fsyncs) at most once in this time; what arrives
-/// meanwhile is applied together. The time grows with the batches: after a
-/// batch of n transactions it is n times this, up to [`FLUSH_EVERY_MAX`].
+/// meanwhile is applied together. The time grows with the batches (see
+/// `flush_every_after`).
 const FLUSH_EVERY_MIN: Duration = Duration::from_millis(2);
 /// The longest a standby lets received transactions wait while they stream
 /// in faster than one per [`FLUSH_EVERY_MIN`].
