@@ -2012,6 +2012,13 @@ impl Actor {
                     .map_or(0, |t| t.elapsed().as_millis() as u64));
                 v["rounds"] = json!(p.rounds);
                 v["chunks_sent"] = json!(p.chunks_sent);
+                // Of those, read from their file again rather than taken
+                // from the scan's cache: each costs a read and a hash.
+                v["chunks_read_again"] = json!(p
+                    .chunk_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .misses());
                 v["chunk_bytes_sent"] = json!(p.chunk_bytes_sent);
                 v["renames_sent"] = json!(p.renames_sent);
                 v["watch"] = json!(p.watch_error.as_deref().unwrap_or("ok"));

@@ -596,6 +596,16 @@ fn a_tree_larger_than_a_scan_pass_is_mirrored_and_renamed_without_resending() {
     let sent = s["chunk_bytes_sent"].as_u64().unwrap();
     let renames = s["renames_sent"].as_u64().unwrap();
     assert!(sent >= FILES << 20, "{s}");
+    // Two passes: the first waits in the chunk cache for its round, and
+    // its chunks are sent from there, not read and hashed a second time.
+    let (chunks, read_again) = (
+        s["chunks_sent"].as_u64().unwrap(),
+        s["chunks_read_again"].as_u64().unwrap(),
+    );
+    assert!(
+        read_again * 10 < chunks,
+        "{read_again} of {chunks} chunks read again: {s}"
+    );
 
     fs::rename(p.root(0).join("bulk"), p.root(0).join("moved")).unwrap();
     p.wait_identical(0, Duration::from_secs(180));

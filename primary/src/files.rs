@@ -63,6 +63,9 @@ pub struct ChunkCache {
     bytes: usize,
     bytes_max: usize,
     generation: u64,
+    /// Chunks asked for and not found here (read from their file again),
+    /// since the cache was made: not reset by [`ChunkCache::clear`].
+    misses: u64,
 }
 
 /// What a cached file costs beyond its bytes and chunk list, about: its
@@ -79,6 +82,7 @@ impl ChunkCache {
             bytes: 0,
             bytes_max,
             generation: 0,
+            misses: 0,
         }
     }
 
@@ -129,6 +133,12 @@ impl ChunkCache {
     /// [`CACHED_FILE_OVERHEAD`] each.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// How many chunks were asked for and read from their file again,
+    /// because they were not (or no longer) here.
+    pub fn misses(&self) -> u64 {
+        self.misses
     }
 
     /// Let go of everything: no chunk will be asked for (the set is in
@@ -663,10 +673,11 @@ impl FileSetScanner {
     /// [`ChunkCache`]), or read now and checked against its hash.
     pub fn read_chunk(&self, path: &SafePath, chunk: &ChunkRef) -> Result<Bytes, ReadChunkError> {
         if let Some(cache) = &self.chunk_cache {
-            let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(bytes) = cache.get(path, chunk) {
                 return Ok(bytes);
             }
+            cache.misses += 1;
         }
         if !self.parents_are_dirs(path) {
             return Err(ReadChunkError::NotAFile(path.clone()));
