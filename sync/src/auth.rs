@@ -619,8 +619,8 @@ impl Session {
 
     /// Check a received frame (kind Data, MAC, seq strictly greater than the
     /// highest accepted, or exactly the next one if
-    /// [`Session::require_in_order`]) and return its payload. Refused frames change
-    /// nothing: a datagram caller just drops them.
+    /// [`Session::require_in_order`]) and return its payload. Refused
+    /// frames change nothing: a datagram caller just drops them.
     pub fn open(&mut self, frame: &Frame) -> Result<Bytes, AuthError> {
         if frame.kind != FrameKind::Data {
             return Err(AuthError::UnexpectedFrame {
