@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::db::{dump, integrity, run_writer, DbPair};
+use common::db::{dump, integrity, run_writer, spawn_writer, DbPair};
+use common::wait_for;
 use std::time::Duration;
 
 #[test]
@@ -54,6 +55,33 @@ fn a_python_writer_is_mirrored_and_the_barrier_covers_it() {
         text.contains("hydro") && text.contains("STREAMING"),
         "{text}"
     );
+}
+
+/// A streaming standby acknowledges at most every 20 ms, and whoever waits
+/// for it asks (a barrier): here nobody asks, and the stream stops. What it
+/// left must still be acknowledged, or the primary would report a lag and
+/// keep the transactions (and their WAL frames) for ever.
+#[test]
+fn the_end_of_a_stream_is_acknowledged_without_a_barrier() {
+    let mut p = DbPair::new();
+    p.start_streaming(Duration::from_secs(20));
+    // About 200 transactions a second: several within each acknowledgement.
+    let mut writer = spawn_writer(&p.db(0), 7, 150, 5.0);
+    assert!(writer.wait().unwrap().success());
+    let (acked, local) = wait_for(
+        Duration::from_secs(10),
+        "the primary's status shows every transaction acknowledged",
+        || {
+            let s = p.db_status(0)?;
+            let local = s["local"]["txid"].as_u64()?;
+            let acked = s["peer"]["txid"].as_u64()?;
+            (local >= 150 && acked == local && s["lag_transactions"] == 0).then_some((acked, local))
+        },
+    );
+    assert_eq!(acked, local);
+    let (at, _) = p.wait_same_position(Duration::from_secs(5));
+    assert_eq!(at, local);
+    assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
 }
 
 #[test]
