@@ -164,11 +164,12 @@ const FLUSH_EVERY_MAX: Duration = Duration::from_millis(10);
 /// The smallest batch after which the next may wait longer.
 const FLUSH_GROW_AT: usize = 4;
 /// A standby acknowledges what it applied at most this often while
-/// transactions stream in (see `StandbySide::ack_owed`); what stops early
-/// is acknowledged at the next tick.
+/// transactions stream in (see `StandbySide::ack_owed`), and at the latest
+/// this long after the last acknowledgement.
 const ACK_EVERY: Duration = Duration::from_millis(20);
 /// ... and at once once this many applied transactions wait for it, a
-/// quarter of the primary's window.
+/// quarter of the primary's window, or an eighth of its queue's bytes (past
+/// its cap the primary lets the standby go).
 const ACK_AFTER_TX: u64 = IN_FLIGHT_TX_MAX / 4;
 
 /// Status is rebuilt at most this often (and at every tick).
@@ -933,6 +934,8 @@ struct StandbySide {
     /// acknowledgement per transaction was a send here and two thread
     /// wake-ups on the primary each, about a tenth of both nodes' CPU.
     ack_owed: Option<DbPosition>,
+    /// The bytes of the transactions applied since the last acknowledgement.
+    ack_owed_bytes: u64,
     /// When the last acknowledgement was sent, and its txid.
     acked: Option<(Instant, TxId)>,
     /// The newest (txid, sum) the primary shipped.
@@ -1144,6 +1147,7 @@ impl Actor {
                 published_at = Some(Instant::now());
             }
             let flush_at = self.flush_due();
+            let ack_at = self.ack_due();
             tokio::select! {
                 r = roles.changed() => if r.is_err() { break },
                 c = connections.changed() => {
@@ -1181,6 +1185,12 @@ impl Actor {
                         None => std::future::pending().await,
                     }
                 } => self.flush_batch(),
+                _ = async {
+                    match ack_at {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.send_owed_ack(),
                 changed = async {
                     match &watching {
                         Some(Some(w)) => w.changed().await,
@@ -1610,6 +1620,7 @@ impl Actor {
                 flush_every: FLUSH_EVERY_MIN,
                 flush_upto: TxId(0),
                 ack_owed: None,
+                ack_owed_bytes: 0,
                 acked: None,
                 primary: None,
                 hello_at: None,
@@ -1749,10 +1760,6 @@ impl Actor {
     }
 
     fn on_tick(&mut self) {
-        if !self.batch_pending() {
-            // The stream paused: acknowledge what it left.
-            self.send_owed_ack();
-        }
         match &mut self.side {
             Side::Primary(p) => {
                 if (p.peer == Peer::Unknown || p.resync_retry)
@@ -2893,6 +2900,8 @@ impl Actor {
         s.partial = None;
         s.batch.clear();
         s.batch_bytes = 0;
+        s.ack_owed = None;
+        s.ack_owed_bytes = 0;
         s.primary = None;
         s.state = CopyState::Streaming;
         let outcome = if quarantine {
@@ -3170,7 +3179,7 @@ impl Actor {
             return;
         }
         let batch = std::mem::take(&mut s.batch);
-        s.batch_bytes = 0;
+        let batch_bytes = std::mem::take(&mut s.batch_bytes);
         s.flushed_at = Some(Instant::now());
         s.flush_every = flush_every_after(batch.len());
         let Some(replica) = &mut s.replica else {
@@ -3179,11 +3188,12 @@ impl Actor {
         match replica.apply_batch(&batch) {
             Ok(at) => {
                 s.ack_owed = Some(at);
+                s.ack_owed_bytes += batch_bytes;
                 let waited_for = batch.first().is_some_and(|b| b.1 <= s.flush_upto);
-                let due = s.acked.is_none_or(|(t, txid)| {
-                    t.elapsed() >= ACK_EVERY || at.txid.0.saturating_sub(txid.0) >= ACK_AFTER_TX
-                });
-                if waited_for || due {
+                let many = s.ack_owed_bytes >= self.e.queue_bytes_max / 8
+                    || s.acked
+                        .is_some_and(|(_, txid)| at.txid.0.saturating_sub(txid.0) >= ACK_AFTER_TX);
+                if waited_for || many || self.ack_due().is_some_and(|t| t <= Instant::now()) {
                     self.send_owed_ack();
                 }
             }
@@ -3202,7 +3212,9 @@ impl Actor {
         }
     }
 
-    /// Acknowledges what was applied, if that is not done yet.
+    /// Acknowledges what was applied, if that is not done yet. Refused by
+    /// a full outbox, it is tried again at [`Actor::ack_due`]; on no
+    /// connection, the hello on the next one says where the copy stands.
     fn send_owed_ack(&mut self) {
         let Side::Standby(s) = &mut self.side else {
             return;
@@ -3211,11 +3223,25 @@ impl Actor {
             return;
         };
         s.acked = Some((Instant::now(), at.txid));
-        let _ = self.node.peer_link.send(PeerMessage::DbAck {
+        let sent = self.node.peer_link.send(PeerMessage::DbAck {
             db: self.e.name.clone(),
             txid: at.txid,
             sum: at.sum,
         });
+        if sent.is_err() && self.node.peer_link.is_connected() {
+            s.ack_owed = Some(at);
+        } else {
+            s.ack_owed_bytes = 0;
+        }
+    }
+
+    /// When what was applied must be acknowledged, if anything waits.
+    fn ack_due(&self) -> Option<Instant> {
+        let Side::Standby(s) = &self.side else {
+            return None;
+        };
+        s.ack_owed?;
+        Some(s.acked.map_or_else(Instant::now, |(t, _)| t + ACK_EVERY))
     }
 
     /// Whether received transactions wait to be applied.
