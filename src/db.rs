@@ -9,7 +9,8 @@
 //! so that a standby that reconnects resumes where it stands, and it
 //! checkpoints only what was acknowledged. While this node is standby, the
 //! engine holds a [`Replica`], applies each transaction, acknowledges it
-//! ([`PeerMessage::DbAck`]), and seeds an empty copy from the primary's image.
+//! ([`PeerMessage::DbAck`], grouped: see `StandbySide::ack_owed`), and seeds
+//! an empty copy from the primary's image.
 //!
 //! # One actor per database
 //!
@@ -167,9 +168,8 @@ const FLUSH_GROW_AT: usize = 4;
 /// transactions stream in (see `StandbySide::ack_owed`), and at the latest
 /// this long after the last acknowledgement.
 const ACK_EVERY: Duration = Duration::from_millis(20);
-/// ... and at once once this many applied transactions wait for it, a
-/// quarter of the primary's window, or an eighth of its queue's bytes (past
-/// its cap the primary lets the standby go).
+/// ... and without waiting once this many applied transactions are not
+/// acknowledged: a quarter of the primary's window.
 const ACK_AFTER_TX: u64 = IN_FLIGHT_TX_MAX / 4;
 
 /// Status is rebuilt at most this often (and at every tick).
@@ -3166,7 +3166,8 @@ impl Actor {
     }
 
     /// Applies the transactions received so far in one SQLite transaction
-    /// ([`Replica::apply_batch`]) and acknowledges the last. The engine calls
+    /// ([`Replica::apply_batch`]) and acknowledges the last, now or within
+    /// [`ACK_EVERY`] (see `StandbySide::ack_owed`). The engine calls
     /// it once its inbox holds no more transactions, and before anything
     /// else is handled, so a batch never holds back a verify, a switchover's
     /// confirm step or a role change; at a steady rate batches are of one.
@@ -3190,6 +3191,8 @@ impl Actor {
                 s.ack_owed = Some(at);
                 s.ack_owed_bytes += batch_bytes;
                 let waited_for = batch.first().is_some_and(|b| b.1 <= s.flush_upto);
+                // Past its queue's cap the primary lets the standby go: an
+                // eighth of it is acknowledged without waiting.
                 let many = s.ack_owed_bytes >= self.e.queue_bytes_max / 8
                     || s.acked
                         .is_some_and(|(_, txid)| at.txid.0.saturating_sub(txid.0) >= ACK_AFTER_TX);
