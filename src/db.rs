@@ -1476,8 +1476,10 @@ impl Actor {
         };
         let was = match was {
             Some(p) => Some(p),
+            // A copy ahead of its record (a power loss) is promoted with
+            // its txid uncounted, like an abruptly stopped primary's.
             None if tandem_standby::replica::position_path(&path).exists() => Some(
-                Replica::open(&path)
+                Replica::open_by_content(&path, None)
                     .context("reading the standby copy's position")?
                     .position(),
             ),
@@ -1655,34 +1657,20 @@ impl Actor {
         drop(side);
         if tandem_standby::replica::position_path(&path).exists() {
             // The fence's lock passes to the replica, as above.
-            let opened = match self.fence.conn.take() {
-                Some(lock) => {
-                    self.fence.tried_at = None;
-                    Replica::open_locked(&path, lock)
-                }
-                None => Replica::open(&path),
-            };
-            let replica = match opened {
-                Ok(r) => r,
-                Err(e @ ReplicaError::UnknownContent { .. }) => {
-                    // Written while tandem was away: kept whole, then seeded.
-                    let dir = self.e.quarantine(None).with_context(|| {
-                        format!("database {}: {e}; cannot quarantine it", self.e.name)
-                    })?;
-                    let message = format!(
-                        "database {}: {e}; the copy was quarantined whole in {}; seeding a new copy from the primary",
-                        self.e.name,
-                        dir.display()
-                    );
-                    tracing::error!("{message}");
-                    self.node.db_alarm(
-                        &format!("database {} quarantine", self.e.name),
-                        Some(message),
-                    );
-                    return Ok(standby(None));
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let lock = self.fence.conn.take();
+            if lock.is_some() {
+                self.fence.tried_at = None;
+            }
+            // Content ahead of its record (a power loss) or written while
+            // tandem was away: placed by the primary, by its checksum.
+            let replica = Replica::open_by_content(&path, lock)?;
+            if replica.position().txid == TxId::UNCOUNTED {
+                tracing::warn!(
+                    "database {}: the copy's checksum {} matches no position tandem recorded for it: it lost power while applying, or was written outside tandem; the primary places it by its checksum, or quarantines it",
+                    self.e.name,
+                    replica.position().sum
+                );
+            }
             tracing::info!(
                 "database {}: standby, at txid {}",
                 self.e.name,
@@ -2230,7 +2218,7 @@ impl Actor {
                         .find(|h| h.epoch > at.epoch)
                         .map_or(cap.txid, |h| h.from.txid);
                     self.quarantine_peer(format!(
-                        "database {name}: the standby's copy (epoch {}) stopped abruptly as a primary and its content matches no point of this primary's line: it holds transactions {}.. (not counted one by one) that this line never had (common point: txid {common} at most)",
+                        "database {name}: the standby's copy (epoch {}) has no counted position (it stopped abruptly as a primary, lost power while applying, or was written outside tandem) and its content matches no point of this primary's line: it holds transactions {}.. (not counted one by one) that this line never had (common point: txid {common} at most)",
                         at.epoch,
                         common.next()
                     ))
@@ -3225,6 +3213,15 @@ impl Actor {
         let Some(at) = s.ack_owed.take() else {
             return;
         };
+        // What is acknowledged may be forgotten by the primary: its record
+        // must survive a power loss (see tandem_standby::position).
+        if let Some(Err(e)) = s.replica.as_mut().map(Replica::make_position_durable) {
+            tracing::error!("database {}: {e}; not acknowledging", self.e.name);
+            // Tried again with the next acknowledgement, not at once.
+            s.acked = Some((Instant::now(), s.acked.map_or(TxId(0), |(_, t)| t)));
+            s.ack_owed = Some(at);
+            return;
+        }
         s.acked = Some((Instant::now(), at.txid));
         let sent = self.node.peer_link.send(PeerMessage::DbAck {
             db: self.e.name.clone(),

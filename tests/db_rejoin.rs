@@ -142,6 +142,61 @@ fn a_database_deleted_and_recreated_while_running_is_mirrored_anew() {
     assert_eq!(integrity(&p.db(1)), "ok");
 }
 
+/// A power loss on the standby can leave its position record older than its
+/// copy: the record is made durable with each acknowledgement, the commits
+/// with each apply. Simulated here: the record as it stood after a barrier
+/// is put back once more transactions were applied and the standby killed.
+/// The copy is then ahead of its record; the primary places it by its
+/// checksum and resyncs it, and nothing is quarantined.
+#[test]
+fn a_standby_copy_ahead_of_its_position_record_is_placed_by_its_checksum() {
+    let mut p = DbPair::new();
+    p.start_streaming(SETTLE);
+    run_writer(&p.db(0), 5, 20);
+    p.barrier_txid(0);
+    p.wait_same_position(Duration::from_secs(10));
+    let mut record = p.db(1).into_os_string();
+    record.push(".tandem-position");
+    let older = std::fs::read(&record).unwrap();
+
+    run_writer(&p.db(0), 6, 30);
+    let ahead = p.barrier_txid(0);
+    p.wait_same_position(Duration::from_secs(10));
+    p.pair.kill(1);
+    std::fs::write(&record, &older).unwrap();
+    p.pair.start(1);
+    p.pair.wait_roles(0, SETTLE);
+    p.wait_streaming(0, SETTLE);
+    run_writer(&p.db(0), 7, 5);
+    let txid = p.barrier_txid(0);
+    assert!(txid > ahead, "{txid} after {ahead}");
+    let (at, _) = p.wait_same_position(Duration::from_secs(10));
+    assert_eq!(at, txid);
+    assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
+    assert_eq!(integrity(&p.db(1)), "ok");
+
+    assert!(
+        p.pair
+            .log(1)
+            .contains("matches no position tandem recorded"),
+        "{}",
+        p.pair.log(1)
+    );
+    assert!(
+        p.pair.log(0).contains("has a checksum of this line"),
+        "{}",
+        p.pair.log(0)
+    );
+    let events = p.pair.events(1);
+    assert!(
+        !events
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .any(|m| m.contains("quarantined")),
+        "{events:?}"
+    );
+}
+
 /// Local software wrote the standby's copy while its tandem was stopped: at
 /// start the copy matches no position tandem recorded; it is quarantined
 /// whole (the write is kept there), an alarm says so, and the node is

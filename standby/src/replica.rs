@@ -33,11 +33,13 @@
 //!
 //! `synchronous=FULL` makes each commit durable (the WAL is fsynced) before
 //! it is acknowledged. The position (epoch, txid, checksum) is kept in a
-//! sidecar file as an intent written before each commit; see
-//! [`crate::position`] for why not inside the database and how recovery
-//! chooses. Opening a replica always recomputes the checksum from the pages
-//! (one read of the file), which is both the recovery step and the check that
-//! nobody wrote the copy while tandem was not running.
+//! sidecar file as an intent written before each commit and made durable
+//! before each acknowledgement ([`Replica::make_position_durable`]); see
+//! [`crate::position`] for why not inside the database, why not fsynced
+//! with each commit, and how recovery chooses. Opening a replica always
+//! recomputes the checksum from the pages (one read of the file), which is
+//! both the recovery step and the check that nobody wrote the copy while
+//! tandem was not running.
 
 use crate::position::{Intent, PositionFile};
 use rusqlite::{params, Connection, OpenFlags};
@@ -257,7 +259,22 @@ impl Replica {
     /// recorded position it matches.
     pub fn open(path: &Path) -> Result<Replica, ReplicaError> {
         let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        Replica::open_inner(path, apply, None)
+        Replica::open_inner(path, apply, None, false)
+    }
+
+    /// [`Replica::open`] of a copy whose content may be ahead of its
+    /// record (a power loss; see [`crate::position`]): content that matches
+    /// no recorded position gives a replica at txid
+    /// [`TxId::UNCOUNTED`] with the record's epoch and the content's
+    /// checksum, for the primary to place by that checksum, instead of
+    /// [`ReplicaError::UnknownContent`].
+    /// `lock`: as in [`Replica::open_locked`].
+    pub fn open_by_content(path: &Path, lock: Option<Connection>) -> Result<Replica, ReplicaError> {
+        let apply = match lock {
+            Some(c) => c,
+            None => open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+        };
+        Replica::open_inner(path, apply, None, true)
     }
 
     /// [`Replica::open`] with a connection the caller opened with
@@ -266,7 +283,7 @@ impl Replica {
     /// to the replica with no moment in between where a local writer could
     /// take it and commit to the copy.
     pub fn open_locked(path: &Path, apply: Connection) -> Result<Replica, ReplicaError> {
-        Replica::open_inner(path, apply, None)
+        Replica::open_inner(path, apply, None, false)
     }
 
     /// [`Replica::open`] of a copy just written whole by a
@@ -274,13 +291,15 @@ impl Replica {
     /// wrote: not read back and hashed a second time.
     pub(crate) fn open_seeded(path: &Path, hashes: PageHashes) -> Result<Replica, ReplicaError> {
         let apply = open_apply_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        Replica::open_inner(path, apply, Some(hashes))
+        Replica::open_inner(path, apply, Some(hashes), false)
     }
 
+    /// `by_content`: see [`Replica::open_by_content`].
     fn open_inner(
         path: &Path,
         apply: Connection,
         known: Option<PageHashes>,
+        by_content: bool,
     ) -> Result<Replica, ReplicaError> {
         if apply.is_autocommit() {
             apply.execute_batch("BEGIN IMMEDIATE")?;
@@ -317,14 +336,22 @@ impl Replica {
                 None
             }
         };
-        let Some(position) = intents.iter().find_map(matches) else {
-            return Err(ReplicaError::UnknownContent {
-                found,
-                before: newest.before.sum,
-                before_txid: newest.before.txid,
-                after: newest.after.sum,
-                after_txid: newest.after.txid,
-            });
+        let position = match intents.iter().find_map(matches) {
+            Some(p) => p,
+            None if by_content => DbPosition {
+                epoch: newest.after.epoch,
+                txid: TxId::UNCOUNTED,
+                sum: found,
+            },
+            None => {
+                return Err(ReplicaError::UnknownContent {
+                    found,
+                    before: newest.before.sum,
+                    before_txid: newest.before.txid,
+                    after: newest.after.sum,
+                    after_txid: newest.after.txid,
+                })
+            }
         };
         let data_version = data_version(&apply)?;
         Ok(Replica {
@@ -344,6 +371,17 @@ impl Replica {
 
     pub fn position(&self) -> DbPosition {
         self.position
+    }
+
+    /// Makes the position of the last apply durable (its commit is
+    /// already): called before that position is acknowledged.
+    pub fn make_position_durable(&mut self) -> Result<(), ReplicaError> {
+        self.position_file
+            .make_durable()
+            .map_err(|source| ReplicaError::PositionFile {
+                path: position_path(&self.path),
+                source,
+            })
     }
 
     pub fn page_size(&self) -> usize {
@@ -381,7 +419,7 @@ impl Replica {
 
     /// Applies several consecutive transactions of the primary, `(epoch,
     /// txid, transaction, checksum after it)`, in one SQLite transaction with
-    /// one intent record: two fsyncs for the batch instead of two for each,
+    /// one intent record: one fsync for the batch instead of one for each,
     /// which is what lets a standby that is behind catch up. Each
     /// transaction's checksum is checked in turn before anything is written;
     /// local readers see the copy jump from the batch's start to its end.

@@ -187,6 +187,42 @@ fn a_write_made_while_tandem_was_stopped_is_found_on_open() {
     assert!(position_path(&path).exists());
 }
 
+/// A power loss can leave the position record older than the copy (the
+/// record is made durable with each acknowledgement, the commits with each
+/// apply): the record as it stood is put back after more applies. A strict
+/// open refuses the copy; opening by content gives it an uncounted txid,
+/// the record's epoch and the checksum of what it holds, for the primary
+/// to place.
+#[test]
+fn a_copy_ahead_of_its_record_is_opened_by_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut src, mut rep) = seeded(dir.path(), 4096);
+    src.conn
+        .execute("INSERT INTO t(v) VALUES ('a')", [])
+        .unwrap();
+    ship(&mut src, &mut rep);
+    rep.make_position_durable().unwrap();
+    let path = rep.path().to_owned();
+    let record = std::fs::read(position_path(&path)).unwrap();
+    for v in ["b", "c"] {
+        src.conn
+            .execute("INSERT INTO t(v) VALUES (?1)", [v])
+            .unwrap();
+        assert_eq!(ship(&mut src, &mut rep), 1);
+    }
+    let ahead = rep.position();
+    drop(rep);
+    std::fs::write(position_path(&path), &record).unwrap();
+
+    let err = Replica::open(&path).unwrap_err();
+    assert!(matches!(err, ReplicaError::UnknownContent { .. }), "{err}");
+    let rep = Replica::open_by_content(&path, None).unwrap();
+    assert_eq!(rep.position().txid, TxId::UNCOUNTED);
+    assert_eq!(rep.position().epoch, ahead.epoch);
+    assert_eq!(rep.position().sum, ahead.sum);
+    assert_eq!(rep.position().sum, src.sum());
+}
+
 /// A batch applied in one SQLite transaction ends exactly where applying its
 /// transactions one by one does: rows, checksum, position, even when a
 /// VACUUM in the middle truncates the file and later commits grow it again.
