@@ -938,6 +938,10 @@ struct StandbySide {
     ack_owed_bytes: u64,
     /// When the last acknowledgement was sent, and its txid.
     acked: Option<(Instant, TxId)>,
+    /// When the last apply whose position record is not durable yet was
+    /// made: the record is made durable once none followed for
+    /// [`ACK_EVERY`] (see `tandem_standby::position`).
+    unsettled_since: Option<Instant>,
     /// The newest (txid, sum) the primary shipped.
     primary: Option<(TxId, DbSum)>,
     hello_at: Option<Instant>,
@@ -1147,7 +1151,10 @@ impl Actor {
                 published_at = Some(Instant::now());
             }
             let flush_at = self.flush_due();
-            let ack_at = self.ack_due();
+            let ack_at = match (self.ack_due(), self.settle_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 r = roles.changed() => if r.is_err() { break },
                 c = connections.changed() => {
@@ -1190,7 +1197,12 @@ impl Actor {
                         Some(t) => tokio::time::sleep_until(t.into()).await,
                         None => std::future::pending().await,
                     }
-                } => self.send_owed_ack(),
+                } => {
+                    if self.ack_due().is_some_and(|t| t <= Instant::now()) {
+                        self.send_owed_ack();
+                    }
+                    self.settle_position();
+                }
                 changed = async {
                     match &watching {
                         Some(Some(w)) => w.changed().await,
@@ -1624,6 +1636,7 @@ impl Actor {
                 ack_owed: None,
                 ack_owed_bytes: 0,
                 acked: None,
+                unsettled_since: None,
                 primary: None,
                 hello_at: None,
                 retry: false,
@@ -2855,6 +2868,7 @@ impl Actor {
                     "database {name}: resynced to txid {} with {taken} pages",
                     at.txid
                 );
+                s.unsettled_since = Some(Instant::now());
                 let _ = self.node.peer_link.send(PeerMessage::DbSeedAck {
                     db: name,
                     next_pgno: taken,
@@ -3178,6 +3192,7 @@ impl Actor {
             Ok(at) => {
                 s.ack_owed = Some(at);
                 s.ack_owed_bytes += batch_bytes;
+                s.unsettled_since = Some(Instant::now());
                 let waited_for = batch.first().is_some_and(|b| b.1 <= s.flush_upto);
                 // Past its queue's cap the primary lets the standby go: an
                 // eighth of it is acknowledged without waiting.
@@ -3213,15 +3228,6 @@ impl Actor {
         let Some(at) = s.ack_owed.take() else {
             return;
         };
-        // What is acknowledged may be forgotten by the primary: its record
-        // must survive a power loss (see tandem_standby::position).
-        if let Some(Err(e)) = s.replica.as_mut().map(Replica::make_position_durable) {
-            tracing::error!("database {}: {e}; not acknowledging", self.e.name);
-            // Tried again with the next acknowledgement, not at once.
-            s.acked = Some((Instant::now(), s.acked.map_or(TxId(0), |(_, t)| t)));
-            s.ack_owed = Some(at);
-            return;
-        }
         s.acked = Some((Instant::now(), at.txid));
         let sent = self.node.peer_link.send(PeerMessage::DbAck {
             db: self.e.name.clone(),
@@ -3242,6 +3248,32 @@ impl Actor {
         };
         s.ack_owed?;
         Some(s.acked.map_or_else(Instant::now, |(t, _)| t + ACK_EVERY))
+    }
+
+    /// When the position record of the last apply is to be made durable.
+    fn settle_due(&self) -> Option<Instant> {
+        match &self.side {
+            Side::Standby(s) => s.unsettled_since.map(|t| t + ACK_EVERY),
+            _ => None,
+        }
+    }
+
+    /// Makes the position record durable once no apply followed the last
+    /// one for [`ACK_EVERY`]: a stream that stops leaves a record that
+    /// survives a power loss (see `tandem_standby::position`), and one that
+    /// flows costs no fdatasync per apply.
+    fn settle_position(&mut self) {
+        let Side::Standby(s) = &mut self.side else {
+            return;
+        };
+        if s.unsettled_since.is_none_or(|t| t.elapsed() < ACK_EVERY) {
+            return;
+        }
+        s.unsettled_since = None;
+        if let Some(Err(e)) = s.replica.as_mut().map(Replica::make_position_durable) {
+            tracing::error!("database {}: {e}; trying again", self.e.name);
+            s.unsettled_since = Some(Instant::now());
+        }
     }
 
     /// Whether received transactions wait to be applied.

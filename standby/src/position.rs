@@ -10,13 +10,13 @@
 //! database's sum from scratch and takes whichever side of the intent it
 //! equals; SQLite's own atomic commit guarantees it is one of the two.
 //!
-//! # Durable with the acknowledgement, not with each apply
+//! # Durable once the stream pauses, not with each apply
 //!
 //! The intent is written before each apply but made durable
-//! ([`PositionFile::make_durable`]) only before the standby acknowledges,
-//! at most every 20 ms while a stream flows. An `fdatasync` per apply was
-//! a quarter of the standby's CPU at 200 transactions a second. What that
-//! costs is bounded:
+//! ([`PositionFile::make_durable`]) only once no apply followed for 20 ms
+//! (the node's engine decides when). An `fdatasync` per apply was more than
+//! a quarter of the standby's context switches at 200 transactions a
+//! second. What that costs is bounded:
 //!
 //! - A kill -9 loses nothing: the written intent is in the page cache, and
 //!   the replica comes back at its exact position.
@@ -28,8 +28,8 @@
 //!   every transaction after the last acknowledged one, and the copy cannot
 //!   be behind that, so while the primary runs it always finds the copy on
 //!   its line and resyncs it by page hashes (only differing pages move). A
-//!   copy that stopped less than 20 ms after its last apply has a durable
-//!   record and needs none of this.
+//!   copy whose last apply came 20 ms or more before the power loss has a
+//!   durable record and needs none of this.
 //! - If both nodes lost power mid-stream, the primary may no longer know
 //!   the copy's checksum: the copy is quarantined whole and seeded anew,
 //!   never overwritten on a guess.

@@ -34,7 +34,7 @@
 //! `synchronous=FULL` makes each commit durable (the WAL is fsynced) before
 //! it is acknowledged. The position (epoch, txid, checksum) is kept in a
 //! sidecar file as an intent written before each commit and made durable
-//! before each acknowledgement ([`Replica::make_position_durable`]); see
+//! once the stream pauses ([`Replica::make_position_durable`]); see
 //! [`crate::position`] for why not inside the database, why not fsynced
 //! with each commit, and how recovery chooses. Opening a replica always
 //! recomputes the checksum from the pages (one read of the file), which is
@@ -374,7 +374,7 @@ impl Replica {
     }
 
     /// Makes the position of the last apply durable (its commit is
-    /// already): called before that position is acknowledged.
+    /// already): called once no apply followed for a while.
     pub fn make_position_durable(&mut self) -> Result<(), ReplicaError> {
         self.position_file
             .make_durable()
