@@ -677,7 +677,7 @@ def run_database(args, r):
     q = args.quick
     lag_s = args.lag_s or (10 if q else 30)
     max_s = args.max_s or (5 if q else 10)
-    rounds = args.rounds or (1 if q else 3)
+    rounds = args.rounds or (1 if q else 5)
     n_http = args.barriers or (50 if q else 300)
     n_cli = max(10, n_http // 6)
     seed_mib = args.seed_mib or (128 if q else 1024)
