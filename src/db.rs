@@ -155,7 +155,7 @@ const RESTART_AT_BYTES: u64 = 4 << 20;
 /// How long writers are held off, at most, while a log restart waits for
 /// the standby's acknowledgements.
 const RESTART_HOLD_MAX: Duration = Duration::from_millis(20);
-/// A standby applies (two fsyncs) at most once in this time; what arrives
+/// A standby applies (an fsync) at most once in this time; what arrives
 /// meanwhile is applied together. The time grows with the batches (see
 /// `flush_every_after`).
 const FLUSH_EVERY_MIN: Duration = Duration::from_millis(2);
@@ -993,7 +993,7 @@ fn restart_at(cap: u64) -> u64 {
 /// How long a standby lets what it receives wait after applying a batch of
 /// `applied` transactions: [`FLUSH_EVERY_MIN`] while they come a few at a
 /// time, longer (n batched, n times as long, up to [`FLUSH_EVERY_MAX`])
-/// once a batch holds [`FLUSH_GROW_AT`] or more. Each apply is two fsyncs;
+/// once a batch holds [`FLUSH_GROW_AT`] or more. Each apply was two fsyncs then;
 /// on a disk the application also writes (both nodes of the demo pair
 /// share one), a standby applying every 2 ms under a busy writer sent the
 /// disk about a thousand flushes a second and took a fifth of the writer's
