@@ -143,7 +143,7 @@ fn a_database_deleted_and_recreated_while_running_is_mirrored_anew() {
 }
 
 /// A power loss on the standby can leave its position record older than its
-/// copy: the record is made durable with each acknowledgement, the commits
+/// copy: the record is made durable once the stream pauses, the commits
 /// with each apply. Simulated here: the record as it stood after a barrier
 /// is put back once more transactions were applied and the standby killed.
 /// The copy is then ahead of its record; the primary places it by its

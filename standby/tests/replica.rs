@@ -188,7 +188,7 @@ fn a_write_made_while_tandem_was_stopped_is_found_on_open() {
 }
 
 /// A power loss can leave the position record older than the copy (the
-/// record is made durable with each acknowledgement, the commits with each
+/// record is made durable once the stream pauses, the commits with each
 /// apply): the record as it stood is put back after more applies. A strict
 /// open refuses the copy; opening by content gives it an uncounted txid,
 /// the record's epoch and the checksum of what it holds, for the primary
