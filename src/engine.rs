@@ -31,12 +31,10 @@ where
 {
     let label = what.clone();
     let spawned = std::thread::Builder::new().name(thread).spawn(move || {
-        // SAFETY: plain system calls on this thread's own id; raising a
-        // nice value is always permitted, and a failure only leaves the
-        // thread at the normal priority.
-        let tid = unsafe { nix::libc::gettid() };
-        if unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid as u32, ENGINE_NICE) } != 0
-        {
+        // On Linux the nice value is per thread, and `who` 0 is the calling
+        // one. SAFETY: a plain system call; raising a nice value is always
+        // permitted, and a failure only leaves the thread as it was.
+        if unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, ENGINE_NICE) } != 0 {
             tracing::debug!(
                 "{label}: cannot lower its thread's priority: {}",
                 std::io::Error::last_os_error()
