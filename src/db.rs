@@ -2611,6 +2611,7 @@ impl Actor {
         if !away && !cut && used > restart_at(cap) && p.seed.is_none() {
             // Streaming: restart the log once acknowledgements catch up,
             // holding writers off for that round trip (see `step_restart`).
+            let mut flush_upto = None;
             if !p.capture.restarting()
                 && p.truncate_tried
                     .is_none_or(|t| t.elapsed() >= TRUNCATE_RETRY)
@@ -2619,11 +2620,7 @@ impl Actor {
                 match p.capture.begin_restart(p.truncate_wait) {
                     Ok(true) => {
                         p.restart_begun = Some(Instant::now());
-                        // Writers wait for this: the standby need not group.
-                        let _ = self.node.peer_link.send(PeerMessage::DbFlush {
-                            db: name.clone(),
-                            upto: p.capture.position().txid,
-                        });
+                        flush_upto = Some(p.capture.position().txid);
                     }
                     Ok(false) => {
                         *p.reset_failures
@@ -2634,6 +2631,14 @@ impl Actor {
                 }
             }
             self.poll_and_ship();
+            if let Some(upto) = flush_upto {
+                // Writers wait for this: the standby need not group. Sent
+                // after what the restart read, so that one apply takes all.
+                let _ = self
+                    .node
+                    .peer_link
+                    .send(PeerMessage::DbFlush { db: name, upto });
+            }
             self.step_restart();
             return;
         }
@@ -2726,7 +2731,7 @@ impl Actor {
                 p.last_checkpoint = Some(json!({
                     "mode": "restart", "at_unix_ms": unix_ms(),
                     "upto_txid": p.checkpointed_to.0,
-                    "writers_held_ms": begun.elapsed().as_secs_f64() * 1000.0,
+                    "writers_held_ms": p.capture.last_hold().map(|d| d.as_secs_f64() * 1000.0),
                     "standby_acknowledged_all": true,
                 }));
             }

@@ -142,3 +142,77 @@ fn the_wal_stays_under_its_cap_with_the_standby_down_and_it_catches_up() {
         (wal_size(&p) <= CAP).then_some(())
     });
 }
+
+/// With the standby streaming, a writer that never pauses still sees the
+/// log restart: tandem holds writers off for the standby's acknowledgement
+/// round trip (at most 20 ms, `RESTART_HOLD_MAX`), the WAL stays at its
+/// restart threshold instead of growing to the cap, and the copies match.
+#[test]
+fn with_the_standby_streaming_the_log_restarts_under_a_writer_that_never_pauses() {
+    // Large enough that the writer takes a while (about 100 ms) to fill the
+    // log from the restart threshold to the cut.
+    const STREAMING_CAP: u64 = 8 << 20;
+    let mut p = DbPair::with_settings("manual", "wal_bytes_max = \"8MiB\"");
+    p.start_streaming(SETTLE);
+    let mut writer = Command::new("python3")
+        .arg("-c")
+        .arg(SUSTAINED)
+        .arg(p.db(0))
+        .arg("5")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is required by the database tests");
+    // Sampled while the writer runs (a measurement, not a wait).
+    let mut max = 0u64;
+    let mut holds_ms = Vec::new();
+    let status = loop {
+        max = max.max(wal_size(&p));
+        if let Some(c) = p.db_status(0).map(|s| s["last_checkpoint"].clone()) {
+            if c["mode"] == "restart" && c["standby_acknowledged_all"] == true {
+                if let Some(h) = c["writers_held_ms"].as_f64() {
+                    holds_ms.push(h);
+                }
+            }
+        }
+        if let Some(s) = writer.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the writer failed");
+    let mut rows = String::new();
+    std::io::Read::read_to_string(&mut writer.stdout.take().unwrap(), &mut rows).unwrap();
+    let rows: u64 = rows.trim().parse().unwrap();
+    let s = p.db_status(0).unwrap();
+    eprintln!(
+        "{rows} transactions; WAL at most {max} bytes; {} resets, {} cuts, failures {}; holds seen (ms): {holds_ms:?}",
+        s["wal_resets"], s["wal_truncations"], s["wal_reset_failures"]
+    );
+    assert!(
+        rows > 500,
+        "the writer did too little to test anything: {rows}"
+    );
+    assert!(
+        !holds_ms.is_empty(),
+        "no log restart with the standby acknowledging was seen: {s}"
+    );
+    // Each restart let writers go once acknowledged, well within the
+    // 20 ms after which it gives up (the lock is measured, not the
+    // state file saved after).
+    assert!(
+        holds_ms.iter().all(|h| *h > 0.0 && *h < 20.0 + 10.0),
+        "{holds_ms:?}"
+    );
+    // The log restarted (at a quarter of the cap), and the file was cut
+    // (at half of it) should a restart come too late: under the cap.
+    assert!(s["wal_resets"].as_u64().unwrap() >= 10, "{s}");
+    assert!(max <= STREAMING_CAP, "the WAL reached {max} bytes: {s}");
+    assert_eq!(s["mode"], "streaming", "{s}");
+
+    let txid = p.barrier_txid(0);
+    let (at, _) = p.wait_same_position(Duration::from_secs(10));
+    assert_eq!(at, txid);
+    assert_eq!(dump(&p.db(0)), dump(&p.db(1)));
+    assert_eq!(integrity(&p.db(1)), "ok");
+}

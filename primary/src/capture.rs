@@ -54,7 +54,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tandem_sync::dbsum::{DbPosition, DbSum, PageHashes, TxId};
 use tandem_sync::wal::{
     Transaction, WalChecksum, WalError, WalFrame, WalHeader, WalPosition, WalReader,
@@ -222,8 +222,10 @@ pub struct Capture {
     gate: Option<WriterGate>,
     /// The control connection holds the write lock across polls, waiting
     /// for the standby to acknowledge what was read so that the log can
-    /// restart ([`Capture::begin_restart`]).
-    restarting: bool,
+    /// restart ([`Capture::begin_restart`]): since when.
+    restarting: Option<Instant>,
+    /// How long the last restart held the write lock.
+    last_hold: Option<Duration>,
     /// The bytes the last read step consumed: the next step's size.
     read_hint: usize,
     /// The read steps' buffer, kept: zeroing a fresh one at every poll
@@ -429,7 +431,8 @@ impl Capture {
                     })
                     .ok()
             },
-            restarting: false,
+            restarting: None,
+            last_hold: None,
             read_hint: WAL_READ_BYTES,
             read_buf: Vec::new(),
         };
@@ -684,7 +687,7 @@ impl Capture {
         self.forget_acked(acked);
         let (mut wal_frames, mut backfilled_frames) = self.passive()?;
         let mut pin_moved = false;
-        if self.unacked.is_empty() && self.held_back.is_empty() && !self.restarting {
+        if self.unacked.is_empty() && self.held_back.is_empty() && self.restarting.is_none() {
             // A writer that never pauses would keep the default busy handler
             // waiting its whole timeout; try often, briefly.
             if self.take_write_lock(PIN_MOVE_WAIT).is_err() {
@@ -759,7 +762,7 @@ impl Capture {
             not_because: Some(why.to_string()),
         };
         self.forget_acked(acked);
-        if self.restarting {
+        if self.restarting.is_some() {
             return Ok(not("a log restart is waiting for acknowledgements", before));
         }
         if owed_kept {
@@ -883,13 +886,13 @@ impl Capture {
     /// backfilled, and the application's next commit restarts the log.
     /// True when the lock is held.
     pub fn begin_restart(&mut self, wait: Duration) -> Result<bool, CaptureError> {
-        if self.restarting {
+        if self.restarting.is_some() {
             return Ok(true);
         }
         if self.take_write_lock(wait).is_err() {
             return Ok(false);
         }
-        self.restarting = true;
+        self.restarting = Some(Instant::now());
         match self.read_new() {
             Ok(fresh) => {
                 self.held_back.extend(fresh);
@@ -907,7 +910,7 @@ impl Capture {
     /// backfilled and lets the lock go. `Some(log may restart)` when done,
     /// None while acknowledgements are still due (the lock is kept).
     pub fn finish_restart(&mut self, acked: TxId) -> Result<Option<bool>, CaptureError> {
-        if !self.restarting {
+        if self.restarting.is_none() {
             return Ok(None);
         }
         self.forget_acked(acked);
@@ -925,10 +928,17 @@ impl Capture {
     /// Lets the write lock of [`Capture::begin_restart`] go without moving
     /// the pin (the standby is slow, the role changes, a snapshot is due).
     pub fn abort_restart(&mut self) -> Result<(), CaptureError> {
-        if std::mem::take(&mut self.restarting) {
+        if let Some(since) = self.restarting.take() {
             self.control.execute_batch("COMMIT")?;
+            self.last_hold = Some(since.elapsed());
         }
         Ok(())
+    }
+
+    /// How long the last log restart held writers off: from taking the
+    /// write lock to letting it go (the state file is saved after).
+    pub fn last_hold(&self) -> Option<Duration> {
+        self.last_hold
     }
 
     /// Ends the pin's read transaction and begins it again at the end of
@@ -959,14 +969,14 @@ impl Capture {
 
     /// Whether the write lock is held for a log restart.
     pub fn restarting(&self) -> bool {
-        self.restarting
+        self.restarting.is_some()
     }
 
     /// `BEGIN IMMEDIATE` on the control connection within about `wait`:
     /// a place in the kernel's queue first ([`WriterGate`]), then SQLite's
     /// lock while the application sleeps in its busy handler.
     fn take_write_lock(&mut self, wait: Duration) -> Result<(), CaptureError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         if let Some(gate) = &self.gate {
             if gate.wait(wait) {
                 gate.release();
