@@ -172,6 +172,20 @@ const ACK_EVERY: Duration = Duration::from_millis(20);
 /// acknowledged: a quarter of the primary's window.
 const ACK_AFTER_TX: u64 = IN_FLIGHT_TX_MAX / 4;
 
+/// A position record that could not be made durable is tried again after
+/// [`ACK_EVERY`], then twice as long each time, up to this.
+const SETTLE_RETRY_MAX: Duration = Duration::from_secs(2);
+/// ... and the failure is logged once every this many tries.
+const SETTLE_TRIES_PER_LOG: u32 = 30;
+
+/// How long the position record waits after the last apply (or the last
+/// failed try) before it is made durable, after `failures` failed tries.
+fn settle_after(failures: u32) -> Duration {
+    ACK_EVERY
+        .saturating_mul(1 << failures.min(16))
+        .min(SETTLE_RETRY_MAX)
+}
+
 /// Status is rebuilt at most this often (and at every tick).
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Checkpoint at most this often while acknowledgements flow.
@@ -942,6 +956,8 @@ struct StandbySide {
     /// made: the record is made durable once none followed for
     /// [`ACK_EVERY`] (see `tandem_standby::position`).
     unsettled_since: Option<Instant>,
+    /// Tries in a row that failed to make the position record durable.
+    settle_failures: u32,
     /// The newest (txid, sum) the primary shipped.
     primary: Option<(TxId, DbSum)>,
     hello_at: Option<Instant>,
@@ -1637,6 +1653,7 @@ impl Actor {
                 ack_owed_bytes: 0,
                 acked: None,
                 unsettled_since: None,
+                settle_failures: 0,
                 primary: None,
                 hello_at: None,
                 retry: false,
@@ -3258,7 +3275,9 @@ impl Actor {
     /// When the position record of the last apply is to be made durable.
     fn settle_due(&self) -> Option<Instant> {
         match &self.side {
-            Side::Standby(s) => s.unsettled_since.map(|t| t + ACK_EVERY),
+            Side::Standby(s) => s
+                .unsettled_since
+                .map(|t| t + settle_after(s.settle_failures)),
             _ => None,
         }
     }
@@ -3271,13 +3290,34 @@ impl Actor {
         let Side::Standby(s) = &mut self.side else {
             return;
         };
-        if s.unsettled_since.is_none_or(|t| t.elapsed() < ACK_EVERY) {
+        if s.unsettled_since
+            .is_none_or(|t| t.elapsed() < settle_after(s.settle_failures))
+        {
             return;
         }
         s.unsettled_since = None;
-        if let Some(Err(e)) = s.replica.as_mut().map(Replica::make_position_durable) {
-            tracing::error!("database {}: {e}; trying again", self.e.name);
-            s.unsettled_since = Some(Instant::now());
+        match s.replica.as_mut().map(Replica::make_position_durable) {
+            Some(Err(e)) => {
+                // Said at the first failure and then about every minute,
+                // not at every try (a failing disk would fill the log).
+                s.settle_failures = s.settle_failures.saturating_add(1);
+                if s.settle_failures % SETTLE_TRIES_PER_LOG == 1 {
+                    tracing::error!(
+                        "database {}: {e}; trying again, then every {} s",
+                        self.e.name,
+                        SETTLE_RETRY_MAX.as_secs()
+                    );
+                }
+                s.unsettled_since = Some(Instant::now());
+            }
+            Some(Ok(())) if s.settle_failures > 0 => {
+                tracing::info!(
+                    "database {}: the position record is durable again",
+                    self.e.name
+                );
+                s.settle_failures = 0;
+            }
+            _ => {}
         }
     }
 
@@ -3646,5 +3686,17 @@ mod tests {
         assert_eq!(flush_every_after(FLUSH_GROW_AT), FLUSH_EVERY_MIN * 4);
         assert_eq!(flush_every_after(5), FLUSH_EVERY_MAX);
         assert_eq!(flush_every_after(usize::MAX), FLUSH_EVERY_MAX);
+    }
+
+    #[test]
+    fn a_position_record_that_cannot_be_synced_is_tried_less_and_less_often() {
+        assert_eq!(settle_after(0), ACK_EVERY);
+        assert_eq!(settle_after(1), ACK_EVERY * 2);
+        assert_eq!(settle_after(3), ACK_EVERY * 8);
+        assert_eq!(settle_after(7), SETTLE_RETRY_MAX);
+        assert_eq!(settle_after(u32::MAX), SETTLE_RETRY_MAX);
+        // Logged about once a minute at the slowest.
+        let logged_every = SETTLE_RETRY_MAX * SETTLE_TRIES_PER_LOG;
+        assert!(logged_every >= Duration::from_secs(50), "{logged_every:?}");
     }
 }
