@@ -21,9 +21,8 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// alternated runs, `/proc/<pid>/schedstat`). They are `SCHED_BATCH`
 /// threads too: with the demo pair at 200 tx/s that used 0.5% of a core
 /// less (9.1 → 8.5 and 9.8 → 9.3, three alternated pairs each way), and
-/// small files synced no slower; against a writer at full speed the lag
-/// p99 rose from about 15 ms to 26-30 (one benchmark run each). Heartbeats
-/// and the role machine run on other threads, at the normal priority.
+/// small files synced no slower. Heartbeats and the role machine run on
+/// other threads, at the normal priority.
 const ENGINE_NICE: i32 = 5;
 
 /// Runs the future `make` builds on a new thread named `thread`, at
