@@ -18,36 +18,22 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// shares would give them, when the application wants everything). A
 /// writer at full speed beside the demo pair waited 9.3 µs per transaction
 /// for a CPU at nice 0 and 4.7 at 5, and committed 3% more (three
-/// alternated runs, `/proc/<pid>/schedstat`). They are `SCHED_BATCH`
-/// threads too: with the demo pair at 200 tx/s that used 0.5% of a core
-/// less (9.1 → 8.5 and 9.8 → 9.3, three alternated pairs each way), and
-/// small files synced no slower. Heartbeats and the role machine run on
-/// other threads, at the normal priority.
+/// alternated runs, `/proc/<pid>/schedstat`). Heartbeats and the role
+/// machine run on other threads, at the normal priority.
 const ENGINE_NICE: i32 = 5;
 
 /// Runs the future `make` builds on a new thread named `thread`, at
-/// [`ENGINE_NICE`] and `SCHED_BATCH`, on a current-thread runtime; failures
-/// to start are logged as `what`'s.
+/// [`ENGINE_NICE`], on a current-thread runtime; failures to start are
+/// logged as `what`'s.
 pub fn spawn<F>(thread: String, what: String, make: impl FnOnce() -> F + Send + 'static)
 where
     F: Future<Output = ()>,
 {
     let label = what.clone();
     let spawned = std::thread::Builder::new().name(thread).spawn(move || {
-        // SCHED_BATCH: a woken engine does not preempt the thread that runs
-        // on its CPU, it waits until that one blocks or its slice ends.
-        // SAFETY: plain system calls on the calling thread (pid 0); any
-        // thread may lower its own priority, and a failure only leaves the
-        // thread as it was.
-        let batch = nix::libc::sched_param { sched_priority: 0 };
-        if unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_BATCH, &batch) } != 0 {
-            tracing::debug!(
-                "{label}: cannot make its thread a batch one: {}",
-                std::io::Error::last_os_error()
-            );
-        }
         // On Linux the nice value is per thread, and `who` 0 is the calling
-        // one.
+        // one. SAFETY: a plain system call; raising a nice value is always
+        // permitted, and a failure only leaves the thread as it was.
         if unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, ENGINE_NICE) } != 0 {
             tracing::debug!(
                 "{label}: cannot lower its thread's priority: {}",
