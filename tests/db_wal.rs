@@ -145,8 +145,8 @@ fn the_wal_stays_under_its_cap_with_the_standby_down_and_it_catches_up() {
 
 /// With the standby streaming, a writer that never pauses still sees the
 /// log restart: tandem holds writers off for the standby's acknowledgement
-/// round trip (at most 20 ms, `RESTART_HOLD_MAX`), the WAL stays at its
-/// restart threshold instead of growing to the cap, and the copies match.
+/// round trip (at most 20 ms, `RESTART_HOLD_MAX`), the WAL stays under its
+/// cap, and the copies match.
 #[test]
 fn with_the_standby_streaming_the_log_restarts_under_a_writer_that_never_pauses() {
     // Large enough that the writer takes a while (about 100 ms) to fill the
