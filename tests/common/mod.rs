@@ -76,16 +76,28 @@ pub struct Pair {
     nft_table: Option<String>,
 }
 
-/// `count` free ports on 127.0.0.1 (TCP and UDP both free).
+/// `count` free ports on 127.0.0.1 (TCP and UDP both free), none that an
+/// earlier call in this process gave.
 pub fn free_ports(count: usize) -> Vec<u16> {
+    // Ports handed out earlier in this process: they are free again once
+    // their holders close, and the kernel gave one of them back to a later
+    // call (a test's own port and its pair's control port collided).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let mut ports = Vec::new();
     let mut holders = Vec::new();
     while ports.len() < count {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
+        if given.contains(&p) {
+            // Held until the loop ends, so the next bind gets another.
+            holders.push((l, None));
+            continue;
+        }
         if let Ok(u) = std::net::UdpSocket::bind(("127.0.0.1", p)) {
             ports.push(p);
-            holders.push((l, u));
+            given.push(p);
+            holders.push((l, Some(u)));
         }
     }
     ports
