@@ -877,8 +877,6 @@ struct PrimarySide {
     checkpoint_at: Instant,
     /// When [`Capture::replaced`] last looked at the database's path.
     identity_checked_at: Instant,
-    /// Since when the write lock is held for a log restart.
-    restart_begun: Option<Instant>,
     asked_at: Option<Instant>,
     /// A resync could not start (a local writer held the write lock): the
     /// standby is asked again where it stands, and the resync tried again.
@@ -1009,8 +1007,8 @@ fn restart_at(cap: u64) -> u64 {
 /// How long a standby lets what it receives wait after applying a batch of
 /// `applied` transactions: [`FLUSH_EVERY_MIN`] while they come a few at a
 /// time, longer (n batched, n times as long, up to [`FLUSH_EVERY_MAX`])
-/// once a batch holds [`FLUSH_GROW_AT`] or more. Each apply was two fsyncs then;
-/// on a disk the application also writes (both nodes of the demo pair
+/// once a batch holds [`FLUSH_GROW_AT`] or more. Each apply was two fsyncs
+/// then; on a disk the application also writes (both nodes of the demo pair
 /// share one), a standby applying every 2 ms under a busy writer sent the
 /// disk about a thousand flushes a second and took a fifth of the writer's
 /// throughput. A batch counts what came during the last apply too, so a
@@ -1622,7 +1620,6 @@ impl Actor {
             last_checkpoint: None,
             checkpoint_at: Instant::now(),
             identity_checked_at: Instant::now(),
-            restart_begun: None,
             asked_at: None,
             resync_retry: false,
             verify_out: Vec::new(),
@@ -2629,16 +2626,13 @@ impl Actor {
             // Streaming: restart the log once acknowledgements catch up,
             // holding writers off for that round trip (see `step_restart`).
             let mut flush_upto = None;
-            if !p.capture.restarting()
+            if p.capture.restarting().is_none()
                 && p.truncate_tried
                     .is_none_or(|t| t.elapsed() >= TRUNCATE_RETRY)
             {
                 p.truncate_tried = Some(Instant::now());
                 match p.capture.begin_restart(p.truncate_wait) {
-                    Ok(true) => {
-                        p.restart_begun = Some(Instant::now());
-                        flush_upto = Some(p.capture.position().txid);
-                    }
+                    Ok(true) => flush_upto = Some(p.capture.position().txid),
                     Ok(false) => {
                         *p.reset_failures
                             .entry("a writer held the write lock".into())
@@ -2721,14 +2715,10 @@ impl Actor {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
-        let Some(begun) = p.restart_begun else {
+        // None also once the capture let go itself (a snapshot was taken).
+        let Some(begun) = p.capture.restarting() else {
             return;
         };
-        if !p.capture.restarting() {
-            // Let go by the capture itself (a snapshot was taken).
-            p.restart_begun = None;
-            return;
-        }
         let result =
             if !streaming || p.peer != Peer::Streaming || begun.elapsed() > RESTART_HOLD_MAX {
                 p.capture.abort_restart().map(|()| {
@@ -2741,7 +2731,6 @@ impl Actor {
                 p.capture.finish_restart(p.base.txid)
             };
         match result {
-            Ok(None) => return,
             Ok(Some(true)) => {
                 p.resets += 1;
                 p.checkpointed_to = p.capture.position().txid;
@@ -2752,10 +2741,9 @@ impl Actor {
                     "standby_acknowledged_all": true,
                 }));
             }
-            Ok(Some(false)) => {}
+            Ok(None | Some(false)) => {}
             Err(e) => tracing::warn!("database {name}: log restart: {e}"),
         }
-        p.restart_begun = None;
     }
 
     // ----- standby ---------------------------------------------------------

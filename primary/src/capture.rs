@@ -967,9 +967,9 @@ impl Capture {
         }
     }
 
-    /// Whether the write lock is held for a log restart.
-    pub fn restarting(&self) -> bool {
-        self.restarting.is_some()
+    /// Since when the write lock is held for a log restart, if it is.
+    pub fn restarting(&self) -> Option<Instant> {
+        self.restarting
     }
 
     /// `BEGIN IMMEDIATE` on the control connection within about `wait`:
