@@ -157,7 +157,7 @@ pub struct FileSetReplica {
     /// directory, a restart's cleanup), so a new temp file is not taken to
     /// hold what its predecessor held. (Its inode number is no proof: the
     /// filesystem hands a freed one out again at once.)
-    staged: HashMap<PathBuf, std::collections::HashSet<(u64, ChunkHash)>>,
+    staged: HashMap<PathBuf, Staged>,
     /// Where each apply is recorded before it takes effect, when the node
     /// keeps one ([`AppliedLog`]).
     applied: Option<AppliedLog>,
@@ -189,17 +189,41 @@ pub const BATCH_AGE_MAX: Duration = Duration::from_millis(100);
 /// fsyncs of pending files in flight at once.
 const FSYNC_THREADS: usize = 4;
 
+/// The chunks staged in one temp file: offset, then end and hash.
+#[derive(Debug, Default)]
+struct Staged(std::collections::BTreeMap<u64, (u64, ChunkHash)>);
+
+impl Staged {
+    /// `c` was written at its place. What it overlaps is not there any
+    /// more: a version abandoned before its commit (a fetch that failed,
+    /// a file that changed while sent) may have staged other bytes there,
+    /// and a later round asking for that version again must not take them
+    /// as still in place.
+    fn insert(&mut self, c: &ChunkRef) {
+        let overlapped: Vec<u64> = self
+            .0
+            .range(..c.end())
+            .rev()
+            .take_while(|(_, (end, _))| *end > c.offset)
+            .map(|(offset, _)| *offset)
+            .collect();
+        for offset in overlapped {
+            self.0.remove(&offset);
+        }
+        self.0.insert(c.offset, (c.end(), c.hash));
+    }
+
+    fn holds(&self, c: &ChunkRef) -> bool {
+        self.0.get(&c.offset) == Some(&(c.end(), c.hash))
+    }
+}
+
 /// Whether chunk `c` is in its place in a temp file `len` bytes long:
 /// staged there by this process (checked when received), or left by an
 /// earlier attempt (checked now).
-fn in_temp_file(
-    file: &File,
-    len: u64,
-    staged: Option<&std::collections::HashSet<(u64, ChunkHash)>>,
-    c: &ChunkRef,
-) -> bool {
+fn in_temp_file(file: &File, len: u64, staged: Option<&Staged>, c: &ChunkRef) -> bool {
     c.end() <= len
-        && (staged.is_some_and(|s| s.contains(&(c.offset, c.hash))) || {
+        && (staged.is_some_and(|s| s.holds(c)) || {
             let mut buf = vec![0u8; c.len as usize];
             file.read_exact_at(&mut buf, c.offset).is_ok() && c.verify(&buf)
         })
@@ -593,7 +617,7 @@ impl FileSetReplica {
         for (places, bytes) in work {
             for c in places {
                 file.write_all_at(bytes, c.offset).map_err(io)?;
-                staged.insert((c.offset, c.hash));
+                staged.insert(c);
             }
         }
         Ok(())
@@ -1070,7 +1094,7 @@ impl FileSetReplica {
         c: &ChunkRef,
         file: &File,
         partial_len: u64,
-        staged: &std::collections::HashSet<(u64, ChunkHash)>,
+        staged: &Staged,
         source: &mut dyn ChunkSource,
     ) -> Result<(), ApplyError> {
         let io = |e| ApplyError::Io(path.clone(), e);

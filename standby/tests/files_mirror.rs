@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 use tandem_primary::files::FileSetScanner;
 use tandem_standby::files::{ApplyError, ApplyStats, FileSetReplica, PARTIAL_PREFIX};
-use tandem_sync::chunk::CHUNK_BYTES_MAX;
+use tandem_sync::chunk::{ChunkRef, CHUNK_BYTES_MAX};
 use tandem_sync::fileset::SafePath;
-use tandem_sync::manifest::{diff, Change, FileSetFilter, Manifest};
+use tandem_sync::manifest::{diff, Change, Entry, FileSetFilter, Manifest};
 
 struct Pair {
     _tmp: tempfile::TempDir,
@@ -456,6 +456,50 @@ fn an_interrupted_transfer_resumes_and_a_replay_is_harmless() {
     }
     assert!(replica.take_quarantined().is_empty());
     assert_eq!(replica.manifest(), &scan.manifest);
+}
+
+/// Chunks staged for a version that was then abandoned (its transfer
+/// failed) and overwritten by another abandoned version's chunks are not
+/// taken as still in place when the first version is asked for again:
+/// neither the one at the same offset nor one the new chunk overlaps.
+#[test]
+fn a_chunk_overwritten_in_the_temp_file_is_not_trusted_as_staged() {
+    let mut pair = Pair::new();
+    let mut rng = StdRng::seed_from_u64(21);
+    let path = SafePath::parse("report.bin").unwrap();
+    let entry_of = |pair: &mut Pair, bytes: &[u8]| {
+        fs::write(pair.p("report.bin"), bytes).unwrap();
+        let scan = pair.scanner.scan(Some(pair.replica.manifest())).unwrap();
+        scan.manifest.get(&path).unwrap().clone()
+    };
+    let stage = |pair: &mut Pair, entry: &Entry, c: &ChunkRef| {
+        let data = pair.scanner.read_chunk(&path, c).unwrap();
+        pair.replica
+            .stage_chunk(&path, entry, &c.hash, &data)
+            .unwrap();
+    };
+    let v1 = random_bytes(&mut rng, 1024 * 1024);
+    let e1 = entry_of(&mut pair, &v1);
+    // A second version whose first chunk reaches into v1's second one.
+    let (v2, e2) = (0..100)
+        .map(|_| random_bytes(&mut rng, 1024 * 1024))
+        .map(|v| {
+            let e = entry_of(&mut pair, &v);
+            (v, e)
+        })
+        .find(|(_, e)| e.chunks()[0].end() > e1.chunks()[0].end())
+        .expect("a first chunk longer than v1's in 100 tries");
+    assert_ne!(v1, v2);
+    // v1's first two chunks are staged, then v2's first over them.
+    fs::write(pair.p("report.bin"), &v1).unwrap();
+    stage(&mut pair, &e1, &e1.chunks()[0]);
+    stage(&mut pair, &e1, &e1.chunks()[1]);
+    fs::write(pair.p("report.bin"), &v2).unwrap();
+    stage(&mut pair, &e2, &e2.chunks()[0]);
+    // v1 again, and this time it goes through.
+    fs::write(pair.p("report.bin"), &v1).unwrap();
+    pair.sync();
+    assert_eq!(fs::read(pair.standby.join("report.bin")).unwrap(), v1);
 }
 
 #[test]
