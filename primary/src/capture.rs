@@ -583,8 +583,11 @@ impl Capture {
 
     /// Reads what was committed since the last poll.
     pub fn poll(&mut self) -> Result<Vec<Captured>, CaptureError> {
+        // Read first: on an error, what was held back (numbered already)
+        // stays for the next poll.
+        let new = self.read_new()?;
         let mut out = std::mem::take(&mut self.held_back);
-        out.extend(self.read_new()?);
+        out.extend(new);
         Ok(out)
     }
 
@@ -614,55 +617,66 @@ impl Capture {
         };
         let mut header = [0u8; WAL_HEADER_BYTES];
         let mut txs = Vec::new();
-        if read_into(file, &self.wal, 0, &mut header)? == WAL_HEADER_BYTES {
-            match self.reader.feed(0, &header) {
-                Ok(t) => txs.extend(t),
-                // A header being rewritten: SQLite sees an empty log too.
-                Err(_) => return Ok(Vec::new()),
+        // The reader moves past each transaction it decodes: those are
+        // numbered and returned even when a later read fails (the error
+        // comes back at the next poll), or they would never be shipped.
+        let read = (|| -> Result<(), CaptureError> {
+            if read_into(file, &self.wal, 0, &mut header)? == WAL_HEADER_BYTES {
+                match self.reader.feed(0, &header) {
+                    Ok(t) => txs.extend(t),
+                    // A header being rewritten: SQLite sees an empty log too.
+                    Err(_) => return Ok(()),
+                }
+                let mut at = self.reader.next_offset();
+                let frame_bytes = self.reader.position().map_or(WAL_READ_BYTES, |p| {
+                    p.header.page_size as usize + FRAME_HEADER_BYTES
+                });
+                // At least one frame (pages may be 64 KiB), at most a step.
+                let step = |hint: usize| hint.min(WAL_READ_BYTES).max(frame_bytes);
+                let mut want = step(self.read_hint);
+                // Each turn reaches the end of the file, consumes a commit, or
+                // grows `want` (up to the file's end): bounded by the file.
+                while at >= WAL_HEADER_BYTES as u64 {
+                    let mut head = [0u8; FRAME_HEADER_BYTES];
+                    let got = read_into(file, &self.wal, at, &mut head)?;
+                    if !frame_continues_log(&self.reader, &head[..got]) {
+                        break;
+                    }
+                    if self.read_buf.len() < want {
+                        self.read_buf.resize(want, 0);
+                    }
+                    let got = read_into(file, &self.wal, at, &mut self.read_buf[..want])?;
+                    txs.extend(self.reader.feed(at, &self.read_buf[..got])?);
+                    if got < want {
+                        break;
+                    }
+                    let next = self.reader.next_offset();
+                    if next > at {
+                        // Transactions tend to be alike: the next read is sized
+                        // on what this one consumed.
+                        self.read_hint = usize::try_from(next - at).unwrap_or(WAL_READ_BYTES);
+                        want = step(self.read_hint);
+                        at = next;
+                    } else if self.reader.wants_more() {
+                        // One transaction larger than what was read.
+                        want = want.saturating_mul(4);
+                    } else {
+                        // The end of the valid log: a transaction still being
+                        // written, or frames left from before the log restarted
+                        // (SQLite does not shrink the file).
+                        break;
+                    }
+                }
+                if self.read_buf.len() > WAL_READ_BYTES {
+                    // Grown for one large transaction: not kept.
+                    self.read_buf = Vec::new();
+                }
             }
-            let mut at = self.reader.next_offset();
-            let frame_bytes = self.reader.position().map_or(WAL_READ_BYTES, |p| {
-                p.header.page_size as usize + FRAME_HEADER_BYTES
-            });
-            // At least one frame (pages may be 64 KiB), at most a step.
-            let step = |hint: usize| hint.min(WAL_READ_BYTES).max(frame_bytes);
-            let mut want = step(self.read_hint);
-            // Each turn reaches the end of the file, consumes a commit, or
-            // grows `want` (up to the file's end): bounded by the file.
-            while at >= WAL_HEADER_BYTES as u64 {
-                let mut head = [0u8; FRAME_HEADER_BYTES];
-                let got = read_into(file, &self.wal, at, &mut head)?;
-                if !frame_continues_log(&self.reader, &head[..got]) {
-                    break;
-                }
-                if self.read_buf.len() < want {
-                    self.read_buf.resize(want, 0);
-                }
-                let got = read_into(file, &self.wal, at, &mut self.read_buf[..want])?;
-                txs.extend(self.reader.feed(at, &self.read_buf[..got])?);
-                if got < want {
-                    break;
-                }
-                let next = self.reader.next_offset();
-                if next > at {
-                    // Transactions tend to be alike: the next read is sized
-                    // on what this one consumed.
-                    self.read_hint = usize::try_from(next - at).unwrap_or(WAL_READ_BYTES);
-                    want = step(self.read_hint);
-                    at = next;
-                } else if self.reader.wants_more() {
-                    // One transaction larger than what was read.
-                    want = want.saturating_mul(4);
-                } else {
-                    // The end of the valid log: a transaction still being
-                    // written, or frames left from before the log restarted
-                    // (SQLite does not shrink the file).
-                    break;
-                }
-            }
-            if self.read_buf.len() > WAL_READ_BYTES {
-                // Grown for one large transaction: not kept.
-                self.read_buf = Vec::new();
+            Ok(())
+        })();
+        if let Err(e) = read {
+            if txs.is_empty() {
+                return Err(e);
             }
         }
         Ok(txs
