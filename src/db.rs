@@ -3498,8 +3498,10 @@ impl Actor {
         }
         let target = p.capture.position();
         let (tx, rx) = oneshot::channel();
-        if p.acked.is_some_and(|a| a.txid >= target.txid)
-            || p.base.txid >= target.txid && p.peer == Peer::Streaming
+        // Only a streaming standby's acknowledgements hold: one it sent
+        // before its copy was set aside and seeded or resynced anew does not.
+        if p.peer == Peer::Streaming
+            && (p.acked.is_some_and(|a| a.txid >= target.txid) || p.base.txid >= target.txid)
         {
             let _ = tx.send(p.base);
         } else {
