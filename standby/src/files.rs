@@ -311,7 +311,8 @@ fn set_mtime_nofollow(path: &Path, ns: i64) -> io::Result<()> {
 fn set_meta(path: &Path, entry: &Entry) -> io::Result<()> {
     if !matches!(entry.kind, EntryKind::Symlink { .. }) {
         let f = open_nofollow(path)?;
-        f.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+        // Masked again: a peer's entry may not have been through a manifest.
+        f.set_permissions(fs::Permissions::from_mode(entry.mode & MODE_MASK))?;
     }
     set_mtime_nofollow(path, entry.mtime_ns)
 }
@@ -1079,7 +1080,7 @@ impl FileSetReplica {
             self.put_chunk(path, c, &file, partial_len, &staged, source)?;
         }
         file.set_len(*size).map_err(io)?;
-        file.set_permissions(fs::Permissions::from_mode(new.mode))
+        file.set_permissions(fs::Permissions::from_mode(new.mode & MODE_MASK))
             .map_err(io)?;
         file.set_modified(system_time(new.mtime_ns)).map_err(io)?;
         crate::start_writeback(&file, 0, 0);

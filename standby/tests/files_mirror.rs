@@ -16,7 +16,7 @@ use tandem_primary::files::FileSetScanner;
 use tandem_standby::files::{ApplyError, ApplyStats, FileSetReplica, PARTIAL_PREFIX};
 use tandem_sync::chunk::{ChunkRef, CHUNK_BYTES_MAX};
 use tandem_sync::fileset::SafePath;
-use tandem_sync::manifest::{diff, Change, Entry, FileSetFilter, Manifest};
+use tandem_sync::manifest::{diff, Change, Entry, FileSetFilter, Manifest, MODE_MASK};
 
 struct Pair {
     _tmp: tempfile::TempDir,
@@ -133,7 +133,10 @@ fn assert_trees_identical(a: &Path, b: &Path) {
                 "{} differs",
                 x.display()
             );
-            assert_eq!(mx.permissions().mode(), my.permissions().mode());
+            assert_eq!(
+                mx.permissions().mode() & MODE_MASK,
+                my.permissions().mode() & MODE_MASK
+            );
         }
     }
 }
@@ -500,6 +503,33 @@ fn a_chunk_overwritten_in_the_temp_file_is_not_trusted_as_staged() {
     fs::write(pair.p("report.bin"), &v1).unwrap();
     pair.sync();
     assert_eq!(fs::read(pair.standby.join("report.bin")).unwrap(), v1);
+}
+
+/// Ownership is not mirrored, so neither are setuid and setgid: a user's
+/// setuid file must not become a root-owned setuid file on the standby.
+/// The copies still count as in sync (no change is sent again).
+#[test]
+fn setuid_and_setgid_bits_are_not_mirrored() {
+    let mut pair = Pair::new();
+    fs::create_dir(pair.p("shared")).unwrap();
+    fs::write(pair.p("shared/tool"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(pair.p("shared/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(pair.p("shared"), fs::Permissions::from_mode(0o3775)).unwrap();
+    let mode = |p: PathBuf| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode(pair.p("shared/tool")),
+        0o4755,
+        "the primary's file is setuid"
+    );
+    pair.sync();
+    assert_eq!(mode(pair.standby.join("shared/tool")), 0o755);
+    assert_eq!(
+        mode(pair.standby.join("shared")),
+        0o1775,
+        "the sticky bit is kept"
+    );
+    let scan = pair.scanner.scan(Some(pair.replica.manifest())).unwrap();
+    assert!(diff(pair.replica.manifest(), &scan.manifest).is_empty());
 }
 
 #[test]

@@ -43,8 +43,16 @@ pub const ROOT_CONTEXT: &str = "tandem file-set manifest root v1";
 /// became [`file_hash`] of its chunk list (it was blake3 of its bytes);
 /// version 1 is still read, its hashes recomputed from the chunk lists.
 pub const ENCODING_VERSION: u8 = 2;
-/// The permission bits that are mirrored (including setuid, setgid, sticky).
-pub const MODE_MASK: u32 = 0o7777;
+/// The permission bits that are mirrored: read, write, execute and the
+/// sticky bit. Not setuid and setgid: ownership is not mirrored, so the
+/// standby's copy of a user's setuid file would be a root-owned setuid
+/// file (tandem writes as root), and under the shipped unit
+/// (`RestrictSUIDSGID=yes`) setting either bit fails, which left a set
+/// holding one never in sync.
+pub const MODE_MASK: u32 = 0o1777;
+/// Every permission bit: what a manifest may hold (setuid and setgid from
+/// an earlier build are read and dropped).
+const MODE_BITS: u32 = 0o7777;
 
 /// What an entry is, with what identifies its content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,7 +323,7 @@ impl Manifest {
             if last.as_ref().is_some_and(|l| *l >= path) {
                 return Err(ManifestError::Order(path));
             }
-            if w.mode & !MODE_MASK != 0 {
+            if w.mode & !MODE_BITS != 0 {
                 return Err(ManifestError::Mode(path));
             }
             if let Some(parent) = path.parent() {
@@ -359,7 +367,7 @@ impl Manifest {
                 path.clone(),
                 Entry {
                     kind,
-                    mode: w.mode,
+                    mode: w.mode & MODE_MASK,
                     mtime_ns: w.mtime_ns,
                 },
             );
