@@ -63,6 +63,15 @@ use tandem_sync::wal::{
 
 /// How much of the WAL one read takes (more when one transaction is larger).
 const WAL_READ_BYTES: usize = 64 << 10;
+/// A transaction still being written is read again from its first frame
+/// (the reader keeps nothing of it: SQLite may write its frames over, after
+/// a rollback), so a large one is read again no sooner than its size at
+/// this rate allows: a VACUUM or bulk load writing a gigabyte in one
+/// transaction was read again at every poll, about once a millisecond,
+/// each time in full.
+const OPEN_TX_REREAD_BYTES_PER_S: u64 = 256 << 20;
+/// ... and at most this long after the last read.
+const OPEN_TX_REREAD_MAX: Duration = Duration::from_secs(2);
 use tandem_sync::Epoch;
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +240,9 @@ pub struct Capture {
     /// The read steps' buffer, kept: zeroing a fresh one at every poll
     /// cost more than the read.
     read_buf: Vec<u8>,
+    /// A large transaction was being written at the last read: when to
+    /// read it again ([`OPEN_TX_REREAD_BYTES_PER_S`]).
+    read_again_at: Option<Instant>,
 }
 
 /// An open handle on the WAL file, reopened only when the path names another
@@ -435,6 +447,7 @@ impl Capture {
             last_hold: None,
             read_hint: WAL_READ_BYTES,
             read_buf: Vec::new(),
+            read_again_at: None,
         };
         me.save_state()?;
         Ok((me, outcome))
@@ -582,7 +595,34 @@ impl Capture {
     }
 
     /// Reads what was committed since the last poll.
+    ///
+    /// While a large transaction is being written it is read again only
+    /// at [`Capture::read_again_at`], unless the write lock is held (then
+    /// none is open) or `all` (a barrier: a transaction rolled back after
+    /// it spilled into the WAL leaves frames that look the same, and the
+    /// commits after it must not wait).
     pub fn poll(&mut self) -> Result<Vec<Captured>, CaptureError> {
+        self.poll_inner(false)
+    }
+
+    /// [`Capture::poll`], reading the WAL to its end even while a large
+    /// transaction is being written (see there).
+    pub fn poll_all(&mut self) -> Result<Vec<Captured>, CaptureError> {
+        self.poll_inner(true)
+    }
+
+    /// When a transaction being written is read again, if one is.
+    pub fn read_again_at(&self) -> Option<Instant> {
+        self.read_again_at
+    }
+
+    fn poll_inner(&mut self, all: bool) -> Result<Vec<Captured>, CaptureError> {
+        let wait = !all
+            && self.restarting.is_none()
+            && self.read_again_at.is_some_and(|t| Instant::now() < t);
+        if wait {
+            return Ok(std::mem::take(&mut self.held_back));
+        }
         // Read first: on an error, what was held back (numbered already)
         // stays for the next poll.
         let new = self.read_new()?;
@@ -658,8 +698,16 @@ impl Capture {
                         want = step(self.read_hint);
                         at = next;
                     } else if self.reader.wants_more() {
-                        // One transaction larger than what was read.
-                        want = want.saturating_mul(4);
+                        // One transaction larger than what was read: read
+                        // more, never past the file's end.
+                        let left = file.metadata().map_or(0, |m| m.len()).saturating_sub(at);
+                        let more = want
+                            .saturating_mul(4)
+                            .min(usize::try_from(left).unwrap_or(usize::MAX));
+                        if more <= want {
+                            break;
+                        }
+                        want = more;
                     } else {
                         // The end of the valid log: a transaction still being
                         // written, or frames left from before the log restarted
@@ -667,13 +715,19 @@ impl Capture {
                         break;
                     }
                 }
-                if self.read_buf.len() > WAL_READ_BYTES {
-                    // Grown for one large transaction: not kept.
-                    self.read_buf = Vec::new();
-                }
             }
             Ok(())
         })();
+        // A large transaction still being written: read again later, in
+        // the same buffer; the buffer grown for one is not kept after.
+        let open = self.reader.open_bytes();
+        self.read_again_at = (open > WAL_READ_BYTES as u64).then(|| {
+            let wait = Duration::from_secs_f64(open as f64 / OPEN_TX_REREAD_BYTES_PER_S as f64);
+            Instant::now() + wait.min(OPEN_TX_REREAD_MAX)
+        });
+        if self.read_again_at.is_none() && self.read_buf.len() > WAL_READ_BYTES {
+            self.read_buf = Vec::new();
+        }
         if let Err(e) = read {
             if txs.is_empty() {
                 return Err(e);

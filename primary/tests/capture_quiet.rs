@@ -159,3 +159,76 @@ fn a_restarted_log_is_read_only_to_its_valid_end() {
     );
     assert!(capture.poll().unwrap().is_empty());
 }
+
+/// A transaction still being written (a VACUUM, a bulk load) spills its
+/// pages into the WAL before its commit frame. The capture reads it again
+/// from its first frame until the commit comes, so it must not do that at
+/// every poll (the engine polls about once a millisecond while the WAL
+/// grows): once read, it is read again only when due, except by
+/// `poll_all` (a barrier). Once committed it is captured whole.
+#[test]
+fn a_large_transaction_being_written_is_not_read_again_at_every_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bulk.db");
+    let writer = Connection::open(&db).unwrap();
+    writer
+        .execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=50;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);",
+        )
+        .unwrap();
+    let (mut capture, _) = Capture::open(&db, &dir.path().join("bulk.capture"), Epoch(1)).unwrap();
+    writer.execute_batch("BEGIN").unwrap();
+    for _ in 0..48 {
+        writer
+            .execute("INSERT INTO t(b) VALUES (randomblob(1000000))", [])
+            .unwrap();
+    }
+    let wal_bytes = capture.wal_bytes();
+    assert!(
+        wal_bytes > 32 << 20,
+        "the open transaction spilled: {wal_bytes} bytes"
+    );
+
+    assert!(capture.poll().unwrap().is_empty(), "nothing is committed");
+    let due = capture
+        .read_again_at()
+        .expect("a large transaction being written is noticed");
+    let before = bytes_read_by_this_thread();
+    for _ in 0..100 {
+        assert!(capture.poll().unwrap().is_empty());
+    }
+    let read = bytes_read_by_this_thread() - before;
+    assert!(Instant::now() < due, "the polls took longer than the wait");
+    assert!(
+        read < 1 << 20,
+        "100 polls read {read} bytes of a {wal_bytes}-byte open transaction"
+    );
+
+    let before = bytes_read_by_this_thread();
+    assert!(capture.poll_all().unwrap().is_empty());
+    let read = bytes_read_by_this_thread() - before;
+    assert!(read > 32 << 20, "poll_all read only {read} bytes");
+
+    writer.execute_batch("COMMIT").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = capture.poll().unwrap();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commit was not captured in 10 s"
+        );
+        let next = capture.read_again_at().unwrap_or_else(Instant::now);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    };
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].tx.pages.len() > 48 * 240,
+        "{} pages",
+        got[0].tx.pages.len()
+    );
+    assert!(capture.read_again_at().is_none());
+}

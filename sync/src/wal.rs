@@ -252,6 +252,8 @@ pub struct WalReader {
     /// The last feed ended inside a transaction whose frames were valid up
     /// to the end of the bytes fed: more bytes may complete it.
     unfinished_to_end: bool,
+    /// The valid frames the last feed found past its last commit frame.
+    open_bytes: u64,
 }
 
 impl WalReader {
@@ -260,6 +262,7 @@ impl WalReader {
         WalReader {
             position: None,
             unfinished_to_end: false,
+            open_bytes: 0,
         }
     }
 
@@ -268,6 +271,7 @@ impl WalReader {
         WalReader {
             position: Some(position),
             unfinished_to_end: false,
+            open_bytes: 0,
         }
     }
 
@@ -289,6 +293,12 @@ impl WalReader {
     /// bytes ended at a commit.
     pub fn wants_more(&self) -> bool {
         self.unfinished_to_end
+    }
+
+    /// The bytes of valid frames the last feed found after its last commit
+    /// frame: a transaction being written (or one rolled back), so far.
+    pub fn open_bytes(&self) -> u64 {
+        self.open_bytes
     }
 
     /// Feeds bytes read from the WAL file at `offset`, which must be 0 (the
@@ -382,6 +392,7 @@ impl WalReader {
         }
         self.position = Some(position);
         self.unfinished_to_end = ran_to_end && (consumed > 0 || frames.len() % frame_bytes != 0);
+        self.open_bytes = consumed as u64;
         Ok(out)
     }
 }
