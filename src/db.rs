@@ -190,6 +190,10 @@ fn settle_after(failures: u32) -> Duration {
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Checkpoint at most this often while acknowledgements flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// A seed or resync the standby has not answered for this long is begun
+/// again (see `PrimarySide::transfer_moved_at`). A window of seed chunks is
+/// 8 MiB: this is far longer than the slowest link and disk take for it.
+const TRANSFER_STALL_MAX: Duration = Duration::from_secs(30);
 /// A switchover waits for a standby at most this many transactions behind.
 const SWITCHOVER_LAG_TX_MAX: u64 = 1000;
 /// Once the log in use is past this share of `wal_bytes_max` (per cent),
@@ -881,6 +885,12 @@ struct PrimarySide {
     /// A resync could not start (a local writer held the write lock): the
     /// standby is asked again where it stands, and the resync tried again.
     resync_retry: bool,
+    /// When a seed or resync last moved (begun, or the standby answered):
+    /// one that stalls (a message the full outbox refused: a plan, the
+    /// standby's last need, ack or hello) is let go after
+    /// [`TRANSFER_STALL_MAX`], its snapshot with it (the snapshot holds the
+    /// WAL), and the standby asked where it stands.
+    transfer_moved_at: Instant,
     /// Verifies to send to the standby once everything up to their txid is
     /// shipped (id and the primary's snapshot position), kept until their
     /// answer comes: a `DbVerify` the full outbox refused, or queued on a
@@ -1289,10 +1299,20 @@ impl Actor {
         } else {
             false
         };
-        busy.then(|| {
+        let again = busy.then(|| {
             watch.pause();
             Instant::now() + WAL_READ_EVERY_BUSY
-        })
+        });
+        // A large transaction being written is read again when due, not at
+        // every write (the watch stays armed: its commit may be the last).
+        again.or_else(|| self.read_again_at())
+    }
+
+    fn read_again_at(&self) -> Option<Instant> {
+        match &self.side {
+            Side::Primary(p) => p.capture.read_again_at(),
+            _ => None,
+        }
     }
 
     fn alarm(&self, message: Option<String>) {
@@ -1614,6 +1634,7 @@ impl Actor {
             waiters: Vec::new(),
             seed: None,
             resync: None,
+            transfer_moved_at: Instant::now(),
             uncounted_epoch,
             skip_to: TxId(0),
             checkpointed_to: base.txid,
@@ -1777,6 +1798,24 @@ impl Actor {
     fn on_tick(&mut self) {
         match &mut self.side {
             Side::Primary(p) => {
+                if matches!(p.peer, Peer::Seeding | Peer::Resyncing)
+                    && p.transfer_moved_at.elapsed() > TRANSFER_STALL_MAX
+                {
+                    tracing::warn!(
+                        "database {}: the standby's {} has not moved for {} s; starting over",
+                        self.e.name,
+                        if p.peer == Peer::Seeding {
+                            "seed"
+                        } else {
+                            "resync"
+                        },
+                        TRANSFER_STALL_MAX.as_secs()
+                    );
+                    p.seed = None;
+                    p.resync = None;
+                    p.peer = Peer::Unknown;
+                    p.asked_at = None;
+                }
                 if (p.peer == Peer::Unknown || p.resync_retry)
                     && p.asked_at
                         .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
@@ -1818,6 +1857,13 @@ impl Actor {
     /// Read what was committed, queue it, ship what the standby may take.
     /// True when something new was read.
     fn poll_and_ship(&mut self) -> bool {
+        self.poll_and_ship_with(false)
+    }
+
+    /// [`Actor::poll_and_ship`]; with `all`, the WAL is read to its end
+    /// even while a large transaction is being written
+    /// ([`Capture::poll_all`]).
+    fn poll_and_ship_with(&mut self, all: bool) -> bool {
         let Side::Primary(p) = &mut self.side else {
             return false;
         };
@@ -1841,7 +1887,12 @@ impl Actor {
         if due {
             p.identity_checked_at = Instant::now();
         }
-        let grew = match p.capture.poll() {
+        let polled = if all {
+            p.capture.poll_all()
+        } else {
+            p.capture.poll()
+        };
+        let grew = match polled {
             Ok(batch) => {
                 let grew = !batch.is_empty();
                 for c in batch {
@@ -2180,6 +2231,7 @@ impl Actor {
                         acked_next: 1,
                     });
                     p.peer = Peer::Seeding;
+                    p.transfer_moved_at = Instant::now();
                     self.ship_seed();
                 }
                 Err(e) => tracing::error!("database {name}: cannot take a seed snapshot: {e}"),
@@ -2418,6 +2470,8 @@ impl Actor {
         );
         let count = plans.len();
         for (i, (first, hashes)) in plans.into_iter().enumerate() {
+            // A plan the full outbox refused would leave the standby
+            // waiting for the rest: see `transfer_moved_at`.
             let _ = self
                 .node
                 .peer_link
@@ -2433,6 +2487,7 @@ impl Actor {
                 }));
         }
         p.ship_after_snapshot(at);
+        p.transfer_moved_at = Instant::now();
         p.resync = Some(ResyncOut {
             snap,
             need: Vec::new(),
@@ -2453,6 +2508,7 @@ impl Actor {
         };
         r.need.extend(pgnos);
         r.complete |= last;
+        p.transfer_moved_at = Instant::now();
         self.ship_resync();
     }
 
@@ -3413,6 +3469,7 @@ impl Actor {
                 next_pgno, done, ..
             } => {
                 if let Side::Primary(p) = &mut self.side {
+                    p.transfer_moved_at = Instant::now();
                     if let Some(seed) = &mut p.seed {
                         seed.acked_next = seed.acked_next.max(next_pgno);
                     }
@@ -3489,7 +3546,7 @@ impl Actor {
             ));
         }
         // Read the WAL to its end now: this is "committed before the call".
-        self.poll_and_ship();
+        self.poll_and_ship_with(true);
         let Side::Primary(p) = &mut self.side else {
             return Err(format!("database {name} is not open as primary"));
         };
