@@ -43,6 +43,7 @@ fn held() -> &'static Held {
                 kind: EntryKind::file(chunks),
                 mode: 0o644,
                 mtime_ns: 1,
+                owner: None,
             },
         );
         Held { manifest, base }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tandem_sync::chunk::{ChunkRef, Chunker};
 use tandem_sync::delta::SketchStore;
 use tandem_sync::fileset::SafePath;
-use tandem_sync::manifest::{Entry, EntryKind, FileSetFilter, Manifest, MODE_MASK};
+use tandem_sync::manifest::{mirrored_mode, Entry, EntryKind, FileSetFilter, Manifest, Owner};
 
 /// How many times a file that changes while being read is read again
 /// before it is reported as unstable.
@@ -240,9 +240,34 @@ fn mtime_ns(meta: &Metadata) -> i64 {
 /// Whether a file is unchanged since `entry` was made, by the quick check
 /// (size and mtime).
 fn quick_match(entry: &Entry, meta: &Metadata) -> bool {
+    let owner = owner_of(meta);
     matches!(&entry.kind, EntryKind::File { size, .. } if *size == meta.len())
         && entry.mtime_ns == mtime_ns(meta)
-        && entry.mode == meta.permissions().mode() & MODE_MASK
+        && entry.owner == owner
+        && entry.mode == mirrored_mode(meta.permissions().mode(), owner)
+}
+
+/// The owner of what `meta` describes, when ownership is mirrored: when
+/// this process runs as root, as tandem does on both nodes under its unit
+/// (only root can give a file to another user).
+pub fn owner_of(meta: &Metadata) -> Option<Owner> {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
+        .then(|| Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        })
+}
+
+/// An entry of `kind` with the mode, mtime and owner of `meta`.
+fn entry_of(kind: EntryKind, meta: &Metadata) -> Entry {
+    let owner = owner_of(meta);
+    Entry {
+        kind,
+        mode: mirrored_mode(meta.permissions().mode(), owner),
+        mtime_ns: mtime_ns(meta),
+        owner,
+    }
 }
 
 impl FileSetScanner {
@@ -552,11 +577,7 @@ impl FileSetScanner {
             match fs::read_link(self.full(path)) {
                 Ok(target) => match target.into_os_string().into_string() {
                     Ok(target) if !target.is_empty() => {
-                        let entry = Entry {
-                            kind: EntryKind::Symlink { target },
-                            mode: meta.permissions().mode() & MODE_MASK,
-                            mtime_ns: mtime_ns(meta),
-                        };
+                        let entry = entry_of(EntryKind::Symlink { target }, meta);
                         scan.manifest.insert(path.clone(), entry);
                     }
                     _ => scan.skipped.push(Skipped {
@@ -659,11 +680,7 @@ impl FileSetScanner {
                         None => cache.remove(path),
                     }
                 }
-                return Ok(Some(Entry {
-                    kind: EntryKind::file(chunks),
-                    mode: after.permissions().mode() & MODE_MASK,
-                    mtime_ns: mtime_ns(&after),
-                }));
+                return Ok(Some(entry_of(EntryKind::file(chunks), &after)));
             }
         }
         Err(SkipReason::Unstable)
@@ -715,11 +732,7 @@ fn read_in_background() {
 }
 
 fn dir_entry(meta: &Metadata) -> Entry {
-    Entry {
-        kind: EntryKind::Dir,
-        mode: meta.permissions().mode() & MODE_MASK,
-        mtime_ns: mtime_ns(meta),
-    }
+    entry_of(EntryKind::Dir, meta)
 }
 
 fn open_nofollow(path: &Path) -> io::Result<File> {

@@ -141,6 +141,7 @@ mod tests {
             },
             mode: 0o644,
             mtime_ns,
+            owner: None,
         }
     }
 

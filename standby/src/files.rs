@@ -56,7 +56,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_sync::chunk::{file_hash, ChunkHash, ChunkRef};
 use tandem_sync::fileset::SafePath;
-use tandem_sync::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
+use tandem_sync::manifest::{mirrored_mode, Change, Entry, EntryKind, Manifest, Owner, MODE_MASK};
 
 /// Temp files being assembled start with this; a scanner of the standby's
 /// tree should leave them out.
@@ -306,15 +306,67 @@ fn set_mtime_nofollow(path: &Path, ns: i64) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Set mode (not for symlinks) and mtime on what is at `path`, checked to be
-/// of the entry's type.
+/// Set owner, mode (not for symlinks) and mtime on what is at `path`,
+/// checked to be of the entry's type.
 fn set_meta(path: &Path, entry: &Entry) -> io::Result<()> {
-    if !matches!(entry.kind, EntryKind::Symlink { .. }) {
+    if matches!(entry.kind, EntryKind::Symlink { .. }) {
+        set_owner_nofollow(path, entry.owner)?;
+    } else {
         let f = open_nofollow(path)?;
-        // Masked again: a peer's entry may not have been through a manifest.
-        f.set_permissions(fs::Permissions::from_mode(entry.mode & MODE_MASK))?;
+        set_owner(&f, entry.owner)?;
+        set_mode(&f, entry)?;
     }
     set_mtime_nofollow(path, entry.mtime_ns)
+}
+
+/// The entry's mode on `f`; after its owner, which clears setuid and setgid.
+fn set_mode(f: &File, entry: &Entry) -> io::Result<()> {
+    // Masked again: a peer's entry may not have been through a manifest.
+    let mode = mirrored_mode(entry.mode, entry.owner);
+    f.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// Gives `f` to the entry's owner, when ownership is mirrored.
+fn set_owner(f: &File, owner: Option<Owner>) -> io::Result<()> {
+    let Some(o) = owner else {
+        return Ok(());
+    };
+    nix::unistd::fchown(
+        f,
+        Some(nix::unistd::Uid::from_raw(o.uid)),
+        Some(nix::unistd::Gid::from_raw(o.gid)),
+    )
+    .map_err(|e| owner_error(o, e))
+}
+
+/// [`set_owner`] for a symlink itself, never followed.
+fn set_owner_nofollow(path: &Path, owner: Option<Owner>) -> io::Result<()> {
+    let Some(o) = owner else {
+        return Ok(());
+    };
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(nix::unistd::Uid::from_raw(o.uid)),
+        Some(nix::unistd::Gid::from_raw(o.gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| owner_error(o, e))
+}
+
+fn owner_error(o: Owner, e: nix::errno::Errno) -> io::Error {
+    let e = io::Error::from(e);
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        // The primary runs as root and mirrors owners; this node does not.
+        return io::Error::new(
+            e.kind(),
+            format!(
+                "cannot give it to uid {} gid {}: {e} (the primary mirrors owners, which needs tandem to run as root on this node too)",
+                o.uid, o.gid
+            ),
+        );
+    }
+    e
 }
 
 /// Whether what is on disk at `full` (with metadata `meta`) is `entry`, by
@@ -337,6 +389,9 @@ fn state_matches(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
 /// change already applied).
 fn state_is(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
     state_matches(full, meta, entry)
+        && entry
+            .owner
+            .is_none_or(|o| meta.uid() == o.uid && meta.gid() == o.gid)
         && match entry.kind {
             EntryKind::Dir => meta.permissions().mode() & MODE_MASK == entry.mode,
             EntryKind::File { .. } => meta.permissions().mode() & MODE_MASK == entry.mode,
@@ -687,7 +742,17 @@ impl FileSetReplica {
                 continue;
             }
             let have = self.manifest.get(&p).cloned();
-            match (have, scanned.get(&p)) {
+            // Owners not mirrored (the primary does not run as root) are
+            // not a local change, whoever owns the copy here.
+            let found = scanned.get(&p).map(|d| match &have {
+                Some(h) if h.owner.is_none() && d.owner.is_some() => Entry {
+                    mode: mirrored_mode(d.mode, None),
+                    owner: None,
+                    ..d.clone()
+                },
+                _ => d.clone(),
+            });
+            match (have, found.as_ref()) {
                 (None, None) => continue,
                 (Some(h), Some(d)) if h == *d => continue,
                 (Some(h), Some(d)) if h.same_content(d) => {
@@ -994,6 +1059,7 @@ impl FileSetReplica {
                 let tmp = parent.join(partial_name(path.file_name()));
                 let _ = fs::remove_file(&tmp);
                 std::os::unix::fs::symlink(target, &tmp).map_err(io)?;
+                set_owner_nofollow(&tmp, new.owner).map_err(io)?;
                 set_mtime_nofollow(&tmp, new.mtime_ns).map_err(io)?;
                 fs::rename(&tmp, &full).map_err(io)?;
             }
@@ -1080,8 +1146,8 @@ impl FileSetReplica {
             self.put_chunk(path, c, &file, partial_len, &staged, source)?;
         }
         file.set_len(*size).map_err(io)?;
-        file.set_permissions(fs::Permissions::from_mode(new.mode & MODE_MASK))
-            .map_err(io)?;
+        set_owner(&file, new.owner).map_err(io)?;
+        set_mode(&file, new).map_err(io)?;
         file.set_modified(system_time(new.mtime_ns)).map_err(io)?;
         crate::start_writeback(&file, 0, 0);
         Ok((tmp, file))

@@ -22,6 +22,7 @@ fn file_entry(bytes: &[u8]) -> Entry {
         kind: EntryKind::file(chunk_bytes(bytes)),
         mode: 0o644,
         mtime_ns: 1_000_000_000,
+        owner: None,
     }
 }
 
@@ -30,6 +31,7 @@ fn dir_entry() -> Entry {
         kind: EntryKind::Dir,
         mode: 0o755,
         mtime_ns: 1_000_000_000,
+        owner: None,
     }
 }
 
@@ -226,6 +228,7 @@ fn a_symlink_as_the_last_component_is_replaced_never_followed() {
         },
         mode: 0o777,
         mtime_ns: 5,
+        owner: None,
     };
     let c = Change::Meta {
         path: p("l"),

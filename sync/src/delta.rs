@@ -516,6 +516,7 @@ mod tests {
             kind: EntryKind::file(chunk_bytes(&bytes)),
             mode: 0o644,
             mtime_ns: 5,
+            owner: None,
         };
         let d = entry_digest(&e);
         let mut m = e.clone();

@@ -35,7 +35,7 @@
 use crate::chunk::{file_hash, ChunkHash, ChunkRef, CHUNK_BYTES_MAX};
 use crate::delta::{entry_digest, ChunkDelta, ChunkListDelta};
 use crate::fileset::{SafePath, PATH_BYTES_MAX};
-use crate::manifest::{Change, Entry, EntryKind, Manifest, MODE_MASK};
+use crate::manifest::{mirrored_mode, Change, Entry, EntryKind, Manifest, Owner};
 use crate::message::Epoch;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,7 @@ pub enum WireChange {
         hash: [u8; 32],
         mode: u32,
         mtime_ns: i64,
+        owner: Option<Owner>,
         chunks: ChunkListDelta,
     },
 }
@@ -110,6 +111,7 @@ impl WireChange {
                     hash: *hash,
                     mode: new.mode,
                     mtime_ns: new.mtime_ns,
+                    owner: new.owner,
                     chunks: ChunkListDelta::between(old_chunks, chunks),
                 },
                 _ => WireChange::Whole(change.clone()),
@@ -141,6 +143,7 @@ impl WireChange {
                 hash,
                 mode,
                 mtime_ns,
+                owner,
                 chunks,
             } => {
                 let Some(
@@ -181,6 +184,7 @@ impl WireChange {
                         },
                         mode: *mode,
                         mtime_ns: *mtime_ns,
+                        owner: *owner,
                     },
                 }
             }
@@ -194,10 +198,14 @@ impl WireChange {
         match self {
             WireChange::Whole(c) => validate_change(c),
             WireChange::FileModify {
-                path, mode, chunks, ..
+                path,
+                mode,
+                owner,
+                chunks,
+                ..
             } => {
-                if mode & !MODE_MASK != 0 {
-                    return bad(format!("{path}: mode {mode:o} outside 0o7777"));
+                if mirrored_mode(*mode, *owner) != *mode {
+                    return bad(format!("{path}: mode {mode:o} is not mirrored"));
                 }
                 chunks
                     .check_shape()
@@ -209,6 +217,9 @@ impl WireChange {
 
 /// File-set messages on the replication link (see the module doc).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+// A message is built once, sent or handled, and dropped: the size of its
+// largest variant (a change, entries inline) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum FsMessage {
     /// Primary to standby: report your manifest.
     Ask { set: String },
@@ -297,8 +308,8 @@ fn bad<T>(why: impl Into<String>) -> Result<T, FsInvalid> {
 /// Check an entry a peer sent: mode bits, a file's chunk list tiling
 /// `0..size` with chunks of legal length, a symlink target.
 pub fn validate_entry(path: &SafePath, e: &Entry) -> Result<(), FsInvalid> {
-    if e.mode & !MODE_MASK != 0 {
-        return bad(format!("{path}: mode {:o} outside 0o7777", e.mode));
+    if mirrored_mode(e.mode, e.owner) != e.mode {
+        return bad(format!("{path}: mode {:o} is not mirrored", e.mode));
     }
     match &e.kind {
         EntryKind::File { size, hash, chunks } => {
@@ -527,6 +538,7 @@ mod tests {
             kind: EntryKind::file(chunk_bytes(bytes)),
             mode: 0o644,
             mtime_ns: 1,
+            owner: None,
         }
     }
 
@@ -739,6 +751,7 @@ mod tests {
             },
             mode: 0o777,
             mtime_ns: 0,
+            owner: None,
         };
         assert!(validate_entry(&p("l"), &link).is_err());
         // A chunk that does not match its hash is refused as it is
@@ -855,7 +868,7 @@ mod tests {
             m.validate().unwrap();
             let FsMessage::Change { change: wc, .. } = *m else { panic!("not a change") };
             let mut held = Manifest::new();
-            held.insert(p("d"), Entry { kind: EntryKind::Dir, mode: 0o755, mtime_ns: 0 });
+            held.insert(p("d"), Entry { kind: EntryKind::Dir, mode: 0o755, mtime_ns: 0 , owner: None });
             held.insert(p("d/f"), old.clone());
             proptest::prop_assert_eq!(wc.resolve(&held).unwrap(), change);
             let mut other = old;
@@ -892,6 +905,7 @@ mod tests {
             kind: EntryKind::file(chunks),
             mode: 0o640,
             mtime_ns,
+            owner: None,
         }
     }
 
@@ -946,6 +960,7 @@ mod tests {
                 kind: EntryKind::Dir,
                 mode: 0o755,
                 mtime_ns: 0,
+                owner: None,
             },
         );
         assert!(wire.resolve(&held).is_err());
@@ -965,6 +980,7 @@ mod tests {
             hash,
             mode,
             mtime_ns,
+            owner,
             mut chunks,
         } = wire
         else {
@@ -978,6 +994,7 @@ mod tests {
             hash,
             mode,
             mtime_ns,
+            owner,
             chunks: chunks.clone(),
         };
         assert!(forged.validate().is_ok());
@@ -991,6 +1008,7 @@ mod tests {
             hash,
             mode,
             mtime_ns,
+            owner,
             chunks,
         };
         assert!(forged.resolve(&held).is_err());

@@ -2,13 +2,13 @@
 //!
 //! notify events are only hints; what the primary and the standby compare is
 //! a manifest: every entry below the set's root by [`SafePath`], with its type,
-//! mode, mtime and, for a file, its size, content hash
+//! mode, mtime, owner (when mirrored) and, for a file, its size, content hash
 //! ([`crate::chunk::file_hash`] of its chunk list) and chunk list, for a
 //! symlink its target.
 //!
 //! **Root hash.** Each entry has an entry hash: blake3 (in derive-key mode,
 //! context [`ENTRY_CONTEXT`]) over a canonical encoding of its path, type,
-//! mode, mtime, size, content hash and symlink target (chunk lists are left
+//! mode, mtime, owner, size, content hash and symlink target (chunk lists are left
 //! out: the content hash covers them). The
 //! manifest keeps the XOR of all entry hashes, updated on every insert and
 //! removal, and the root is blake3 (context [`ROOT_CONTEXT`]) over the entry
@@ -42,17 +42,33 @@ pub const ROOT_CONTEXT: &str = "tandem file-set manifest root v1";
 /// Version byte at the start of the compact encoding. 2: a file's hash
 /// became [`file_hash`] of its chunk list (it was blake3 of its bytes);
 /// version 1 is still read, its hashes recomputed from the chunk lists.
-pub const ENCODING_VERSION: u8 = 2;
-/// The permission bits that are mirrored: read, write, execute and the
-/// sticky bit. Not setuid and setgid: ownership is not mirrored, so the
-/// standby's copy of a user's setuid file would be a root-owned setuid
-/// file (tandem writes as root), and under the shipped unit
-/// (`RestrictSUIDSGID=yes`) setting either bit fails, which left a set
-/// holding one never in sync.
-pub const MODE_MASK: u32 = 0o1777;
-/// Every permission bit: what a manifest may hold (setuid and setgid from
-/// an earlier build are read and dropped).
-const MODE_BITS: u32 = 0o7777;
+/// 3: entries carry their owner (versions 1 and 2 are read without).
+pub const ENCODING_VERSION: u8 = 3;
+/// The permission bits mirrored with the owner: all of them.
+pub const MODE_MASK: u32 = 0o7777;
+/// The permission bits mirrored without it (tandem does not run as root,
+/// so it cannot set owners): read, write, execute and the sticky bit. Not
+/// setuid and setgid: the standby's copy of a user's setuid file would be
+/// a setuid file of whoever runs tandem.
+pub const MODE_MASK_UNOWNED: u32 = 0o1777;
+
+/// The permission bits of `mode` that are mirrored for an entry with
+/// `owner` (or none).
+pub fn mirrored_mode(mode: u32, owner: Option<Owner>) -> u32 {
+    mode & if owner.is_some() {
+        MODE_MASK
+    } else {
+        MODE_MASK_UNOWNED
+    }
+}
+
+/// Who owns an entry: mirrored when tandem runs as root on both nodes
+/// (only root can give a file to another user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// What an entry is, with what identifies its content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,10 +103,12 @@ impl EntryKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub kind: EntryKind,
-    /// Permission bits (`& MODE_MASK`).
+    /// Permission bits ([`mirrored_mode`]).
     pub mode: u32,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// Owner and group, when mirrored (tandem runs as root).
+    pub owner: Option<Owner>,
 }
 
 impl Entry {
@@ -114,6 +132,11 @@ impl Entry {
             (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) => a == b,
             _ => false,
         }
+    }
+
+    /// Same mode, mtime and owner.
+    pub fn same_meta(&self, other: &Entry) -> bool {
+        self.mode == other.mode && self.mtime_ns == other.mtime_ns && self.owner == other.owner
     }
 
     fn same_type(&self, other: &Entry) -> bool {
@@ -141,6 +164,13 @@ impl Entry {
     pub(crate) fn hash_fields(&self, h: &mut blake3::Hasher) {
         h.update(&self.mode.to_le_bytes());
         h.update(&self.mtime_ns.to_le_bytes());
+        match self.owner {
+            None => h.update(&[0]),
+            Some(o) => h
+                .update(&[1])
+                .update(&o.uid.to_le_bytes())
+                .update(&o.gid.to_le_bytes()),
+        };
         match &self.kind {
             EntryKind::File { size, hash, .. } => {
                 h.update(&[0]);
@@ -286,6 +316,7 @@ impl Manifest {
                     path: p.as_str().to_owned(),
                     mode: e.mode,
                     mtime_ns: e.mtime_ns,
+                    owner: e.owner.map(|o| (o.uid, o.gid)),
                     kind: match &e.kind {
                         EntryKind::File { size, hash, chunks } => WireKind::File {
                             size: *size,
@@ -306,13 +337,34 @@ impl Manifest {
 
     /// Decode and check a compact encoding. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let wire: WireManifest =
-            postcard::from_bytes(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let malformed = |e: postcard::Error| ManifestError::Malformed(e.to_string());
+        // postcard writes the version byte first, as itself.
+        let wire: WireManifest = match bytes.first() {
+            Some(1 | 2) => {
+                let old: WireManifestV2 = postcard::from_bytes(bytes).map_err(malformed)?;
+                WireManifest {
+                    version: old.version,
+                    entries: old
+                        .entries
+                        .into_iter()
+                        .map(|w| WireEntry {
+                            path: w.path,
+                            // Read as not mirrored: setuid and setgid dropped.
+                            mode: w.mode & MODE_MASK_UNOWNED,
+                            mtime_ns: w.mtime_ns,
+                            owner: None,
+                            kind: w.kind,
+                        })
+                        .collect(),
+                }
+            }
+            _ => postcard::from_bytes(bytes).map_err(malformed)?,
+        };
         // Version 1 held blake3 of each file's bytes as its hash; its
         // chunk lists are complete, so the hash is recomputed from them (a
         // manifest kept by an earlier build still describes its tree).
         let v1 = wire.version == 1;
-        if wire.version != ENCODING_VERSION && !v1 {
+        if !(1..=ENCODING_VERSION).contains(&wire.version) {
             return Err(ManifestError::Version(wire.version));
         }
         let mut m = Manifest::new();
@@ -323,7 +375,8 @@ impl Manifest {
             if last.as_ref().is_some_and(|l| *l >= path) {
                 return Err(ManifestError::Order(path));
             }
-            if w.mode & !MODE_BITS != 0 {
+            let owner = w.owner.map(|(uid, gid)| Owner { uid, gid });
+            if mirrored_mode(w.mode, owner) != w.mode {
                 return Err(ManifestError::Mode(path));
             }
             if let Some(parent) = path.parent() {
@@ -367,8 +420,9 @@ impl Manifest {
                 path.clone(),
                 Entry {
                     kind,
-                    mode: w.mode & MODE_MASK,
+                    mode: w.mode,
                     mtime_ns: w.mtime_ns,
+                    owner,
                 },
             );
             last = Some(path);
@@ -388,7 +442,7 @@ pub enum ManifestError {
     Path(String, PathError),
     #[error("{0} is out of order or repeated")]
     Order(SafePath),
-    #[error("{0} has mode bits outside 0o7777")]
+    #[error("{0} has mode bits that are not mirrored (setuid or setgid without an owner, or outside 0o7777)")]
     Mode(SafePath),
     #[error("{0} has no parent directory in the manifest")]
     Orphan(SafePath),
@@ -411,10 +465,26 @@ struct WireEntry {
     path: String,
     mode: u32,
     mtime_ns: i64,
+    owner: Option<(u32, u32)>,
+    kind: WireKind,
+}
+
+/// An entry of encoding versions 1 and 2: no owner.
+#[derive(Serialize, Deserialize)]
+struct WireEntryV2 {
+    path: String,
+    mode: u32,
+    mtime_ns: i64,
     kind: WireKind,
 }
 
 #[derive(Serialize, Deserialize)]
+struct WireManifestV2 {
+    version: u8,
+    entries: Vec<WireEntryV2>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 enum WireKind {
     File {
         size: u64,
@@ -583,7 +653,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
                         old: o.clone(),
                         new: e.clone(),
                     });
-                } else if !e.is_dir() && (o.mode != e.mode || o.mtime_ns != e.mtime_ns) {
+                } else if !e.is_dir() && !o.same_meta(e) {
                     rest.push(Change::Meta {
                         path: p.clone(),
                         old: o.clone(),
@@ -609,7 +679,7 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
     // 5. Directory metadata, deepest first.
     for (p, e) in new.iter().rev() {
         if let Some(o) = old.get(p) {
-            if o.is_dir() && e.is_dir() && (o.mode != e.mode || o.mtime_ns != e.mtime_ns) {
+            if o.is_dir() && e.is_dir() && !o.same_meta(e) {
                 out.push(Change::Meta {
                     path: p.clone(),
                     old: o.clone(),
@@ -724,6 +794,7 @@ mod tests {
             kind: EntryKind::file(chunk_bytes(bytes)),
             mode,
             mtime_ns,
+            owner: None,
         }
     }
 
@@ -732,6 +803,7 @@ mod tests {
             kind: EntryKind::Dir,
             mode: 0o755,
             mtime_ns,
+            owner: None,
         }
     }
 
@@ -740,6 +812,7 @@ mod tests {
             kind: EntryKind::Symlink { target: t.into() },
             mode: 0o777,
             mtime_ns: 5,
+            owner: None,
         }
     }
 
@@ -802,7 +875,23 @@ mod tests {
                     *h = hash;
                 }
             }
-            postcard::to_allocvec(&wire).unwrap()
+            if version >= 3 {
+                return postcard::to_allocvec(&wire).unwrap();
+            }
+            postcard::to_allocvec(&WireManifestV2 {
+                version,
+                entries: wire
+                    .entries
+                    .into_iter()
+                    .map(|w| WireEntryV2 {
+                        path: w.path,
+                        mode: w.mode,
+                        mtime_ns: w.mtime_ns,
+                        kind: w.kind,
+                    })
+                    .collect(),
+            })
+            .unwrap()
         };
         // Version 1 held another hash (blake3 of the bytes): recomputed.
         assert_eq!(Manifest::decode(&with(1, [7; 32])).unwrap(), m);
@@ -814,6 +903,45 @@ mod tests {
             Manifest::decode(&with(ENCODING_VERSION + 1, [7; 32])),
             Err(ManifestError::Version(v)) if v == ENCODING_VERSION + 1
         ));
+    }
+
+    /// Owners are mirrored only with tandem running as root: an entry
+    /// without one keeps no setuid or setgid bit (a copy would be a setuid
+    /// file of whoever runs tandem), and a manifest of an earlier encoding
+    /// (no owners) is read that way. A peer's entry with them is refused.
+    #[test]
+    fn setuid_and_setgid_go_only_with_an_owner() {
+        let root = Some(Owner { uid: 0, gid: 0 });
+        assert_eq!(mirrored_mode(0o104755, root), 0o4755);
+        assert_eq!(mirrored_mode(0o4755, None), 0o755);
+        assert_eq!(mirrored_mode(0o3775, None), 0o1775);
+
+        let mut m = Manifest::new();
+        m.insert(p("tool"), file(b"x", 0o4755, 1));
+        let mut wire: WireManifest = postcard::from_bytes(&m.encode()).unwrap();
+        assert!(matches!(
+            Manifest::decode(&postcard::to_allocvec(&wire).unwrap()),
+            Err(ManifestError::Mode(_))
+        ));
+        wire.entries[0].owner = Some((7, 8));
+        let owned = Manifest::decode(&postcard::to_allocvec(&wire).unwrap()).unwrap();
+        let e = owned.get(&p("tool")).unwrap();
+        assert_eq!((e.mode, e.owner), (0o4755, Some(Owner { uid: 7, gid: 8 })));
+        assert_ne!(owned.root(), m.root(), "the owner is in the entry hash");
+
+        let v2 = postcard::to_allocvec(&WireManifestV2 {
+            version: 2,
+            entries: vec![WireEntryV2 {
+                path: "tool".into(),
+                mode: 0o4755,
+                mtime_ns: 1,
+                kind: wire.entries[0].kind.clone(),
+            }],
+        })
+        .unwrap();
+        let old = Manifest::decode(&v2).unwrap();
+        let e = old.get(&p("tool")).unwrap();
+        assert_eq!((e.mode, e.owner), (0o755, None));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! magic    2 bytes   b"TD"
-//! version  u8        PROTOCOL_VERSION (3)
+//! version  u8        PROTOCOL_VERSION (4)
 //! kind     u8        1 Hello, 2 Welcome, 3 Proof, 4 Data, 5 Attached
 //! len      u32 BE    body length, refused if over the receiver's limit
 //! seq      u64 BE    0 in handshake frames; 1, 2, 3, ... in data frames
@@ -54,8 +54,9 @@ pub const MAGIC: [u8; 2] = *b"TD";
 /// that hash pages differently would take equal copies for diverged ones.
 /// 3: a file's content hash became `chunk::file_hash` of its chunk list (a
 /// standby of an earlier build would refuse every file of a newer primary),
-/// and file chunks travel in Attached frames.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// and file chunks travel in Attached frames. 4: file-set entries carry
+/// their owner.
+pub const PROTOCOL_VERSION: u8 = 4;
 /// magic (2) + version (1) + kind (1) + len (4) + seq (8).
 pub const HEADER_BYTES: usize = 16;
 /// Length of the truncated MAC that ends every frame.
@@ -529,7 +530,7 @@ mod tests {
     fn layout_is_as_documented() {
         let b = sample();
         assert_eq!(&b[..2], b"TD");
-        assert_eq!(b[2], 3);
+        assert_eq!(b[2], 4);
         assert_eq!(b[3], 4);
         assert_eq!(&b[4..8], &5u32.to_be_bytes());
         assert_eq!(&b[8..16], &7u64.to_be_bytes());
@@ -566,10 +567,10 @@ mod tests {
         r.push(b"TD\x01");
         assert_eq!(
             r.next_frame(),
-            Err(WireError::VersionMismatch { theirs: 1, ours: 3 })
+            Err(WireError::VersionMismatch { theirs: 1, ours: 4 })
         );
         let mut r = FrameReader::new(100);
-        r.push(b"TD\x03\x09");
+        r.push(&[b'T', b'D', PROTOCOL_VERSION, 9]);
         assert_eq!(r.next_frame(), Err(WireError::UnknownKind(9)));
     }
 

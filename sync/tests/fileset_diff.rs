@@ -53,6 +53,7 @@ fn tree() -> impl Strategy<Value = Manifest> {
                                 kind: EntryKind::Dir,
                                 mode: 0o755,
                                 mtime_ns: 0,
+                                owner: None,
                             },
                         );
                     }
@@ -69,12 +70,14 @@ fn tree() -> impl Strategy<Value = Manifest> {
                         kind: EntryKind::file(chunk_bytes(&bytes)),
                         mode,
                         mtime_ns: mtime,
+                        owner: None,
                     }
                 }
                 1 => Entry {
                     kind: EntryKind::Dir,
                     mode,
                     mtime_ns: mtime,
+                    owner: None,
                 },
                 _ => Entry {
                     kind: EntryKind::Symlink {
@@ -82,6 +85,7 @@ fn tree() -> impl Strategy<Value = Manifest> {
                     },
                     mode: 0o777,
                     mtime_ns: mtime,
+                    owner: None,
                 },
             };
             m.insert(path, entry);
@@ -197,7 +201,7 @@ proptest! {
     fn renamed_content_is_never_resent(old in tree()) {
         // Move every non-empty file of the old tree under a new directory.
         let mut new = Manifest::new();
-        new.insert(p("moved"), Entry { kind: EntryKind::Dir, mode: 0o755, mtime_ns: 0 });
+        new.insert(p("moved"), Entry { kind: EntryKind::Dir, mode: 0o755, mtime_ns: 0 , owner: None });
         for (path, e) in old.iter() {
             new.insert(p(&format!("moved/{path}")), e.clone());
         }
