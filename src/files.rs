@@ -72,7 +72,7 @@ use tandem_standby::files::{ApplyError, FileSetReplica};
 use tandem_sync::chunk::{ChunkHash, ChunkRef};
 use tandem_sync::delta::{middle_pairs, ChunkDelta, SketchStore};
 use tandem_sync::filemsg::{
-    manifest_parts, ChunkData, FsMessage, WireChange, CHUNKS_BYTES_MAX, CHUNK_ASK_MAX,
+    manifest_parts, ChunkData, FsMessage, PartsIn, WireChange, CHUNKS_BYTES_MAX, CHUNK_ASK_MAX,
     INLINE_BYTES_MAX, ROUND_CHANGES_MAX,
 };
 use tandem_sync::fileset::SafePath;
@@ -371,8 +371,8 @@ struct PrimarySide {
     /// acknowledged at the expected root. `None`: unknown, asked for.
     peer: Option<Manifest>,
     asked_at: Option<Instant>,
-    /// A report being reassembled: (id, parts, bytes so far).
-    incoming: Option<(u64, u32, Vec<u8>)>,
+    /// A report being reassembled.
+    incoming: Option<PartsIn>,
     round: Option<RoundOut>,
     next_round: u64,
     last_reconcile: Instant,
@@ -476,7 +476,7 @@ struct Actor {
     /// Verifies waiting for the peer's manifest: this tree's, and the waiter.
     verifies: HashMap<u64, (Manifest, oneshot::Sender<serde_json::Value>)>,
     /// The peer's manifest for a verify, being reassembled.
-    verify_incoming: Option<(u64, u32, Vec<u8>)>,
+    verify_incoming: Option<PartsIn>,
 }
 
 enum Event {
@@ -1309,21 +1309,9 @@ impl Actor {
         let Side::Primary(p) = &mut self.side else {
             return;
         };
-        if part == 0 {
-            p.incoming = Some((id, parts, Vec::new()));
-        }
-        let Some((want_id, want_parts, buf)) = &mut p.incoming else {
+        let Some(whole) = PartsIn::gather(&mut p.incoming, id, part, parts, &bytes) else {
             return;
         };
-        if *want_id != id || *want_parts != parts {
-            p.incoming = None;
-            return;
-        }
-        buf.extend_from_slice(&bytes);
-        if part + 1 < parts {
-            return;
-        }
-        let whole = p.incoming.take().map(|(_, _, b)| b).unwrap_or_default();
         match Manifest::decode(&whole) {
             Ok(m) => {
                 // Any round in flight is void: the next one starts from here
@@ -1883,25 +1871,10 @@ impl Actor {
     }
 
     fn on_verified(&mut self, id: u64, part: u32, parts: u32, bytes: Vec<u8>) {
-        if part == 0 {
-            self.verify_incoming = Some((id, parts, Vec::new()));
-        }
-        let Some((want, want_parts, buf)) = &mut self.verify_incoming else {
+        let Some(whole) = PartsIn::gather(&mut self.verify_incoming, id, part, parts, &bytes)
+        else {
             return;
         };
-        if *want != id || *want_parts != parts {
-            self.verify_incoming = None;
-            return;
-        }
-        buf.extend_from_slice(&bytes);
-        if part + 1 < parts {
-            return;
-        }
-        let whole = self
-            .verify_incoming
-            .take()
-            .map(|(_, _, b)| b)
-            .unwrap_or_default();
         let Some((here, reply)) = self.verifies.remove(&id) else {
             return;
         };

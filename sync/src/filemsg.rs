@@ -522,10 +522,87 @@ pub fn manifest_parts(bytes: &[u8]) -> Vec<&[u8]> {
     bytes.chunks(MANIFEST_PART_BYTES_MAX).collect()
 }
 
+/// A manifest being put back together from its parts (a standby's report,
+/// a verify's answer).
+#[derive(Debug, Default)]
+pub struct PartsIn {
+    id: u64,
+    parts: u32,
+    next: u32,
+    bytes: Vec<u8>,
+}
+
+impl PartsIn {
+    /// Takes part `part` of `parts` of manifest `id` into `slot`; the
+    /// whole manifest once its last part came. Parts must come in order
+    /// from 0, all with the same id and count (at most
+    /// [`MANIFEST_PARTS_MAX`]): anything else drops what was gathered, so
+    /// a part sent again, or a count that never ends, cannot grow it.
+    pub fn gather(
+        slot: &mut Option<PartsIn>,
+        id: u64,
+        part: u32,
+        parts: u32,
+        bytes: &[u8],
+    ) -> Option<Vec<u8>> {
+        if part == 0 {
+            *slot = (parts <= MANIFEST_PARTS_MAX).then(|| PartsIn {
+                id,
+                parts,
+                ..PartsIn::default()
+            });
+        }
+        let p = slot.as_mut()?;
+        if p.id != id || p.parts != parts || p.next != part {
+            *slot = None;
+            return None;
+        }
+        p.bytes.extend_from_slice(bytes);
+        p.next += 1;
+        if p.next < p.parts {
+            return None;
+        }
+        slot.take().map(|p| p.bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chunk::chunk_bytes;
+
+    #[test]
+    fn manifest_parts_are_gathered_only_in_order() {
+        let mut slot = None;
+        assert_eq!(PartsIn::gather(&mut slot, 7, 0, 3, b"ab"), None);
+        assert_eq!(PartsIn::gather(&mut slot, 7, 1, 3, b"cd"), None);
+        assert_eq!(
+            PartsIn::gather(&mut slot, 7, 2, 3, b"e"),
+            Some(b"abcde".to_vec())
+        );
+        assert!(slot.is_none());
+        // A part sent again drops what was gathered.
+        PartsIn::gather(&mut slot, 8, 0, 3, b"ab");
+        PartsIn::gather(&mut slot, 8, 1, 3, b"cd");
+        assert_eq!(PartsIn::gather(&mut slot, 8, 1, 3, b"cd"), None);
+        assert!(slot.is_none());
+        assert_eq!(PartsIn::gather(&mut slot, 8, 2, 3, b"e"), None);
+        // Another report's part, another count, too many parts.
+        PartsIn::gather(&mut slot, 9, 0, 2, b"ab");
+        assert_eq!(PartsIn::gather(&mut slot, 10, 1, 2, b"cd"), None);
+        PartsIn::gather(&mut slot, 9, 0, 2, b"ab");
+        assert_eq!(PartsIn::gather(&mut slot, 9, 1, 3, b"cd"), None);
+        assert_eq!(
+            PartsIn::gather(&mut slot, 11, 0, MANIFEST_PARTS_MAX + 1, b"ab"),
+            None
+        );
+        assert!(slot.is_none());
+        // A manifest in one part.
+        assert_eq!(
+            PartsIn::gather(&mut slot, 12, 0, 1, b"x"),
+            Some(b"x".to_vec())
+        );
+    }
     use crate::message::{decode, encode, PeerMessage};
     use crate::wire::HEADER_BYTES;
 
