@@ -737,6 +737,7 @@ impl FileSetReplica {
             .collect();
         let mut gone: Vec<SafePath> = Vec::new();
         let mut changed = 0;
+        let mut failed = None;
         for p in paths {
             if gone.iter().any(|g| p.starts_with(g)) {
                 continue;
@@ -760,9 +761,17 @@ impl FileSetReplica {
                 }
                 (Some(_), None) => gone.push(p.clone()),
                 (_, Some(_)) => {
-                    let full = self.resolve(&p)?;
-                    if fs::symlink_metadata(&full).is_ok() {
-                        self.quarantine(&p, &full)?;
+                    // On an error, what was moved so far still leaves the
+                    // manifest below: it must not list what is gone.
+                    let moved = self.resolve(&p).and_then(|full| {
+                        if fs::symlink_metadata(&full).is_ok() {
+                            self.quarantine(&p, &full)?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = moved {
+                        failed = Some(e);
+                        break;
                     }
                     gone.push(p.clone());
                 }
@@ -783,7 +792,10 @@ impl FileSetReplica {
         if changed > 0 {
             self.index = self.manifest.chunk_index();
         }
-        Ok(changed)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
     }
 
     /// Apply one change, durably. On success the replica's manifest
@@ -1309,13 +1321,23 @@ impl FileSetReplica {
             }
         };
         let mut dest = dir.join(path.as_str());
-        if let Some(p) = dest.parent() {
-            fs::create_dir_all(p).map_err(io)?;
+        if dest
+            .parent()
+            .is_some_and(|p| fs::create_dir_all(p).is_err())
+        {
+            // A parent's name is taken by a file quarantined earlier in
+            // this run (it became a directory on the primary since): the
+            // path goes flat, '/' written %2F.
+            fs::create_dir_all(&dir).map_err(io)?;
+            dest = dir.join(path.as_str().replace('/', "%2F"));
         }
         // The same path quarantined twice in one run keeps both.
+        let base = dest.clone().into_os_string();
         let mut n = 1;
         while fs::symlink_metadata(&dest).is_ok() {
-            dest = dir.join(format!("{path}.{n}"));
+            let mut numbered = base.clone();
+            numbered.push(format!(".{n}"));
+            dest = PathBuf::from(numbered);
             n += 1;
         }
         match fs::rename(full, &dest) {
