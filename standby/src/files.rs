@@ -176,6 +176,30 @@ struct PendingFile {
     parent: PathBuf,
     synced: mpsc::Receiver<io::Result<()>>,
     change: Change,
+    /// What was at `full` when it was checked ([`Seen`]): anything else
+    /// there at the commit was written since, locally, and is quarantined
+    /// before the rename.
+    seen: Option<Seen>,
+}
+
+/// What identifies a file's state on disk: device and inode, size, mtime
+/// and ctime (which any write, chmod or mtime put back moves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen(u64, u64, u64, i64, i64);
+
+impl Seen {
+    fn of(m: &Metadata) -> Seen {
+        let ctime = m
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.ctime_nsec());
+        Seen(m.dev(), m.ino(), m.len(), mtime_ns(m), ctime)
+    }
+
+    /// What is at `full` now (None: nothing).
+    fn at(full: &Path) -> Option<Seen> {
+        fs::symlink_metadata(full).ok().map(|m| Seen::of(&m))
+    }
 }
 
 /// Files one batch holds, at most, before it is committed.
@@ -950,6 +974,15 @@ impl FileSetReplica {
                 let ns = fs::symlink_metadata(&p.parent).ok().map(|m| mtime_ns(&m));
                 dirs.push((p.parent.clone(), ns));
             }
+            // Written locally since it was checked (a batch waits up to
+            // its age bound, longer while a round fetches): kept.
+            let now = Seen::at(&p.full);
+            if now.is_some() && now != p.seen {
+                if let Err(e) = self.quarantine(&p.path, &p.full) {
+                    errors.push(e);
+                    continue;
+                }
+            }
             if let Err(e) = fs::rename(&p.tmp, &p.full) {
                 errors.push(io(e));
                 continue;
@@ -1061,6 +1094,8 @@ impl FileSetReplica {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
+        // What a batched file replaces at its commit: what was checked.
+        let seen = Seen::at(&full);
         let parent = self.parent_dir(path);
         match &new.kind {
             EntryKind::Dir => {
@@ -1101,6 +1136,7 @@ impl FileSetReplica {
                     parent,
                     synced,
                     change,
+                    seen,
                 });
                 return Ok(());
             }

@@ -700,6 +700,39 @@ fn a_file_changed_after_its_scan_fails_the_apply_cleanly_then_converges() {
     pair.sync();
 }
 
+/// A file written locally while its new version waits in a batch is
+/// quarantined at the commit, not overwritten.
+#[test]
+fn a_local_write_while_a_new_version_waits_in_a_batch_is_quarantined() {
+    let mut pair = Pair::new();
+    fs::write(pair.p("f"), b"version 1").unwrap();
+    pair.sync();
+    fs::write(pair.p("f"), b"version 2").unwrap();
+    let scan = pair.scanner.scan(Some(pair.replica.manifest())).unwrap();
+    let changes = diff(pair.replica.manifest(), &scan.manifest);
+    let scanner = pair.scanner.clone();
+    let mut source = move |path: &SafePath, c: &tandem_sync::chunk::ChunkRef| {
+        scanner
+            .read_chunk(path, c)
+            .map(Vec::from)
+            .map_err(io::Error::other)
+    };
+    pair.replica.set_batch_age_max(Duration::from_secs(3600));
+    for c in &changes {
+        pair.replica.apply_batched(c, &mut source).unwrap();
+    }
+    assert_eq!(pair.replica.pending().0, 1);
+    fs::write(pair.standby.join("f"), b"written on the standby meanwhile").unwrap();
+    assert!(pair.replica.commit().is_empty());
+    assert_eq!(fs::read(pair.standby.join("f")).unwrap(), b"version 2");
+    let q = pair.replica.take_quarantined();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(
+        fs::read(&q[0].moved_to).unwrap(),
+        b"written on the standby meanwhile"
+    );
+}
+
 #[test]
 fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versions() {
     let mut pair = Pair::new();
