@@ -253,6 +253,40 @@ fn in_temp_file(file: &File, len: u64, staged: Option<&Staged>, c: &ChunkRef) ->
         })
 }
 
+/// Opens a temp file to resume it, or creates it (true: created now). One
+/// this process may not have made is not trusted: a file with another link
+/// (writing it would change a file elsewhere, whose name was linked here)
+/// or another owner (who could change the mirrored file after the rename)
+/// is removed and created anew, exclusively, so nothing is slipped in
+/// between.
+fn open_temp(tmp: &Path) -> io::Result<(File, bool)> {
+    let existing = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(tmp);
+    match existing {
+        Ok(f) => {
+            let m = f.metadata()?;
+            if m.is_file() && m.nlink() == 1 && m.uid() == nix::unistd::geteuid().as_raw() {
+                return Ok((f, false));
+            }
+            drop(f);
+            fs::remove_file(tmp)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let created = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(O_NOFOLLOW)
+        .open(tmp)?;
+    Ok((created, true))
+}
+
 /// A file to fsync, and where to say how it went.
 type FsyncJob = (File, mpsc::SyncSender<io::Result<()>>);
 
@@ -726,19 +760,11 @@ impl FileSetReplica {
         } else {
             None
         };
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(O_NOFOLLOW)
-            .open(tmp)
-            .map_err(io)?;
+        let (file, fresh) = open_temp(tmp).map_err(io)?;
         if let Some(ns) = parent_mtime {
             let _ = set_mtime_nofollow(&parent, ns);
         }
-        if creating {
+        if creating || fresh {
             self.staged.remove(tmp);
         }
         Ok(file)
@@ -1179,15 +1205,7 @@ impl FileSetReplica {
                 ));
             }
         }
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io)?;
+        let (file, _) = open_temp(&tmp).map_err(io)?;
         let partial_len = file.metadata().map_err(io)?.len();
         let staged = self.staged.remove(&tmp).unwrap_or_default();
         for c in chunks {

@@ -733,6 +733,25 @@ fn a_local_write_while_a_new_version_waits_in_a_batch_is_quarantined() {
     );
 }
 
+/// A temp file tandem did not make is not written into: one hard-linked
+/// to a file outside the set (made by a local user, say) is replaced, and
+/// that file is left as it was.
+#[test]
+fn a_temp_file_linked_to_a_file_elsewhere_is_not_written_into() {
+    let mut pair = Pair::new();
+    let victim = pair.data.join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    fs::write(pair.p("f"), b"mirrored content").unwrap();
+    fs::hard_link(&victim, pair.standby.join(format!("{PARTIAL_PREFIX}f"))).unwrap();
+    pair.sync();
+    assert_eq!(
+        fs::read(pair.standby.join("f")).unwrap(),
+        b"mirrored content"
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
+}
+
 #[test]
 fn a_batch_takes_effect_at_its_commit_and_a_crash_before_it_leaves_the_old_versions() {
     let mut pair = Pair::new();
