@@ -246,3 +246,63 @@ fn a_standby_copy_written_while_tandem_was_stopped_is_quarantined_and_reseeded()
     let kept = std::path::Path::new(dir).join("hydro.db");
     assert_eq!(rows(&kept), slipped, "{message}");
 }
+
+/// A barrier is answered from the standby's acknowledgements only while it
+/// streams: once its copy is gone (deleted while its tandem was stopped)
+/// and is being seeded anew, what it acknowledged before does not count,
+/// though nothing was committed since. The barrier returns once the new
+/// copy holds everything.
+#[test]
+fn a_barrier_waits_for_a_standby_seeded_anew_though_nothing_was_committed() {
+    let mut p = DbPair::with_settings("manual", "wal_bytes_max = \"64MiB\"");
+    p.start_streaming(SETTLE);
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute('CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)'); \
+             c.executemany('INSERT INTO t(v, b) VALUES (?, randomblob(1000000))', [('big',)] * 48); \
+             c.commit(); c.close()",
+        )
+        .arg(p.db(0))
+        .output()
+        .expect("python3 is required by the database tests");
+    assert!(out.status.success(), "{out:?}");
+    // The CLI: it waits as long as its timeout (a debug build applies and
+    // seeds tens of megabytes slower than the HTTP helper waits).
+    let barrier = |p: &DbPair| {
+        let out = p.pair.cli(
+            0,
+            &["barrier", "--db", "hydro", "--timeout", "60s", "--json"],
+        );
+        assert!(out.status.success(), "barrier: {out:?}");
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        body["databases"][0]["txid"].as_u64().unwrap()
+    };
+    let txid = barrier(&p);
+    p.wait_same_position(Duration::from_secs(10));
+    let want = rows(&p.db(0));
+
+    p.pair.stop(1);
+    for suffix in ["", "-wal", "-shm", ".tandem-position"] {
+        let mut f = p.db(1).into_os_string();
+        f.push(suffix);
+        let _ = std::fs::remove_file(f);
+    }
+    p.pair.start(1);
+    // Once the primary knows: a barrier called while the standby was away
+    // is answered from what it had acknowledged, which it had.
+    wait_for(SETTLE, "the primary seeding the standby", || {
+        (p.db_status(0)?["mode"] == "seeding").then_some(())
+    });
+    assert_eq!(barrier(&p), txid);
+    assert!(
+        p.db(1).exists(),
+        "the barrier returned before the standby had a copy"
+    );
+    assert_eq!(
+        rows(&p.db(1)),
+        want,
+        "the barrier returned before the seed was in"
+    );
+}
