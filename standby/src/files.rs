@@ -253,13 +253,28 @@ fn in_temp_file(file: &File, len: u64, staged: Option<&Staged>, c: &ChunkRef) ->
         })
 }
 
+/// Makes the directories of `path`'s parents below `dir`, each a real
+/// directory (never through a symlink); false if a name is taken by
+/// anything else.
+fn real_dirs_below(dir: &Path, path: &SafePath) -> bool {
+    path.ancestors().iter().all(|a| {
+        let at = dir.join(a.as_str());
+        match fs::symlink_metadata(&at) {
+            Ok(m) => m.is_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&at).is_ok(),
+            Err(_) => false,
+        }
+    })
+}
+
 /// Opens a temp file to resume it, or creates it (true: created now). One
 /// this process may not have made is not trusted: a file with another link
 /// (writing it would change a file elsewhere, whose name was linked here)
-/// or another owner (who could change the mirrored file after the rename)
-/// is removed and created anew, exclusively, so nothing is slipped in
-/// between.
-fn open_temp(tmp: &Path) -> io::Result<(File, bool)> {
+/// or another owner than tandem or `owner` (the file's mirrored owner, whom
+/// tandem gave it to when it was complete; anyone else could change the
+/// mirrored file after the rename) is removed and created anew,
+/// exclusively, so nothing is slipped in between.
+fn open_temp(tmp: &Path, owner: Option<Owner>) -> io::Result<(File, bool)> {
     let existing = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -268,7 +283,9 @@ fn open_temp(tmp: &Path) -> io::Result<(File, bool)> {
     match existing {
         Ok(f) => {
             let m = f.metadata()?;
-            if m.is_file() && m.nlink() == 1 && m.uid() == nix::unistd::geteuid().as_raw() {
+            let ours = m.uid() == nix::unistd::geteuid().as_raw()
+                || owner.is_some_and(|o| o.uid == m.uid());
+            if m.is_file() && m.nlink() == 1 && ours {
                 return Ok((f, false));
             }
             drop(f);
@@ -451,8 +468,9 @@ fn state_is(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
             .owner
             .is_none_or(|o| meta.uid() == o.uid && meta.gid() == o.gid)
         && match entry.kind {
-            EntryKind::Dir => meta.permissions().mode() & MODE_MASK == entry.mode,
-            EntryKind::File { .. } => meta.permissions().mode() & MODE_MASK == entry.mode,
+            EntryKind::Dir | EntryKind::File { .. } => {
+                meta.permissions().mode() & MODE_MASK == entry.mode
+            }
             EntryKind::Symlink { .. } => mtime_ns(meta) == entry.mtime_ns,
         }
 }
@@ -726,7 +744,7 @@ impl FileSetReplica {
             return Ok(());
         }
         let tmp = self.partial_path(path);
-        let file = self.open_temp_file(path, &tmp)?;
+        let file = self.open_temp_file(path, &tmp, entry.owner)?;
         let staged = self.staged.entry(tmp).or_default();
         for (places, bytes) in work {
             for c in places {
@@ -739,7 +757,12 @@ impl FileSetReplica {
 
     /// Open (or create) `path`'s temp file `tmp` to stage chunks in, once
     /// its parents are checked.
-    fn open_temp_file(&mut self, path: &SafePath, tmp: &Path) -> Result<File, ApplyError> {
+    fn open_temp_file(
+        &mut self,
+        path: &SafePath,
+        tmp: &Path,
+        owner: Option<Owner>,
+    ) -> Result<File, ApplyError> {
         self.resolve(path)?;
         let io = |e| ApplyError::Io(path.clone(), e);
         let creating = match fs::symlink_metadata(tmp) {
@@ -760,7 +783,7 @@ impl FileSetReplica {
         } else {
             None
         };
-        let (file, fresh) = open_temp(tmp).map_err(io)?;
+        let (file, fresh) = open_temp(tmp, owner).map_err(io)?;
         if let Some(ns) = parent_mtime {
             let _ = set_mtime_nofollow(&parent, ns);
         }
@@ -1205,7 +1228,7 @@ impl FileSetReplica {
                 ));
             }
         }
-        let (file, _) = open_temp(&tmp).map_err(io)?;
+        let (file, _) = open_temp(&tmp, new.owner).map_err(io)?;
         let partial_len = file.metadata().map_err(io)?.len();
         let staged = self.staged.remove(&tmp).unwrap_or_default();
         for c in chunks {
@@ -1374,15 +1397,12 @@ impl FileSetReplica {
                 d
             }
         };
+        fs::create_dir_all(&dir).map_err(io)?;
         let mut dest = dir.join(path.as_str());
-        if dest
-            .parent()
-            .is_some_and(|p| fs::create_dir_all(p).is_err())
-        {
-            // A parent's name is taken by a file quarantined earlier in
-            // this run (it became a directory on the primary since): the
-            // path goes flat, '/' written %2F.
-            fs::create_dir_all(&dir).map_err(io)?;
+        if !real_dirs_below(&dir, path) {
+            // A parent's name is taken by something quarantined earlier in
+            // this run (a file, or a symlink, which must not be followed:
+            // it may point anywhere): the path goes flat, '/' written %2F.
             dest = dir.join(path.as_str().replace('/', "%2F"));
         }
         // The same path quarantined twice in one run keeps both.

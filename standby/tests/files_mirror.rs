@@ -441,6 +441,39 @@ fn a_quarantined_file_does_not_block_quarantining_below_a_directory_of_its_name(
     );
 }
 
+/// A symlink made locally where a file was, quarantined, is never
+/// followed when something is quarantined later below a directory of its
+/// name: that goes flat, and the symlink's target is left untouched.
+#[test]
+fn a_quarantined_symlink_is_never_followed_by_a_later_quarantine() {
+    let mut pair = Pair::new();
+    let outside = pair.data.join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(pair.p("conf"), b"version 1").unwrap();
+    pair.sync();
+    fs::remove_file(pair.standby.join("conf")).unwrap();
+    std::os::unix::fs::symlink(&outside, pair.standby.join("conf")).unwrap();
+    fs::write(pair.p("conf"), b"version 2").unwrap();
+    pair.sync();
+    assert_eq!(pair.replica.take_quarantined().len(), 1);
+
+    fs::remove_file(pair.p("conf")).unwrap();
+    fs::create_dir(pair.p("conf")).unwrap();
+    fs::write(pair.p("conf/x"), b"x 1").unwrap();
+    pair.sync();
+    fs::write(pair.standby.join("conf/x"), b"x edited on the standby").unwrap();
+    fs::write(pair.p("conf/x"), b"x 2").unwrap();
+    pair.sync();
+    let q = pair.replica.take_quarantined();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].moved_to.file_name().unwrap(), "conf%2Fx");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "written through the symlink"
+    );
+}
+
 #[test]
 fn an_interrupted_transfer_resumes_and_a_replay_is_harmless() {
     let mut pair = Pair::new();
