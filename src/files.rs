@@ -77,7 +77,7 @@ use tandem_sync::filemsg::{
 };
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{
-    diff, while_scanning, Change, Entry, EntryKind, FileSetFilter, Manifest,
+    diff, mirrored_mode, while_scanning, Change, Entry, EntryKind, FileSetFilter, Manifest,
 };
 use tandem_sync::message::{Epoch, PeerMessage, Position, Role};
 use tandem_sync::resource::{Resource, ResourceError};
@@ -809,7 +809,18 @@ impl Actor {
                     let written_by_tandem = applied
                         .iter()
                         .any(|(at, state)| at == p && state.as_ref() == now);
-                    !dir_either_way && !written_by_tandem
+                    // Kept by a build that mirrored no owners: an owner
+                    // found now (setuid and setgid with it) is not a change.
+                    let owner_only = b.get(p).zip(now).is_some_and(|(kept, now)| {
+                        kept.owner.is_none()
+                            && *kept
+                                == Entry {
+                                    mode: mirrored_mode(now.mode, None),
+                                    owner: None,
+                                    ..now.clone()
+                                }
+                    });
+                    !dir_either_way && !written_by_tandem && !owner_only
                 })
                 .collect()
         });
