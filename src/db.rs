@@ -190,10 +190,11 @@ fn settle_after(failures: u32) -> Duration {
 const PUBLISH_EVERY: Duration = Duration::from_millis(10);
 /// Checkpoint at most this often while acknowledgements flow.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// A seed or resync the standby has not answered for this long is begun
-/// again (see `PrimarySide::transfer_moved_at`). A window of seed chunks is
-/// 8 MiB: this is far longer than the slowest link and disk take for it.
-const TRANSFER_STALL_MAX: Duration = Duration::from_secs(30);
+/// A seed or resync that has neither sent nor heard anything for this long
+/// is begun again (see `PrimarySide::transfer_moved_at`). What it sent may
+/// wait behind the outbox's 64 MiB (file-set rounds share the link): two
+/// minutes drain that at 4.5 Mbit/s.
+const TRANSFER_STALL_MAX: Duration = Duration::from_secs(120);
 /// A switchover waits for a standby at most this many transactions behind.
 const SWITCHOVER_LAG_TX_MAX: u64 = 1000;
 /// Once the log in use is past this share of `wal_bytes_max` (per cent),
@@ -885,7 +886,8 @@ struct PrimarySide {
     /// A resync could not start (a local writer held the write lock): the
     /// standby is asked again where it stands, and the resync tried again.
     resync_retry: bool,
-    /// When a seed or resync last moved (begun, or the standby answered):
+    /// When a seed or resync last moved (begun, sent a chunk, or the standby
+    /// answered):
     /// one that stalls (a message the full outbox refused: a plan, the
     /// standby's last need, ack or hello) is let go after
     /// [`TRANSFER_STALL_MAX`], its snapshot with it (the snapshot holds the
@@ -2185,6 +2187,7 @@ impl Actor {
             if sent.is_err() {
                 return;
             }
+            p.transfer_moved_at = Instant::now();
             seed.next = next;
             if last {
                 return;
@@ -2550,6 +2553,7 @@ impl Actor {
             if sent.is_err() {
                 return;
             }
+            p.transfer_moved_at = Instant::now();
             r.next = end;
             r.closed = last;
         }
