@@ -598,9 +598,10 @@ impl Capture {
     ///
     /// While a large transaction is being written it is read again only
     /// at [`Capture::read_again_at`], unless the write lock is held (then
-    /// none is open) or `all` (a barrier: a transaction rolled back after
-    /// it spilled into the WAL leaves frames that look the same, and the
-    /// commits after it must not wait).
+    /// none is open). [`Capture::poll_all`] does not wait: a transaction
+    /// rolled back after it spilled into the WAL leaves frames that look
+    /// like an open one's, and a barrier must not miss the commits written
+    /// after them.
     pub fn poll(&mut self) -> Result<Vec<Captured>, CaptureError> {
         self.poll_inner(false)
     }
