@@ -432,6 +432,8 @@ struct StandbySide {
     /// Temp files of abandoned transfers may be lying around: removed at
     /// the next round that ends in sync.
     partials_maybe: bool,
+    /// Said that one node mirrors owners and the other does not.
+    owners_disagree_said: bool,
 }
 
 impl StandbySide {
@@ -861,6 +863,7 @@ impl Actor {
             bytes_received: 0,
             chunks_received: 0,
             partials_maybe: true,
+            owners_disagree_said: false,
         };
         tracing::info!(
             "file set {}: standby copy of {} ({} entries)",
@@ -1441,6 +1444,23 @@ impl Actor {
                 self.e.name,
                 short_change(change)
             );
+            // Owners are mirrored only when tandem runs as root on both
+            // nodes; said once, it explains every difference that follows.
+            let root_here = nix::unistd::geteuid().is_root();
+            let owned = change.new_entry().map(|e| e.owner.is_some());
+            if owned.is_some_and(|owned| owned != root_here) && !s.owners_disagree_said {
+                s.owners_disagree_said = true;
+                tracing::error!(
+                    "file set {}: tandem runs as root on {} and not on the other node: owners {}; run it as root on both (or neither)",
+                    self.e.name,
+                    if root_here { "this node" } else { "the primary" },
+                    if root_here {
+                        "are not mirrored, and this copy's scans differ from the primary's"
+                    } else {
+                        "cannot be set here, and every owned entry fails"
+                    }
+                );
+            }
         }
         let result = match (refused, change) {
             (Some(why), _) => Err(why),

@@ -539,6 +539,17 @@ impl Change {
         }
     }
 
+    /// The entry the change leaves at its path (none for a delete).
+    pub fn new_entry(&self) -> Option<&Entry> {
+        match self {
+            Change::Create { entry, .. } => Some(entry),
+            Change::Modify { new, .. } | Change::Meta { new, .. } | Change::Rename { new, .. } => {
+                Some(new)
+            }
+            Change::Delete { .. } => None,
+        }
+    }
+
     /// The chunks of the new content that the old version of the same
     /// path does not hold: what a Modify must fetch unless the receiver has
     /// them elsewhere. For a Create, every chunk; for the rest, none.
