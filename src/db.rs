@@ -887,9 +887,8 @@ struct PrimarySide {
     /// standby is asked again where it stands, and the resync tried again.
     resync_retry: bool,
     /// When a seed or resync last moved (begun, sent a chunk, or the standby
-    /// answered):
-    /// one that stalls (a message the full outbox refused: a plan, the
-    /// standby's last need, ack or hello) is let go after
+    /// answered): one that stalls (a message the full outbox refused: a
+    /// plan, the standby's last need, ack or hello) is let go after
     /// [`TRANSFER_STALL_MAX`], its snapshot with it (the snapshot holds the
     /// WAL), and the standby asked where it stands.
     transfer_moved_at: Instant,
@@ -3335,14 +3334,12 @@ impl Actor {
     /// survives a power loss (see `tandem_standby::position`), and one that
     /// flows costs no fdatasync per apply.
     fn settle_position(&mut self) {
+        if self.settle_due().is_none_or(|t| t > Instant::now()) {
+            return;
+        }
         let Side::Standby(s) = &mut self.side else {
             return;
         };
-        if s.unsettled_since
-            .is_none_or(|t| t.elapsed() < settle_after(s.settle_failures))
-        {
-            return;
-        }
         s.unsettled_since = None;
         match s.replica.as_mut().map(Replica::make_position_durable) {
             Some(Err(e)) => {

@@ -77,7 +77,7 @@ use tandem_sync::filemsg::{
 };
 use tandem_sync::fileset::SafePath;
 use tandem_sync::manifest::{
-    diff, mirrored_mode, while_scanning, Change, Entry, EntryKind, FileSetFilter, Manifest,
+    diff, while_scanning, Change, Entry, EntryKind, FileSetFilter, Manifest,
 };
 use tandem_sync::message::{Epoch, PeerMessage, Position, Role};
 use tandem_sync::resource::{Resource, ResourceError};
@@ -814,13 +814,7 @@ impl Actor {
                     // Kept by a build that mirrored no owners: an owner
                     // found now (setuid and setgid with it) is not a change.
                     let owner_only = b.get(p).zip(now).is_some_and(|(kept, now)| {
-                        kept.owner.is_none()
-                            && *kept
-                                == Entry {
-                                    mode: mirrored_mode(now.mode, None),
-                                    owner: None,
-                                    ..now.clone()
-                                }
+                        kept.owner.is_none() && *kept == now.without_owner()
                     });
                     !dir_either_way && !written_by_tandem && !owner_only
                 })
@@ -1446,9 +1440,10 @@ impl Actor {
             );
             // Owners are mirrored only when tandem runs as root on both
             // nodes; said once, it explains every difference that follows.
-            let root_here = nix::unistd::geteuid().is_root();
+            let root_here = || nix::unistd::geteuid().is_root();
             let owned = change.new_entry().map(|e| e.owner.is_some());
-            if owned.is_some_and(|owned| owned != root_here) && !s.owners_disagree_said {
+            if !s.owners_disagree_said && owned.is_some_and(|owned| owned != root_here()) {
+                let root_here = root_here();
                 s.owners_disagree_said = true;
                 tracing::error!(
                     "file set {}: tandem runs as root on {} and not on the other node: owners {}; run it as root on both (or neither)",

@@ -787,7 +787,7 @@ impl FileSetReplica {
         if let Some(ns) = parent_mtime {
             let _ = set_mtime_nofollow(&parent, ns);
         }
-        if creating || fresh {
+        if fresh {
             self.staged.remove(tmp);
         }
         Ok(file)
@@ -819,11 +819,7 @@ impl FileSetReplica {
             // Owners not mirrored (the primary does not run as root) are
             // not a local change, whoever owns the copy here.
             let found = scanned.get(&p).map(|d| match &have {
-                Some(h) if h.owner.is_none() && d.owner.is_some() => Entry {
-                    mode: mirrored_mode(d.mode, None),
-                    owner: None,
-                    ..d.clone()
-                },
+                Some(h) if h.owner.is_none() => d.without_owner(),
                 _ => d.clone(),
             });
             match (have, found.as_ref()) {
@@ -1143,8 +1139,6 @@ impl FileSetReplica {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        // What a batched file replaces at its commit: what was checked.
-        let seen = Seen::at(&full);
         let parent = self.parent_dir(path);
         match &new.kind {
             EntryKind::Dir => {
@@ -1160,6 +1154,9 @@ impl FileSetReplica {
                 fs::rename(&tmp, &full).map_err(io)?;
             }
             EntryKind::File { .. } => {
+                // What a batched file replaces at its commit: what was
+                // checked (before its chunks come, which may take long).
+                let seen = Seen::at(&full);
                 let (tmp, file) = self.write_file(path, &parent, new, source)?;
                 let Some(change) = self.defer.take() else {
                     // Not a change that may wait (a rename or metadata

@@ -134,6 +134,16 @@ impl Entry {
         }
     }
 
+    /// The entry as a node that mirrors no owners records it: no owner,
+    /// and no setuid or setgid bit.
+    pub fn without_owner(&self) -> Entry {
+        Entry {
+            mode: mirrored_mode(self.mode, None),
+            owner: None,
+            ..self.clone()
+        }
+    }
+
     /// Same mode, mtime and owner.
     pub fn same_meta(&self, other: &Entry) -> bool {
         self.mode == other.mode && self.mtime_ns == other.mtime_ns && self.owner == other.owner
@@ -350,7 +360,7 @@ impl Manifest {
                         .map(|w| WireEntry {
                             path: w.path,
                             // Read as not mirrored: setuid and setgid dropped.
-                            mode: w.mode & MODE_MASK_UNOWNED,
+                            mode: mirrored_mode(w.mode, None),
                             mtime_ns: w.mtime_ns,
                             owner: None,
                             kind: w.kind,
