@@ -1704,7 +1704,7 @@ impl Actor {
             if std::mem::take(&mut s.partials_maybe) {
                 // In sync: no transfer is under way, so every temp file is
                 // left from one that was abandoned.
-                remove_partials(s.scanner.root());
+                tandem_standby::files::remove_partials(s.scanner.root());
             }
         } else {
             s.last_errors = errors.clone();
@@ -2174,28 +2174,6 @@ fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet, wake: &Notify) {
     if !p.deferred.is_empty() {
         p.pass_waiting = true;
         wake.notify_one();
-    }
-}
-
-/// Remove tandem's temp files below `root` (not following symlinks).
-fn remove_partials(root: &Path) {
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if e
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(tandem_sync::fileset::PARTIAL_PREFIX))
-            {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
     }
 }
 

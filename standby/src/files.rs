@@ -25,14 +25,17 @@
 //!   directory's mtime as it was, since directory mtimes come from the
 //!   manifest, not from the order the standby happened to write in.
 //! - **Confinement.** Paths are [`SafePath`]s (lexically inside the root).
-//!   Before any operation every parent component is checked with
-//!   `symlink_metadata` to be a real directory, not a symlink, so a symlink in
-//!   the standby's tree can never redirect a write outside the root. The last
-//!   component is never followed either: files are opened with
-//!   `O_NOFOLLOW`, times are set with `AT_SYMLINK_NOFOLLOW`, and
-//!   rename/unlink/rmdir act on the link itself. (The check and the use are
-//!   separate system calls; a local process racing the apply on the standby
-//!   is not defended against. openat-based resolution would close that.)
+//!   Every operation is made in the path's parent directory, opened from
+//!   the root one component at a time with `O_NOFOLLOW | O_DIRECTORY` and
+//!   held open (`At`, [`crate::dir`]): a symlink (or a file) where a
+//!   parent should be refuses the change, and a parent swapped for a
+//!   symlink by a local process while the change is made is not followed,
+//!   since nothing is looked up by path again. The last component is never
+//!   followed either: files are opened with `O_NOFOLLOW`, times and owners
+//!   set with `AT_SYMLINK_NOFOLLOW`, and rename/unlink/rmdir act on the
+//!   link itself. (A directory of the set that a local user moves out of
+//!   the root meanwhile is still written in: it is theirs, and was inside
+//!   the root when it was opened.)
 //! - **Quarantine.** Before changing a path, its current state is compared
 //!   with what the change expects there (the old entry, or nothing): type,
 //!   and for a file size and mtime, for a symlink its target. Something else
@@ -44,9 +47,11 @@
 //!   restart is harmless.
 
 use crate::applied::AppliedLog;
+use crate::dir::{Dir, Kind};
+use nix::fcntl::OFlag;
 use nix::libc::O_NOFOLLOW;
-use nix::sys::stat::{utimensat, UtimensatFlags};
-use nix::sys::time::TimeSpec;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io;
@@ -148,7 +153,7 @@ pub struct FileSetReplica {
     /// See [`BATCH_AGE_MAX`].
     batch_age_max: Duration,
     /// Where the chunks of pending files are: their temp files.
-    pending_index: HashMap<ChunkHash, (PathBuf, ChunkRef)>,
+    pending_index: HashMap<ChunkHash, (At, ChunkRef)>,
     /// The change being applied, when its file may wait in the batch.
     defer: Option<Change>,
     /// Chunks this process checked and wrote into temp files, by offset:
@@ -156,8 +161,9 @@ pub struct FileSetReplica {
     /// the temp file has to be made again (it was removed: a deleted
     /// directory, a restart's cleanup), so a new temp file is not taken to
     /// hold what its predecessor held. (Its inode number is no proof: the
-    /// filesystem hands a freed one out again at once.)
-    staged: HashMap<PathBuf, Staged>,
+    /// filesystem hands a freed one out again at once.) By the path whose
+    /// new content the temp file holds.
+    staged: HashMap<SafePath, Staged>,
     /// Where each apply is recorded before it takes effect, when the node
     /// keeps one ([`AppliedLog`]).
     applied: Option<AppliedLog>,
@@ -171,12 +177,12 @@ pub struct FileSetReplica {
 #[derive(Debug)]
 struct PendingFile {
     path: SafePath,
-    full: PathBuf,
-    tmp: PathBuf,
-    parent: PathBuf,
+    /// The target, and its temp file beside it.
+    at: At,
+    tmp: At,
     synced: mpsc::Receiver<io::Result<()>>,
     change: Change,
-    /// What was at `full` when it was checked ([`Seen`]): anything else
+    /// What was at `at` when it was checked ([`Seen`]): anything else
     /// there at the commit was written since, locally, and is quarantined
     /// before the rename.
     seen: Option<Seen>,
@@ -196,9 +202,9 @@ impl Seen {
         Seen(m.dev(), m.ino(), m.len(), mtime_ns(m), ctime)
     }
 
-    /// What is at `full` now (None: nothing).
-    fn at(full: &Path) -> Option<Seen> {
-        fs::symlink_metadata(full).ok().map(|m| Seen::of(&m))
+    /// What is at `at` now (None: nothing).
+    fn at(at: &At) -> Option<Seen> {
+        at.stat().ok().map(|m| Seen::of(&m))
     }
 }
 
@@ -267,6 +273,49 @@ fn real_dirs_below(dir: &Path, path: &SafePath) -> bool {
     })
 }
 
+/// An entry of the set: a name in its parent directory, which is held
+/// open. Everything done to it is done in that directory, by name, so a
+/// parent swapped for a symlink after it was opened is never followed.
+#[derive(Debug, Clone)]
+struct At {
+    dir: Arc<Dir>,
+    name: String,
+}
+
+impl At {
+    /// What is there itself (a symlink is not followed).
+    fn stat(&self) -> io::Result<Metadata> {
+        self.dir.stat(&self.name)
+    }
+
+    /// `name` in the same directory.
+    fn sibling(&self, name: String) -> At {
+        At {
+            dir: self.dir.clone(),
+            name,
+        }
+    }
+
+    /// Opens what is there to read it.
+    fn read(&self) -> io::Result<File> {
+        self.dir.read(&self.name)
+    }
+
+    fn remove_file(&self) -> io::Result<()> {
+        self.dir.remove_file(&self.name)
+    }
+
+    /// Renames it to `to`'s place.
+    fn rename(&self, to: &At) -> io::Result<()> {
+        self.dir.rename(&self.name, &to.dir, &to.name)
+    }
+
+    /// The temp file where the new content of the file here is assembled.
+    fn partial(&self) -> At {
+        self.sibling(partial_name(&self.name))
+    }
+}
+
 /// Opens a temp file to resume it, or creates it (true: created now). One
 /// this process may not have made is not trusted: a file with another link
 /// (writing it would change a file elsewhere, whose name was linked here)
@@ -274,13 +323,8 @@ fn real_dirs_below(dir: &Path, path: &SafePath) -> bool {
 /// tandem gave it to when it was complete; anyone else could change the
 /// mirrored file after the rename) is removed and created anew,
 /// exclusively, so nothing is slipped in between.
-fn open_temp(tmp: &Path, owner: Option<Owner>) -> io::Result<(File, bool)> {
-    let existing = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(O_NOFOLLOW)
-        .open(tmp);
-    match existing {
+fn open_temp(tmp: &At, owner: Option<Owner>) -> io::Result<(File, bool)> {
+    match tmp.dir.file(&tmp.name, OFlag::O_RDWR, 0) {
         Ok(f) => {
             let m = f.metadata()?;
             let ours = m.uid() == nix::unistd::geteuid().as_raw()
@@ -289,18 +333,16 @@ fn open_temp(tmp: &Path, owner: Option<Owner>) -> io::Result<(File, bool)> {
                 return Ok((f, false));
             }
             drop(f);
-            fs::remove_file(tmp)?;
+            tmp.remove_file()?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let created = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(O_NOFOLLOW)
-        .open(tmp)?;
+    let created = tmp.dir.file(
+        &tmp.name,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+        0o600,
+    )?;
     Ok((created, true))
 }
 
@@ -350,13 +392,6 @@ fn system_time(ns: i64) -> SystemTime {
     }
 }
 
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(O_NOFOLLOW)
-        .open(path)
-}
-
 fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
@@ -368,30 +403,17 @@ fn file_len(e: &Entry) -> u64 {
     }
 }
 
-/// Set an entry's mtime without following a symlink.
-fn set_mtime_nofollow(path: &Path, ns: i64) -> io::Result<()> {
-    let mtime = TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &TimeSpec::UTIME_OMIT,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(io::Error::from)
-}
-
-/// Set owner, mode (not for symlinks) and mtime on what is at `path`,
+/// Set owner, mode (not for symlinks) and mtime on what is at `at`,
 /// checked to be of the entry's type.
-fn set_meta(path: &Path, entry: &Entry) -> io::Result<()> {
+fn set_meta(at: &At, entry: &Entry) -> io::Result<()> {
     if matches!(entry.kind, EntryKind::Symlink { .. }) {
-        set_owner_nofollow(path, entry.owner)?;
+        set_owner_nofollow(at, entry.owner)?;
     } else {
-        let f = open_nofollow(path)?;
+        let f = at.read()?;
         set_owner(&f, entry.owner)?;
         set_mode(&f, entry)?;
     }
-    set_mtime_nofollow(path, entry.mtime_ns)
+    at.dir.set_mtime(&at.name, entry.mtime_ns)
 }
 
 /// The entry's mode on `f`; after its owner, which clears setuid and setgid.
@@ -415,18 +437,13 @@ fn set_owner(f: &File, owner: Option<Owner>) -> io::Result<()> {
 }
 
 /// [`set_owner`] for a symlink itself, never followed.
-fn set_owner_nofollow(path: &Path, owner: Option<Owner>) -> io::Result<()> {
+fn set_owner_nofollow(at: &At, owner: Option<Owner>) -> io::Result<()> {
     let Some(o) = owner else {
         return Ok(());
     };
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        Some(nix::unistd::Uid::from_raw(o.uid)),
-        Some(nix::unistd::Gid::from_raw(o.gid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| owner_error(o, e))
+    at.dir
+        .chown(&at.name, o.uid, o.gid)
+        .map_err(|e| owner_error(o, e))
 }
 
 fn owner_error(o: Owner, e: nix::errno::Errno) -> io::Error {
@@ -444,10 +461,10 @@ fn owner_error(o: Owner, e: nix::errno::Errno) -> io::Error {
     e
 }
 
-/// Whether what is on disk at `full` (with metadata `meta`) is `entry`, by
+/// Whether what is on disk at `at` (with metadata `meta`) is `entry`, by
 /// the quick check: type, and size and mtime for a file, target for a link.
 /// Directories match on type alone: their mtime follows their content.
-fn state_matches(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
+fn state_matches(at: &At, meta: &Metadata, entry: &Entry) -> bool {
     let ft = meta.file_type();
     match &entry.kind {
         EntryKind::Dir => ft.is_dir(),
@@ -455,15 +472,19 @@ fn state_matches(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
             ft.is_file() && meta.len() == *size && mtime_ns(meta) == entry.mtime_ns
         }
         EntryKind::Symlink { target } => {
-            ft.is_symlink() && fs::read_link(full).is_ok_and(|t| t.as_os_str() == target.as_str())
+            ft.is_symlink()
+                && at
+                    .dir
+                    .read_link(&at.name)
+                    .is_ok_and(|t| t == target.as_str())
         }
     }
 }
 
 /// Whether it is the entry exactly, mode and mtime included (for skipping a
 /// change already applied).
-fn state_is(full: &Path, meta: &Metadata, entry: &Entry) -> bool {
-    state_matches(full, meta, entry)
+fn state_is(at: &At, meta: &Metadata, entry: &Entry) -> bool {
+    state_matches(at, meta, entry)
         && entry
             .owner
             .is_none_or(|o| meta.uid() == o.uid && meta.gid() == o.gid)
@@ -628,27 +649,25 @@ impl FileSetReplica {
         std::mem::take(&mut self.quarantined)
     }
 
-    /// The full path of `path`, after checking that every parent component
-    /// is a real directory (not a symlink) inside the root.
-    fn resolve(&self, path: &SafePath) -> Result<PathBuf, ApplyError> {
+    /// `path` in its parent directory, opened from the root one component
+    /// at a time, each a real directory (never a symlink) inside the root.
+    fn resolve(&self, path: &SafePath) -> Result<At, ApplyError> {
+        let mut dir = Dir::open(&self.root).map_err(|e| {
+            let e = io::Error::new(e.kind(), format!("the root {}: {e}", self.root.display()));
+            ApplyError::Io(path.clone(), e)
+        })?;
         for a in path.ancestors() {
-            let ok = fs::symlink_metadata(self.root.join(a.as_str())).is_ok_and(|m| m.is_dir());
-            if !ok {
-                return Err(ApplyError::Confinement(path.clone(), a.to_string()));
-            }
+            dir = dir.dir(a.file_name()).map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ENOENT | nix::libc::ENOTDIR | nix::libc::ELOOP) => {
+                    ApplyError::Confinement(path.clone(), a.to_string())
+                }
+                _ => ApplyError::Io(path.clone(), e),
+            })?;
         }
-        Ok(self.root.join(path.as_str()))
-    }
-
-    /// The directory holding `path` (the root for a top-level path).
-    fn parent_dir(&self, path: &SafePath) -> PathBuf {
-        path.parent()
-            .map_or_else(|| self.root.clone(), |p| self.root.join(p.as_str()))
-    }
-
-    /// The temp file where the new content of `path` is assembled.
-    fn partial_path(&self, path: &SafePath) -> PathBuf {
-        self.parent_dir(path).join(partial_name(path.file_name()))
+        Ok(At {
+            dir: Arc::new(dir),
+            name: path.file_name().to_owned(),
+        })
     }
 
     /// The chunks of `entry`, the new content of the file at `path`, that
@@ -660,8 +679,10 @@ impl FileSetReplica {
         path: &SafePath,
         entry: &Entry,
     ) -> Result<Vec<ChunkRef>, ApplyError> {
-        self.resolve(path)?;
-        let partial = open_nofollow(&self.partial_path(path))
+        let partial = self
+            .resolve(path)?
+            .partial()
+            .read()
             .ok()
             .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
         let partial_len = partial
@@ -669,9 +690,7 @@ impl FileSetReplica {
             .and_then(|f| f.metadata().ok())
             .map_or(0, |m| m.len());
         // What this process staged there is known good: not read back.
-        let staged = partial
-            .as_ref()
-            .and_then(|_| self.staged.get(&self.partial_path(path)));
+        let staged = partial.as_ref().and_then(|_| self.staged.get(path));
         let mut asked = std::collections::HashSet::new();
         let mut out = Vec::new();
         for c in entry.chunks() {
@@ -743,9 +762,8 @@ impl FileSetReplica {
         if work.is_empty() {
             return Ok(());
         }
-        let tmp = self.partial_path(path);
-        let file = self.open_temp_file(path, &tmp, entry.owner)?;
-        let staged = self.staged.entry(tmp).or_default();
+        let file = self.open_temp_file(path, entry.owner)?;
+        let staged = self.staged.entry(path.clone()).or_default();
         for (places, bytes) in work {
             for c in places {
                 file.write_all_at(bytes, c.offset).map_err(io)?;
@@ -755,17 +773,15 @@ impl FileSetReplica {
         Ok(())
     }
 
-    /// Open (or create) `path`'s temp file `tmp` to stage chunks in, once
-    /// its parents are checked.
+    /// Open (or create) `path`'s temp file to stage chunks in.
     fn open_temp_file(
         &mut self,
         path: &SafePath,
-        tmp: &Path,
         owner: Option<Owner>,
     ) -> Result<File, ApplyError> {
-        self.resolve(path)?;
+        let tmp = self.resolve(path)?.partial();
         let io = |e| ApplyError::Io(path.clone(), e);
-        let creating = match fs::symlink_metadata(tmp) {
+        let creating = match tmp.stat() {
             Ok(m) if !m.is_file() => {
                 return Err(ApplyError::Invalid(
                     path.clone(),
@@ -777,18 +793,17 @@ impl FileSetReplica {
         };
         // Creating the temp file changes its directory's mtime, which the
         // manifest decides: put it back.
-        let parent = self.parent_dir(path);
         let parent_mtime = if creating {
-            fs::symlink_metadata(&parent).ok().map(|m| mtime_ns(&m))
+            tmp.dir.metadata().ok().map(|m| mtime_ns(&m))
         } else {
             None
         };
-        let (file, fresh) = open_temp(tmp, owner).map_err(io)?;
+        let (file, fresh) = open_temp(&tmp, owner).map_err(io)?;
         if let Some(ns) = parent_mtime {
-            let _ = set_mtime_nofollow(&parent, ns);
+            let _ = tmp.dir.set_own_mtime(ns);
         }
         if fresh {
-            self.staged.remove(tmp);
+            self.staged.remove(path);
         }
         Ok(file)
     }
@@ -832,9 +847,9 @@ impl FileSetReplica {
                 (_, Some(_)) => {
                     // On an error, what was moved so far still leaves the
                     // manifest below: it must not list what is gone.
-                    let moved = self.resolve(&p).and_then(|full| {
-                        if fs::symlink_metadata(&full).is_ok() {
-                            self.quarantine(&p, &full)?;
+                    let moved = self.resolve(&p).and_then(|at| {
+                        if at.stat().is_ok() {
+                            self.quarantine(&p, &at)?;
                         }
                         Ok(())
                     });
@@ -938,10 +953,10 @@ impl FileSetReplica {
         parents.dedup();
         let mut saved = Vec::new();
         for p in &parents {
-            let full = self.resolve(p)?;
-            if let Ok(m) = fs::symlink_metadata(&full) {
-                if m.is_dir() {
-                    saved.push((full, mtime_ns(&m)));
+            let at = self.resolve(p)?;
+            if let Ok(dir) = at.dir.dir(&at.name) {
+                if let Ok(m) = dir.metadata() {
+                    saved.push((dir, mtime_ns(&m)));
                 }
             }
         }
@@ -955,11 +970,10 @@ impl FileSetReplica {
         self.defer = may_wait.then(|| change.clone());
         let result = self.apply_inner(change, source);
         self.defer = None;
-        for (full, ns) in saved {
-            // Best effort: the directory may have been removed by the change
-            // itself (a delete of its last child does not remove it, but a
+        for (dir, ns) in saved {
+            // Best effort: the directory may have been removed since (a
             // quarantine may have moved things around).
-            let _ = set_mtime_nofollow(&full, ns);
+            let _ = dir.set_own_mtime(ns);
         }
         result?;
         if self.pending.len() > pending_before {
@@ -1001,7 +1015,9 @@ impl FileSetReplica {
         // Renames change their directories' mtimes, which the manifest
         // decides: kept as they are and put back before the directories'
         // own fsync.
-        let mut dirs: Vec<(PathBuf, Option<i64>)> = Vec::new();
+        // By the parent's path: nothing but files is changed in a batch, so
+        // the same path is the same directory.
+        let mut dirs: Vec<(Option<SafePath>, Arc<Dir>, Option<i64>)> = Vec::new();
         let mut done: Vec<PendingFile> = Vec::new();
         for (p, synced) in pending.into_iter().zip(synced) {
             let io = |e| ApplyError::Io(p.path.clone(), e);
@@ -1010,47 +1026,58 @@ impl FileSetReplica {
                 continue;
             }
             // Checked again: the tree may have changed since the file was
-            // assembled.
-            if let Err(e) = self.resolve(&p.path) {
-                errors.push(e);
-                continue;
-            }
-            if !dirs.iter().any(|(d, _)| *d == p.parent) {
-                let ns = fs::symlink_metadata(&p.parent).ok().map(|m| mtime_ns(&m));
-                dirs.push((p.parent.clone(), ns));
-            }
-            // Written locally since it was checked (a batch waits up to
-            // its age bound, longer while a round fetches): kept.
-            let now = Seen::at(&p.full);
-            if now.is_some() && now != p.seen {
-                if let Err(e) = self.quarantine(&p.path, &p.full) {
+            // assembled, and the path lead elsewhere than its directory.
+            match self.resolve(&p.path) {
+                Ok(now) if now.dir.is(&p.at.dir) => {}
+                Ok(_) => {
+                    errors.push(ApplyError::Invalid(
+                        p.path.clone(),
+                        "its directory was moved while it was assembled",
+                    ));
+                    continue;
+                }
+                Err(e) => {
                     errors.push(e);
                     continue;
                 }
             }
-            if let Err(e) = fs::rename(&p.tmp, &p.full) {
+            let parent = p.path.parent();
+            if !dirs.iter().any(|(d, _, _)| *d == parent) {
+                let ns = p.at.dir.metadata().ok().map(|m| mtime_ns(&m));
+                dirs.push((parent, p.at.dir.clone(), ns));
+            }
+            // Written locally since it was checked (a batch waits up to
+            // its age bound, longer while a round fetches): kept.
+            let now = Seen::at(&p.at);
+            if now.is_some() && now != p.seen {
+                if let Err(e) = self.quarantine(&p.path, &p.at) {
+                    errors.push(e);
+                    continue;
+                }
+            }
+            if let Err(e) = p.tmp.rename(&p.at) {
                 errors.push(io(e));
                 continue;
             }
             done.push(p);
         }
-        let mut failed_dirs: Vec<&PathBuf> = Vec::new();
-        for (dir, ns) in &dirs {
+        let mut failed_dirs: Vec<Option<SafePath>> = Vec::new();
+        for (parent, dir, ns) in dirs {
             if let Some(ns) = ns {
-                let _ = set_mtime_nofollow(dir, *ns);
+                let _ = dir.set_own_mtime(ns);
             }
-            if let Err(e) = fsync_dir(dir) {
-                for p in done.iter().filter(|p| p.parent == *dir) {
+            if let Err(e) = dir.sync() {
+                for p in done.iter().filter(|p| p.path.parent() == parent) {
                     errors.push(ApplyError::Io(
                         p.path.clone(),
                         io::Error::new(e.kind(), format!("fsync of its directory: {e}")),
                     ));
                 }
-                failed_dirs.push(dir);
+                failed_dirs.push(parent);
             }
         }
         for p in done {
-            if failed_dirs.contains(&&p.parent) {
+            if failed_dirs.contains(&p.path.parent()) {
                 continue;
             }
             self.stats.files_written += 1;
@@ -1095,10 +1122,10 @@ impl FileSetReplica {
                 self.put(path, Some(old), new, source)
             }
             Change::Meta { path, old, new } => {
-                let full = self.resolve(path)?;
-                match fs::symlink_metadata(&full) {
-                    Ok(m) if state_matches(&full, &m, old) || state_matches(&full, &m, new) => {
-                        set_meta(&full, new).map_err(|e| ApplyError::Io(path.clone(), e))
+                let at = self.resolve(path)?;
+                match at.stat() {
+                    Ok(m) if state_matches(&at, &m, old) || state_matches(&at, &m, new) => {
+                        set_meta(&at, new).map_err(|e| ApplyError::Io(path.clone(), e))
                     }
                     // Changed locally (or missing): quarantine, then rebuild.
                     _ => self.put(path, Some(old), new, source),
@@ -1118,54 +1145,53 @@ impl FileSetReplica {
         new: &Entry,
         source: &mut dyn ChunkSource,
     ) -> Result<(), ApplyError> {
-        let full = self.resolve(path)?;
+        let at = self.resolve(path)?;
         let io = |e| ApplyError::Io(path.clone(), e);
-        match fs::symlink_metadata(&full) {
-            Ok(m) if state_is(&full, &m, new) && (new.is_dir() || mtime_ns(&m) == new.mtime_ns) => {
+        match at.stat() {
+            Ok(m) if state_is(&at, &m, new) && (new.is_dir() || mtime_ns(&m) == new.mtime_ns) => {
                 // Already applied (a replay after a restart).
-                return set_meta(&full, new).map_err(io);
+                return set_meta(&at, new).map_err(io);
             }
             Ok(m) if new.is_dir() && m.is_dir() => {
                 // A directory is a directory: adopt it, whatever it holds.
-                return set_meta(&full, new).map_err(io);
+                return set_meta(&at, new).map_err(io);
             }
             Ok(m) => {
                 let expected = !self.keeps(path)
-                    && old.is_some_and(|o| state_matches(&full, &m, o) && !o.is_dir());
+                    && old.is_some_and(|o| state_matches(&at, &m, o) && !o.is_dir());
                 if !expected {
-                    self.quarantine(path, &full)?;
+                    self.quarantine(path, &at)?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        let parent = self.parent_dir(path);
         match &new.kind {
             EntryKind::Dir => {
-                fs::create_dir(&full).map_err(io)?;
-                set_meta(&full, new).map_err(io)?;
+                at.dir.create_dir(&at.name).map_err(io)?;
+                set_meta(&at, new).map_err(io)?;
             }
             EntryKind::Symlink { target } => {
-                let tmp = parent.join(partial_name(path.file_name()));
-                let _ = fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(target, &tmp).map_err(io)?;
+                let tmp = at.partial();
+                let _ = tmp.remove_file();
+                at.dir.symlink(target.as_str(), &tmp.name).map_err(io)?;
                 set_owner_nofollow(&tmp, new.owner).map_err(io)?;
-                set_mtime_nofollow(&tmp, new.mtime_ns).map_err(io)?;
-                fs::rename(&tmp, &full).map_err(io)?;
+                tmp.dir.set_mtime(&tmp.name, new.mtime_ns).map_err(io)?;
+                tmp.rename(&at).map_err(io)?;
             }
             EntryKind::File { .. } => {
                 // What a batched file replaces at its commit: what was
                 // checked (before its chunks come, which may take long).
-                let seen = Seen::at(&full);
-                let (tmp, file) = self.write_file(path, &parent, new, source)?;
+                let seen = Seen::at(&at);
+                let (tmp, file) = self.write_file(path, &at, new, source)?;
                 let Some(change) = self.defer.take() else {
                     // Not a change that may wait (a rename or metadata
                     // change rebuilt from chunks): durable now.
                     file.sync_all().map_err(io)?;
                     drop(file);
-                    fs::rename(&tmp, &full).map_err(io)?;
+                    tmp.rename(&at).map_err(io)?;
                     self.stats.files_written += 1;
-                    return fsync_dir(&parent).map_err(io);
+                    return at.dir.sync().map_err(io);
                 };
                 // Made durable and renamed by `commit`, with the rest of the
                 // batch.
@@ -1177,9 +1203,8 @@ impl FileSetReplica {
                 self.pending_since.get_or_insert_with(Instant::now);
                 self.pending.push(PendingFile {
                     path: path.clone(),
-                    full,
+                    at,
                     tmp,
-                    parent,
                     synced,
                     change,
                     seen,
@@ -1187,7 +1212,7 @@ impl FileSetReplica {
                 return Ok(());
             }
         }
-        fsync_dir(&parent).map_err(io)
+        at.dir.sync().map_err(io)
     }
 
     /// Assemble a file in its temp file from checked chunks, set its mode
@@ -1196,28 +1221,28 @@ impl FileSetReplica {
     fn write_file(
         &mut self,
         path: &SafePath,
-        parent: &Path,
+        at: &At,
         new: &Entry,
         source: &mut dyn ChunkSource,
-    ) -> Result<(PathBuf, File), ApplyError> {
+    ) -> Result<(At, File), ApplyError> {
         let EntryKind::File { size, hash, chunks } = &new.kind else {
             return Err(ApplyError::Invalid(path.clone(), "not a file"));
         };
         let io = |e| ApplyError::Io(path.clone(), e);
-        let tmp = parent.join(partial_name(path.file_name()));
+        let tmp = at.partial();
         // Every chunk written is checked against its hash, so a file whose
         // chunk list makes its content hash is right once each is in place:
         // it is not read back. A list that does not make it is an
         // inconsistent entry. Leave nothing behind.
         if file_hash(chunks) != *hash {
-            self.staged.remove(&tmp);
-            if fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_file()) {
-                let _ = fs::remove_file(&tmp);
+            self.staged.remove(path);
+            if tmp.stat().is_ok_and(|m| m.is_file()) {
+                let _ = tmp.remove_file();
             }
             return Err(ApplyError::FileHash(path.clone()));
         }
         // A symlink or directory where the temp file goes is not ours to follow.
-        if let Ok(m) = fs::symlink_metadata(&tmp) {
+        if let Ok(m) = tmp.stat() {
             if !m.is_file() {
                 return Err(ApplyError::Invalid(
                     path.clone(),
@@ -1227,7 +1252,7 @@ impl FileSetReplica {
         }
         let (file, _) = open_temp(&tmp, new.owner).map_err(io)?;
         let partial_len = file.metadata().map_err(io)?.len();
-        let staged = self.staged.remove(&tmp).unwrap_or_default();
+        let staged = self.staged.remove(path).unwrap_or_default();
         for c in chunks {
             self.put_chunk(path, c, &file, partial_len, &staged, source)?;
         }
@@ -1286,55 +1311,54 @@ impl FileSetReplica {
     }
 
     fn local_chunk(&self, c: &ChunkRef) -> Option<Vec<u8>> {
-        let (full, at) = match self.index.get(&c.hash) {
-            Some((path, at)) => (self.resolve(path).ok()?, at),
+        let (f, place) = match self.index.get(&c.hash) {
+            Some((path, place)) => (self.resolve(path).ok()?.read().ok()?, place),
             // In a file of this batch, not yet in place.
-            None => self
-                .pending_index
-                .get(&c.hash)
-                .map(|(t, at)| (t.clone(), at))?,
+            None => {
+                let (tmp, place) = self.pending_index.get(&c.hash)?;
+                (tmp.read().ok()?, place)
+            }
         };
-        let f = open_nofollow(&full).ok()?;
         if !f.metadata().ok()?.is_file() {
             return None;
         }
-        let mut buf = vec![0u8; at.len as usize];
-        f.read_exact_at(&mut buf, at.offset).ok()?;
+        let mut buf = vec![0u8; place.len as usize];
+        f.read_exact_at(&mut buf, place.offset).ok()?;
         c.verify(&buf).then_some(buf)
     }
 
     fn delete(&mut self, path: &SafePath, old: &Entry) -> Result<(), ApplyError> {
-        let full = self.resolve(path)?;
+        let at = self.resolve(path)?;
         let io = |e| ApplyError::Io(path.clone(), e);
-        let meta = match fs::symlink_metadata(&full) {
+        let meta = match at.stat() {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(e)),
         };
-        if !state_matches(&full, &meta, old) || (self.keeps(path) && !meta.is_dir()) {
-            self.quarantine(path, &full)?;
+        if !state_matches(&at, &meta, old) || (self.keeps(path) && !meta.is_dir()) {
+            self.quarantine(path, &at)?;
         } else if meta.is_dir() {
-            let mut removed = fs::remove_dir(&full);
+            let mut removed = at.dir.remove_dir(&at.name);
             if removed
                 .as_ref()
                 .is_err_and(|e| e.raw_os_error() == Some(nix::libc::ENOTEMPTY))
-                && remove_partials_in(&full)
+                && at.dir.dir(&at.name).is_ok_and(|d| remove_partials_in(&d))
             {
                 // Only tandem's own temp files were in the way.
-                removed = fs::remove_dir(&full);
+                removed = at.dir.remove_dir(&at.name);
             }
             match removed {
                 Ok(()) => {}
                 // Something the manifest does not know was put there locally.
                 Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => {
-                    self.quarantine(path, &full)?
+                    self.quarantine(path, &at)?
                 }
                 Err(e) => return Err(io(e)),
             }
         } else {
-            fs::remove_file(&full).map_err(io)?;
+            at.remove_file().map_err(io)?;
         }
-        fsync_dir(&self.parent_dir(path)).map_err(io)
+        at.dir.sync().map_err(io)
     }
 
     fn rename(
@@ -1351,37 +1375,39 @@ impl FileSetReplica {
                 "a rename keeps a file's content",
             ));
         }
-        let from_full = self.resolve(from)?;
-        let to_full = self.resolve(to)?;
-        let from_ok =
-            fs::symlink_metadata(&from_full).is_ok_and(|m| state_matches(&from_full, &m, old));
+        let from_at = self.resolve(from)?;
+        let to_at = self.resolve(to)?;
+        let from_ok = from_at
+            .stat()
+            .is_ok_and(|m| state_matches(&from_at, &m, old));
         if !from_ok {
             // Replayed after it was done, or the source changed locally:
             // quarantine what is there and build the target from chunks.
-            if let Ok(m) = fs::symlink_metadata(&to_full) {
-                if state_matches(&to_full, &m, new) {
-                    return set_meta(&to_full, new).map_err(|e| ApplyError::Io(to.clone(), e));
+            if let Ok(m) = to_at.stat() {
+                if state_matches(&to_at, &m, new) {
+                    return set_meta(&to_at, new).map_err(|e| ApplyError::Io(to.clone(), e));
                 }
             }
-            if fs::symlink_metadata(&from_full).is_ok() {
-                self.quarantine(from, &from_full)?;
+            if from_at.stat().is_ok() {
+                self.quarantine(from, &from_at)?;
             }
             return self.put(to, None, new, source);
         }
-        if fs::symlink_metadata(&to_full).is_ok() {
-            self.quarantine(to, &to_full)?;
+        if to_at.stat().is_ok() {
+            self.quarantine(to, &to_at)?;
         }
         let io = |e| ApplyError::Io(to.clone(), e);
-        fs::rename(&from_full, &to_full).map_err(io)?;
-        set_meta(&to_full, new).map_err(io)?;
-        fsync_dir(&self.parent_dir(to)).map_err(io)?;
-        fsync_dir(&self.parent_dir(from)).map_err(io)?;
+        from_at.rename(&to_at).map_err(io)?;
+        set_meta(&to_at, new).map_err(io)?;
+        to_at.dir.sync().map_err(io)?;
+        from_at.dir.sync().map_err(io)?;
         self.stats.renames += 1;
         Ok(())
     }
 
-    /// Move what is at `path` to this run's quarantine directory.
-    fn quarantine(&mut self, path: &SafePath, full: &Path) -> Result<(), ApplyError> {
+    /// Move what is at `at` (the set's `path`) to this run's quarantine
+    /// directory.
+    fn quarantine(&mut self, path: &SafePath, at: &At) -> Result<(), ApplyError> {
         let io = |e| ApplyError::Io(path.clone(), e);
         let dir = match &self.quarantine_dir {
             Some(d) => d.clone(),
@@ -1411,18 +1437,13 @@ impl FileSetReplica {
             dest = PathBuf::from(numbered);
             n += 1;
         }
-        match fs::rename(full, &dest) {
+        match at.dir.rename_out(&at.name, &dest) {
             Ok(()) => {}
             // The data directory is on another filesystem: copy, make the
             // copy durable, then remove the original.
             Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
-                copy_tree(full, &dest).map_err(io)?;
-                let meta = fs::symlink_metadata(full).map_err(io)?;
-                if meta.is_dir() {
-                    fs::remove_dir_all(full).map_err(io)?;
-                } else {
-                    fs::remove_file(full).map_err(io)?;
-                }
+                copy_tree(&at.dir, OsStr::new(&at.name), &dest).map_err(io)?;
+                at.dir.remove_tree(&at.name).map_err(io)?;
             }
             Err(e) => return Err(io(e)),
         }
@@ -1439,40 +1460,56 @@ impl FileSetReplica {
 
 /// Remove the temp files of abandoned transfers directly in `dir`; true if
 /// there were any.
-fn remove_partials_in(dir: &Path) -> bool {
-    let Ok(entries) = fs::read_dir(dir) else {
+fn remove_partials_in(dir: &Dir) -> bool {
+    let Ok(entries) = dir.entries() else {
         return false;
     };
     let mut any = false;
-    for e in entries.flatten() {
-        let ours = e
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(PARTIAL_PREFIX));
-        if ours && e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+    for (name, kind) in entries {
+        let ours = name.as_bytes().starts_with(PARTIAL_PREFIX.as_bytes());
+        if ours && kind == Kind::File && dir.remove_file(&name).is_ok() {
             any = true;
         }
     }
     any
 }
 
-/// Copy a file, symlink or directory tree without following symlinks,
-/// fsyncing what it writes (for a quarantine across filesystems).
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(from)?;
+/// Remove tandem's temp files everywhere below `root` (left by a standby
+/// that stopped mid-transfer), never following a symlink.
+pub fn remove_partials(root: &Path) {
+    fn below(dir: &Dir) {
+        remove_partials_in(dir);
+        for (name, kind) in dir.entries().unwrap_or_default() {
+            if kind == Kind::Dir {
+                if let Ok(sub) = dir.dir(&name) {
+                    below(&sub);
+                }
+            }
+        }
+    }
+    if let Ok(dir) = Dir::open(root) {
+        below(&dir);
+    }
+}
+
+/// Copy `name` in `dir` (a file, symlink or directory tree) to `to`
+/// without following symlinks, fsyncing what it writes (for a quarantine
+/// across filesystems).
+fn copy_tree(dir: &Dir, name: &OsStr, to: &Path) -> io::Result<()> {
+    let meta = dir.stat(name)?;
     let ft = meta.file_type();
     if ft.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(from)?, to)?;
+        std::os::unix::fs::symlink(dir.read_link(name)?, to)?;
     } else if ft.is_dir() {
         fs::create_dir(to)?;
-        for e in fs::read_dir(from)? {
-            let e = e?;
-            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        let sub = dir.dir(name)?;
+        for (n, _) in sub.entries()? {
+            copy_tree(&sub, &n, &to.join(&n))?;
         }
         fs::set_permissions(to, meta.permissions())?;
         fsync_dir(to)?;
     } else if ft.is_file() {
-        let mut src = open_nofollow(from)?;
+        let mut src = dir.read(name)?;
         let mut dst = fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -5,12 +5,14 @@
 //! - [`replica`]: the standby's copy of a database, applying the primary's
 //!   transactions atomically and durably while holding the write lock.
 //! - [`files`]: the standby's copy of a file set; [`applied`]: its record
-//!   of applies not yet in the kept manifest.
+//!   of applies not yet in the kept manifest; `dir`: the directories it
+//!   works in, held open so that no symlink swapped in is followed.
 //! - [`position`]: the replica's crash-safe position record.
 //! - [`seed`]: seeding an empty copy chunk by chunk; adopting the old
 //!   primary's file as a replica after a switchover.
 
 pub mod applied;
+mod dir;
 pub mod files;
 pub mod position;
 pub mod replica;
