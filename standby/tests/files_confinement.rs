@@ -400,3 +400,95 @@ fn chunks_staged_together_are_each_written_at_every_place_of_theirs() {
     assert!(fetched.is_empty(), "fetched {fetched:?}");
     assert!(fs::read(s.root.join("f")).unwrap() == data);
 }
+
+/// A local process on the standby swaps a directory of the set for a
+/// symlink to the outside and back, as fast as it can, while the replica
+/// creates, renames and deletes files in it. Whatever the timing, nothing
+/// outside the root changes: each change is refused, or made in the real
+/// directory (wherever its name is at that moment).
+#[test]
+fn a_parent_swapped_for_a_symlink_mid_apply_is_never_followed() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let mut s = setup();
+    fs::create_dir(s.root.join("d")).unwrap();
+    let mut m = s.replica.manifest().clone();
+    m.insert(p("d"), dir_entry());
+    let data = s.root.parent().unwrap().join("data");
+    s.replica = FileSetReplica::open(&s.root, &data, 3, m).unwrap();
+    let before = snapshot(&s.outside);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let racer = {
+        let (stop, swaps) = (stop.clone(), swaps.clone());
+        let (d, away, outside) = (s.root.join("d"), s.root.join("d.away"), s.outside.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if fs::rename(&d, &away).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&outside, &d);
+                    std::thread::yield_now();
+                    let _ = fs::remove_file(&d);
+                    let _ = fs::rename(&away, &d);
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let (mut made, mut refused) = (0u32, 0u32);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    // Until both outcomes were seen many times (the race is real), bounded.
+    while (i < 300 || made < 20 || refused < 20) && i < 20_000 && Instant::now() < deadline {
+        let bytes = format!("file {i}").into_bytes();
+        let entry = file_entry(&bytes);
+        let (f, g) = (p(&format!("d/f{i}")), p(&format!("d/g{i}")));
+        let changes = [
+            Change::Create {
+                path: f.clone(),
+                entry: entry.clone(),
+            },
+            Change::Meta {
+                path: f.clone(),
+                old: entry.clone(),
+                new: Entry {
+                    mode: 0o600,
+                    ..entry.clone()
+                },
+            },
+            Change::Rename {
+                from: f,
+                to: g.clone(),
+                old: entry.clone(),
+                new: entry.clone(),
+            },
+            Change::Delete {
+                path: g,
+                old: entry.clone(),
+            },
+        ];
+        for c in &changes {
+            let mut fetch = |_: &SafePath, _: &ChunkRef| Ok(bytes.clone());
+            match s.replica.apply(c, &mut fetch) {
+                Ok(()) => made += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        i += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    assert_eq!(
+        snapshot(&s.outside),
+        before,
+        "a change went through the symlink"
+    );
+    assert!(
+        made >= 20 && refused >= 20,
+        "the race did not happen: {made} changes made, {refused} refused, {} swaps",
+        swaps.load(Ordering::Relaxed)
+    );
+}
