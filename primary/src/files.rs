@@ -735,10 +735,12 @@ fn dir_entry(meta: &Metadata) -> Entry {
     entry_of(EntryKind::Dir, meta)
 }
 
+/// Opens `path` to read it, never following a symlink there and never
+/// blocking (a fifo swapped in for a file would hold the scan).
 fn open_nofollow(path: &Path) -> io::Result<File> {
     fs::OpenOptions::new()
         .read(true)
-        .custom_flags(O_NOFOLLOW)
+        .custom_flags(O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
 }
 

@@ -48,15 +48,23 @@ impl Dir {
         Ok(Dir(File::from(fd)))
     }
 
-    /// The directory `name` in this one, never through a symlink (`ELOOP`)
-    /// and never anything but a directory (`ENOTDIR`).
+    /// The directory `name` in this one, never through a symlink and never
+    /// anything but a directory (`ENOTDIR` or `ELOOP`). One that may be
+    /// searched but not read (mode 0311) is opened `O_PATH`: names below
+    /// it can be reached, but it cannot be listed, fsynced or touched.
     pub fn dir(&self, name: &(impl AsRef<OsStr> + ?Sized)) -> io::Result<Dir> {
-        let fd = openat(
-            &self.0,
-            name.as_ref(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
+        let open = |how| {
+            openat(
+                &self.0,
+                name.as_ref(),
+                how | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let fd = match open(OFlag::O_RDONLY) {
+            Err(nix::errno::Errno::EACCES) => open(OFlag::O_PATH),
+            other => other,
+        }
         .map_err(err)?;
         Ok(Dir(File::from(fd)))
     }

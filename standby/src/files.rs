@@ -51,7 +51,7 @@ use crate::dir::{Dir, Kind};
 use nix::fcntl::OFlag;
 use nix::libc::O_NOFOLLOW;
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -1030,10 +1030,9 @@ impl FileSetReplica {
             match self.resolve(&p.path) {
                 Ok(now) if now.dir.is(&p.at.dir) => {}
                 Ok(_) => {
-                    errors.push(ApplyError::Invalid(
-                        p.path.clone(),
-                        "its directory was moved while it was assembled",
-                    ));
+                    // Its directory was moved while it waited.
+                    let parent = p.path.parent().map_or_else(String::new, |d| d.to_string());
+                    errors.push(ApplyError::Confinement(p.path.clone(), parent));
                     continue;
                 }
                 Err(e) => {
@@ -1194,7 +1193,18 @@ impl FileSetReplica {
                     return at.dir.sync().map_err(io);
                 };
                 // Made durable and renamed by `commit`, with the rest of the
-                // batch.
+                // batch; which holds one descriptor per directory, not one
+                // per file.
+                let (mut at, mut tmp) = (at, tmp);
+                let parent = path.parent();
+                if let Some(q) = self
+                    .pending
+                    .iter()
+                    .find(|q| q.path.parent() == parent && q.at.dir.is(&at.dir))
+                {
+                    at.dir = q.at.dir.clone();
+                    tmp.dir = q.at.dir.clone();
+                }
                 for c in new.chunks() {
                     self.pending_index.insert(c.hash, (tmp.clone(), *c));
                 }
@@ -1458,8 +1468,8 @@ impl FileSetReplica {
     }
 }
 
-/// Remove the temp files of abandoned transfers directly in `dir`; true if
-/// there were any.
+/// Remove the temp files (and temp symlinks) of abandoned transfers
+/// directly in `dir`; true if there were any.
 fn remove_partials_in(dir: &Dir) -> bool {
     let Ok(entries) = dir.entries() else {
         return false;
@@ -1467,7 +1477,7 @@ fn remove_partials_in(dir: &Dir) -> bool {
     let mut any = false;
     for (name, kind) in entries {
         let ours = name.as_bytes().starts_with(PARTIAL_PREFIX.as_bytes());
-        if ours && kind == Kind::File && dir.remove_file(&name).is_ok() {
+        if ours && kind != Kind::Dir && dir.remove_file(&name).is_ok() {
             any = true;
         }
     }
@@ -1475,20 +1485,31 @@ fn remove_partials_in(dir: &Dir) -> bool {
 }
 
 /// Remove tandem's temp files everywhere below `root` (left by a standby
-/// that stopped mid-transfer), never following a symlink.
+/// that stopped mid-transfer), never following a symlink. Each directory
+/// is opened again from the root, one component at a time, so however
+/// deep a local user made the tree, two descriptors are open at once.
 pub fn remove_partials(root: &Path) {
-    fn below(dir: &Dir) {
-        remove_partials_in(dir);
+    let mut stack: Vec<Vec<OsString>> = vec![Vec::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(mut dir) = Dir::open(root) else { return };
+        let reached = rel.iter().all(|c| match dir.dir(c) {
+            Ok(sub) => {
+                dir = sub;
+                true
+            }
+            Err(_) => false,
+        });
+        if !reached {
+            continue;
+        }
+        remove_partials_in(&dir);
         for (name, kind) in dir.entries().unwrap_or_default() {
             if kind == Kind::Dir {
-                if let Ok(sub) = dir.dir(&name) {
-                    below(&sub);
-                }
+                let mut sub = rel.clone();
+                sub.push(name);
+                stack.push(sub);
             }
         }
-    }
-    if let Ok(dir) = Dir::open(root) {
-        below(&dir);
     }
 }
 

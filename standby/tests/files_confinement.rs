@@ -434,50 +434,70 @@ fn a_parent_swapped_for_a_symlink_mid_apply_is_never_followed() {
                     let _ = fs::rename(&away, &d);
                     swaps.fetch_add(1, Ordering::Relaxed);
                 }
+                std::thread::yield_now();
             }
         })
     };
 
-    let (mut made, mut refused) = (0u32, 0u32);
+    // Changes made, and refused.
+    let mut outcomes = [0u32; 2];
+    let tally = |outcomes: &mut [u32; 2], r: Result<(), ApplyError>| {
+        outcomes[usize::from(r.is_err())] += 1;
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut i = 0;
     // Until both outcomes were seen many times (the race is real), bounded.
-    while (i < 300 || made < 20 || refused < 20) && i < 20_000 && Instant::now() < deadline {
-        let bytes = format!("file {i}").into_bytes();
-        let entry = file_entry(&bytes);
-        let (f, g) = (p(&format!("d/f{i}")), p(&format!("d/g{i}")));
-        let changes = [
-            Change::Create {
+    while (i < 300 || outcomes[0] < 20 || outcomes[1] < 20)
+        && i < 20_000
+        && Instant::now() < deadline
+    {
+        // Four new files wait in a batch, their directory held, while the
+        // racer swaps it; then each is chmod-ed, renamed and deleted.
+        let files: Vec<(SafePath, SafePath, Vec<u8>)> = (i..i + 4)
+            .map(|k| {
+                let (f, g) = (format!("d/f{k}"), format!("d/g{k}"));
+                (p(&f), p(&g), format!("file {k}").into_bytes())
+            })
+            .collect();
+        for (f, _, bytes) in &files {
+            let c = Change::Create {
                 path: f.clone(),
-                entry: entry.clone(),
-            },
-            Change::Meta {
-                path: f.clone(),
-                old: entry.clone(),
-                new: Entry {
-                    mode: 0o600,
-                    ..entry.clone()
-                },
-            },
-            Change::Rename {
-                from: f,
-                to: g.clone(),
-                old: entry.clone(),
-                new: entry.clone(),
-            },
-            Change::Delete {
-                path: g,
-                old: entry.clone(),
-            },
-        ];
-        for c in &changes {
+                entry: file_entry(bytes),
+            };
             let mut fetch = |_: &SafePath, _: &ChunkRef| Ok(bytes.clone());
-            match s.replica.apply(c, &mut fetch) {
-                Ok(()) => made += 1,
-                Err(_) => refused += 1,
+            tally(&mut outcomes, s.replica.apply_batched(&c, &mut fetch));
+        }
+        for e in s.replica.commit() {
+            tally(&mut outcomes, Err(e));
+        }
+        for (f, g, bytes) in &files {
+            let entry = file_entry(bytes);
+            let changes = [
+                Change::Meta {
+                    path: f.clone(),
+                    old: entry.clone(),
+                    new: Entry {
+                        mode: 0o600,
+                        ..entry.clone()
+                    },
+                },
+                Change::Rename {
+                    from: f.clone(),
+                    to: g.clone(),
+                    old: entry.clone(),
+                    new: entry.clone(),
+                },
+                Change::Delete {
+                    path: g.clone(),
+                    old: entry.clone(),
+                },
+            ];
+            for c in &changes {
+                let mut fetch = |_: &SafePath, _: &ChunkRef| Ok(bytes.clone());
+                tally(&mut outcomes, s.replica.apply(c, &mut fetch));
             }
         }
-        i += 1;
+        i += 4;
     }
     stop.store(true, Ordering::Relaxed);
     racer.join().unwrap();
@@ -486,9 +506,46 @@ fn a_parent_swapped_for_a_symlink_mid_apply_is_never_followed() {
         before,
         "a change went through the symlink"
     );
+    let [made, refused] = outcomes;
     assert!(
         made >= 20 && refused >= 20,
         "the race did not happen: {made} changes made, {refused} refused, {} swaps",
         swaps.load(Ordering::Relaxed)
     );
+}
+
+/// The startup cleanup of temp files left by a stopped standby removes
+/// them (files and symlinks) at every depth, and never below a symlink.
+#[test]
+fn temp_files_are_cleaned_up_at_every_depth_and_never_through_a_symlink() {
+    use tandem_standby::files::{remove_partials, PARTIAL_PREFIX};
+    let s = setup();
+    fs::write(s.outside.join(format!("{PARTIAL_PREFIX}x")), b"not ours").unwrap();
+    let before = snapshot(&s.outside);
+    let deep = s.root.join("a/b/c");
+    fs::create_dir_all(&deep).unwrap();
+    for d in [s.root.clone(), s.root.join("a"), deep.clone()] {
+        fs::write(d.join(format!("{PARTIAL_PREFIX}f")), b"partial").unwrap();
+        fs::write(d.join("keep"), b"kept").unwrap();
+    }
+    std::os::unix::fs::symlink("keep", deep.join(format!("{PARTIAL_PREFIX}l"))).unwrap();
+    remove_partials(&s.root);
+    let left: Vec<String> = snapshot(&s.root)
+        .into_iter()
+        .map(|(p, _)| p.strip_prefix(&s.root).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/b/c/keep",
+            "a/keep",
+            "evil",
+            "evil_file",
+            "keep"
+        ],
+    );
+    assert_eq!(snapshot(&s.outside), before);
 }
