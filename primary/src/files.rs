@@ -310,6 +310,28 @@ impl FileSetScanner {
         self.root.join(path.as_str())
     }
 
+    /// Opens the file at `path` to read it, resolved below the root by the
+    /// kernel without following any symlink (`openat2`): a parent that a
+    /// local user swaps for a symlink while the set is read fails with
+    /// ELOOP, never leading to a file outside the set, whose bytes would be
+    /// sent to the peer.
+    fn open_in_set(&self, path: &SafePath) -> io::Result<File> {
+        use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+        let root = File::open(&self.root)?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(&root, path.as_str(), how) {
+            Ok(fd) => Ok(File::from(fd)),
+            // A kernel before 5.6, or a sandbox that forbids the call: the
+            // parents were checked, with a window until the open.
+            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => {
+                open_nofollow(&self.full(path))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether every strict ancestor of `path` is a real directory (not a
     /// symlink) on disk.
     fn parents_are_dirs(&self, path: &SafePath) -> bool {
@@ -613,7 +635,7 @@ impl FileSetScanner {
     fn read_file(&self, path: &SafePath) -> Result<Option<Entry>, SkipReason> {
         let full = self.full(path);
         for _ in 0..READ_ATTEMPTS_MAX {
-            let mut file = match open_nofollow(&full) {
+            let mut file = match self.open_in_set(path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 // ELOOP: it became a symlink; the watcher will say so.
@@ -699,8 +721,9 @@ impl FileSetScanner {
         if !self.parents_are_dirs(path) {
             return Err(ReadChunkError::NotAFile(path.clone()));
         }
-        let file =
-            open_nofollow(&self.full(path)).map_err(|e| ReadChunkError::Io(path.clone(), e))?;
+        let file = self
+            .open_in_set(path)
+            .map_err(|e| ReadChunkError::Io(path.clone(), e))?;
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(ReadChunkError::NotAFile(path.clone()));
         }

@@ -375,3 +375,73 @@ fn a_file_named_first_is_read_whatever_its_size() {
     assert_eq!(left.deferred, [p("log")]);
     assert!(manifest.get(&p("big")).is_some());
 }
+
+/// A local user swaps a directory of the set for a symlink to a directory
+/// outside it, and back, as fast as a thread can, while the set is scanned
+/// and chunks are read for the peer: a file outside is never read (its
+/// bytes would be sent to the standby), whatever the timing.
+#[test]
+fn a_parent_swapped_for_a_symlink_never_leads_a_read_outside_the_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+    fs::create_dir_all(root.join("d")).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(root.join("d/mine"), b"the set's own file").unwrap();
+    let secret = b"a file outside the set, same name".to_vec();
+    fs::write(outside.join("mine"), &secret).unwrap();
+    let secret_chunks = chunk_bytes(&secret);
+    let secret_hash = file_hash(&secret_chunks);
+    let scanner = FileSetScanner::new(&root, FileSetFilter::all()).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let racer = {
+        let stop = stop.clone();
+        let (d, away) = (root.join("d"), root.join("d.away"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if fs::rename(&d, &away).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&outside, &d);
+                    std::thread::yield_now();
+                    let _ = fs::remove_file(&d);
+                    let _ = fs::rename(&away, &d);
+                }
+                std::thread::yield_now();
+            }
+        })
+    };
+    let ours = file_hash(&chunk_bytes(b"the set's own file"));
+    // Scans that read the set's d/mine, and that found d swapped.
+    let (mut read_ours, mut swapped) = (0u32, 0u32);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rounds = 0;
+    let mut leaked = Vec::new();
+    while (rounds < 300 || read_ours < 20 || swapped < 20)
+        && rounds < 20_000
+        && Instant::now() < deadline
+    {
+        rounds += 1;
+        let manifest = scanner.scan(None).unwrap().manifest;
+        match manifest.get(&p("d/mine")).map(|e| &e.kind) {
+            Some(EntryKind::File { hash, .. }) if *hash == ours => read_ours += 1,
+            _ => swapped += 1,
+        }
+        for (path, e) in manifest.iter() {
+            if let EntryKind::File { hash, .. } = &e.kind {
+                if *hash == secret_hash {
+                    leaked.push(format!("scan: {path}"));
+                }
+            }
+        }
+        // Only the secret's bytes pass the chunk's hash.
+        if scanner.read_chunk(&p("d/mine"), &secret_chunks[0]).is_ok() {
+            leaked.push("read_chunk".into());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    assert!(leaked.is_empty(), "read outside the set: {leaked:?}");
+    assert!(
+        read_ours >= 20 && swapped >= 20,
+        "the race did not happen: {read_ours} scans read the set's file, {swapped} did not, in {rounds} rounds"
+    );
+}
