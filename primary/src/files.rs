@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use nix::libc::{ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -513,6 +513,8 @@ impl FileSetScanner {
         found.sort_by_key(|(path, len, _)| (Some(path) != scan.read_first.as_ref(), *len));
         let mut files = Vec::with_capacity(found.len());
         let mut bytes = 0u64;
+        // What the files to read were before, kept if they cannot be read.
+        let mut was: HashMap<SafePath, Entry> = HashMap::new();
         for (path, len, before) in found {
             if scan.manifest.get(&path).is_some() {
                 // A later look in this pass found something else there (a
@@ -524,6 +526,9 @@ impl FileSetScanner {
                 .is_none_or(|max| files.is_empty() || bytes + len <= max);
             if fits {
                 bytes += len;
+                if let Some(entry) = before {
+                    was.insert(path.clone(), entry);
+                }
                 files.push(path);
             } else {
                 if let Some(entry) = before {
@@ -577,10 +582,20 @@ impl FileSetScanner {
                     scan.manifest.insert(path, entry);
                 }
                 Ok(None) => {}
-                Err(reason) => scan.skipped.push(Skipped {
-                    path: path.to_string(),
-                    reason,
-                }),
+                Err(reason) => {
+                    // Still changing after every attempt, or unreadable:
+                    // the version it had stays, and the standby keeps it
+                    // (left out, it would read as deleted and be deleted
+                    // there). The watcher's next event for it, or the
+                    // periodic reconcile, reads it again.
+                    if let Some(entry) = was.remove(&path) {
+                        scan.manifest.insert(path.clone(), entry);
+                    }
+                    scan.skipped.push(Skipped {
+                        path: path.to_string(),
+                        reason,
+                    });
+                }
             }
         }
     }

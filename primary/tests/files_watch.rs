@@ -113,6 +113,61 @@ fn a_file_appended_while_being_read_whole_is_never_recorded_or_kept_torn() {
     appended_while_read(true);
 }
 
+/// A file still changing after every read attempt is not taken for
+/// deleted: the version the manifest had stays (the standby keeps it) until
+/// a read finds the file still, and is reported as skipped meanwhile.
+#[test]
+fn a_file_that_keeps_changing_keeps_its_last_version_until_it_is_still() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
+    let path = scanner.root().join("growing");
+    fs::write(&path, vec![7u8; 4 * 1024 * 1024]).unwrap();
+    let mut manifest = scanner.scan(None).unwrap().manifest;
+    let first = manifest.get(&p("growing")).unwrap().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (path.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            // A steady trickle (a log being written), bounded: 20 s and
+            // 80 MiB at most.
+            for n in 0..20_000u32 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                f.write_all(&[n as u8; 4096]).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let dirty = DirtySet::Paths([p("growing")].into_iter().collect());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut unstable = 0;
+    while unstable < 3 && !writer.is_finished() && Instant::now() < deadline {
+        let before = manifest.clone();
+        let skipped = scanner.rescan(&mut manifest, &dirty).unwrap();
+        if skipped.iter().any(|s| s.reason == SkipReason::Unstable) {
+            unstable += 1;
+            assert_eq!(
+                manifest.get(&p("growing")),
+                before.get(&p("growing")),
+                "a file still changing was dropped or changed in the manifest"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(unstable > 0, "no read found the file changing");
+    // Once still, it is read.
+    scanner.rescan(&mut manifest, &dirty).unwrap();
+    let now = manifest.get(&p("growing")).unwrap();
+    assert_ne!(now, &first);
+    assert_eq!(
+        now.kind,
+        EntryKind::file(chunk_bytes(&fs::read(&path).unwrap()))
+    );
+}
+
 fn appended_while_read(cached: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let mut scanner = FileSetScanner::new(tmp.path(), FileSetFilter::all()).unwrap();
