@@ -508,7 +508,7 @@ fn compose_verify(
             match (v.sum_from_pages, v.position) {
                 (None, _) => complete = false,
                 (Some(s), Some(pos)) if s != pos.sum => differences.push(format!(
-                    "the standby's file sums to {s}, not to the checksum {} tandem records for it                      at txid {}: it was written outside tandem",
+                    "the standby's file sums to {s}, not to the checksum {} tandem records for it at txid {}: it was written outside tandem",
                     pos.sum, pos.txid
                 )),
                 _ => {}
@@ -569,7 +569,7 @@ pub async fn verify(
     let role = node.role();
     if !matches!(role, Role::Primary | Role::Standby) {
         return Err(format!(
-            "this node ({}) is {role}: verify compares a primary's copy with its standby's,              run it when the pair is up",
+            "this node ({}) is {role}: verify compares a primary's copy with its standby's; run it when the pair is up",
             node.me
         ));
     }
@@ -822,6 +822,19 @@ struct Queued {
     captured: Instant,
 }
 
+/// What the spool held when it was let go, kept for status until a seed or
+/// resync brings the standby back: it is as far behind as before, and
+/// more so with every commit since.
+#[derive(Clone, Copy)]
+struct LetGo {
+    /// The standby's position then (it lacks every txid after it).
+    txid: TxId,
+    /// When the oldest transaction it lacks was captured.
+    since: Instant,
+    /// The bytes let go (each time, if more than once).
+    bytes: u64,
+}
+
 /// What the primary knows of the standby's copy.
 #[derive(Clone, PartialEq)]
 enum Peer {
@@ -863,6 +876,8 @@ struct PrimarySide {
     base: DbPosition,
     queue: VecDeque<Queued>,
     queue_bytes: u64,
+    /// The spool was let go since the standby last caught up.
+    let_go: Option<LetGo>,
     shipped_to: TxId,
     peer: Peer,
     /// The standby's last acknowledged position.
@@ -1629,6 +1644,7 @@ impl Actor {
             base,
             queue: VecDeque::new(),
             queue_bytes: 0,
+            let_go: None,
             shipped_to: base.txid,
             peer: Peer::Unknown,
             acked: None,
@@ -1924,6 +1940,15 @@ impl Actor {
                 self.e.name, self.e.queue_bytes_max
             );
             tracing::warn!("{why}");
+            let earlier = p.let_go;
+            p.let_go = Some(LetGo {
+                txid: earlier.map_or(p.base.txid, |l| l.txid),
+                since: earlier.map_or_else(
+                    || p.queue.front().map_or_else(Instant::now, |q| q.captured),
+                    |l| l.since,
+                ),
+                bytes: earlier.map_or(0, |l| l.bytes) + p.queue_bytes,
+            });
             p.queue.clear();
             p.queue_bytes = 0;
             p.base = p.capture.position();
@@ -2571,6 +2596,8 @@ impl Actor {
         }
         if at.txid >= p.base.txid {
             p.base = at;
+            // Past where the spool was let go: behind by the queue only.
+            p.let_go = None;
         }
         p.acked = Some(at);
         let mut i = 0;
@@ -3638,14 +3665,17 @@ impl Actor {
                 v["error"] = json!(error);
                 v["local"] = pos_json(Some(local));
                 v["peer"] = pos_json(p.acked);
-                v["lag_transactions"] = json!(local.txid.0.saturating_sub(p.base.txid.0));
-                v["lag_bytes"] = json!(p.queue_bytes);
+                // Counted from where the standby stood when the spool was
+                // let go, if it was: it is no nearer since.
+                let (behind, since, let_go_bytes) = match p.let_go {
+                    Some(l) => (l.txid, Some(l.since), l.bytes),
+                    None => (p.base.txid, p.queue.front().map(|q| q.captured), 0),
+                };
+                v["lag_transactions"] = json!(local.txid.0.saturating_sub(behind.0));
+                v["lag_bytes"] = json!(let_go_bytes + p.queue_bytes);
                 v["spool_bytes"] = json!(p.queue_bytes);
                 v["spool_bytes_max"] = json!(e.queue_bytes_max);
-                v["lag_ms"] = json!(p
-                    .queue
-                    .front()
-                    .map_or(0, |q| q.captured.elapsed().as_millis() as u64));
+                v["lag_ms"] = json!(since.map_or(0, |t| t.elapsed().as_millis() as u64));
                 v["last_checkpoint"] = p.last_checkpoint.clone().unwrap_or_default();
                 v["last_truncate"] = p.last_truncate.clone().unwrap_or_default();
                 v["wal_truncations"] = json!(p.truncations);
@@ -3707,6 +3737,7 @@ impl PrimarySide {
     /// what the queue holds up to it is inside the image, and streaming
     /// resumes after it.
     fn ship_after_snapshot(&mut self, at: DbPosition) {
+        self.let_go = None;
         self.queue.retain(|q| q.txid > at.txid);
         self.queue_bytes = self.queue.iter().map(|q| q.bytes).sum();
         self.skip_to = at.txid;

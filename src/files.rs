@@ -390,6 +390,9 @@ struct PrimarySide {
     last_sync_unix_ms: Option<u64>,
     pending_changes: usize,
     bytes_queued: u64,
+    /// The roots (here, the standby's last manifest) `pending_changes` and
+    /// `bytes_queued` were counted for while the standby is away.
+    owed_for: Option<([u8; 32], [u8; 32])>,
     rounds: u64,
     chunks_sent: u64,
     chunk_bytes_sent: u64,
@@ -397,6 +400,27 @@ struct PrimarySide {
 }
 
 impl PrimarySide {
+    /// What the standby is owed while it is away, by the last manifest it
+    /// sent: what it will be sent when it is back. Counted again only when
+    /// a root moved.
+    fn count_owed(&mut self) {
+        let Some(peer) = &self.peer else { return };
+        let roots = (self.local.root(), peer.root());
+        if self.owed_for == Some(roots) {
+            return;
+        }
+        self.owed_for = Some(roots);
+        let changes = diff(peer, &self.local);
+        let have: HashSet<ChunkHash> = peer
+            .iter()
+            .flat_map(|(_, e)| e.chunks().iter().map(|c| c.hash))
+            .collect();
+        let listed: HashSet<&SafePath> = changes.iter().map(|c| c.path()).collect();
+        self.pending_changes =
+            changes.len() + self.deferred.iter().filter(|d| !listed.contains(d)).count();
+        self.bytes_queued = new_chunk_bytes(&changes, &have);
+    }
+
     /// Whether the next pass must wait: one waits in the chunk cache for a
     /// round that is out (see `pass_waiting`).
     fn pass_held(&self) -> bool {
@@ -760,6 +784,7 @@ impl Actor {
             last_sync_unix_ms: None,
             pending_changes: 0,
             bytes_queued: 0,
+            owed_for: None,
             rounds: 0,
             chunks_sent: 0,
             chunk_bytes_sent: 0,
@@ -1021,6 +1046,11 @@ impl Actor {
             // holds; its chunks will then be read from the files.
             p.forget_cached_chunks();
         }
+        if connected {
+            p.owed_for = None;
+        } else {
+            p.count_owed();
+        }
         if p.round.is_some() || !connected || !may_send {
             return;
         }
@@ -1086,12 +1116,7 @@ impl Actor {
             .flat_map(|(_, e)| e.chunks().iter().map(|c| c.hash))
             .collect();
         p.pending_changes = pending;
-        p.bytes_queued = changes
-            .iter()
-            .flat_map(|c| c.changed_chunks())
-            .filter(|c| !have.contains(&c.hash))
-            .map(|c| u64::from(c.len))
-            .sum();
+        p.bytes_queued = new_chunk_bytes(&changes, &have);
         let ready = changes.len();
         let candidates: Vec<Change> = changes.into_iter().take(ROUND_CHANGES_MAX).collect();
         let mut expected = peer.clone();
@@ -1989,7 +2014,7 @@ impl Actor {
                 v["error"] = json!(why);
             }
             Side::Primary(p) => {
-                let mode = if p.peer.is_none() {
+                let mode = if p.peer.is_none() || !self.node.peer_link.is_connected() {
                     "waiting for standby"
                 } else if p.unsynced_since.is_none() {
                     "in sync"
@@ -2035,10 +2060,13 @@ impl Actor {
                 v["entries"] = json!(m.len());
                 v["root_hash"] = json!(hex::encode(m.root()));
                 v["peer_root_hash"] = json!(s.primary_root.map(hex::encode));
-                v["pending_changes"] = json!(0);
-                v["bytes_queued"] = json!(0);
+                // What is owed and queued is known on the primary. Behind
+                // since the copy was last what the primary holds.
                 v["last_sync_unix_ms"] = json!(s.last_sync_unix_ms);
-                v["lag_ms"] = json!(0);
+                v["lag_ms"] = json!(match s.last_sync_unix_ms {
+                    Some(t) if !in_sync => unix_ms().saturating_sub(t),
+                    _ => 0,
+                });
                 v["bytes_fetched"] = json!(s.bytes_received);
                 v["chunks_fetched"] = json!(s.chunks_received);
                 v["bytes_reused"] = json!(stats.bytes_reused);
@@ -2096,9 +2124,12 @@ pub fn render_verify(v: &serde_json::Value) -> String {
             "NOT VERIFIED"
         };
         let total = f["differences_total"].as_u64();
+        let peer_root = f["peer_root"]
+            .as_str()
+            .map_or("?", |r| r.get(..16).unwrap_or(r));
         let _ = writeln!(
             out,
-            "file set {name}: {verdict}{}",
+            "file set {name}: {verdict}{} (root here {root}, on the peer {peer_root})",
             total.map_or(String::new(), |n| format!(", {n} path(s) differ"))
         );
         for d in f["differences"].as_array().into_iter().flatten() {
@@ -2175,6 +2206,16 @@ fn rescan(name: &str, p: &mut PrimarySide, dirty: &DirtySet, wake: &Notify) {
         p.pass_waiting = true;
         wake.notify_one();
     }
+}
+
+/// The bytes of the chunks `changes` bring that are not in `have`.
+fn new_chunk_bytes(changes: &[Change], have: &HashSet<ChunkHash>) -> u64 {
+    changes
+        .iter()
+        .flat_map(|c| c.changed_chunks())
+        .filter(|c| !have.contains(&c.hash))
+        .map(|c| u64::from(c.len))
+        .sum()
 }
 
 /// A file entry's size; 0 for anything else.

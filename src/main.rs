@@ -93,7 +93,7 @@ enum Command {
     Barrier {
         #[command(flatten)]
         target: Target,
-        /// Only this database (default: every configured database and file set).
+        /// Only this database (default: every configured database).
         #[arg(long)]
         db: Option<String>,
         /// Give up after this long: 500ms, 5s, 2m (a bare number is ms).
@@ -110,7 +110,7 @@ enum Command {
     Verify {
         #[command(flatten)]
         target: Target,
-        /// Only this database (default: every configured database and file set).
+        /// Only this database (default: every configured database).
         #[arg(long)]
         db: Option<String>,
         /// Give up after this long: 500ms, 5s, 2m (a bare number is ms).

@@ -54,7 +54,7 @@ fn the_wal_stays_under_its_cap_with_the_standby_down_and_it_catches_up() {
     let mut p = DbPair::with_settings("manual", "wal_bytes_max = \"1MiB\"");
     p.start_streaming(SETTLE);
     run_writer(&p.db(0), 1, 20);
-    p.barrier_txid(0);
+    let standby_at = p.barrier_txid(0);
 
     p.pair.stop(1);
     let writer = Command::new("python3")
@@ -122,6 +122,20 @@ fn the_wal_stays_under_its_cap_with_the_standby_down_and_it_catches_up() {
         "{s}"
     );
     assert!(s["spool_bytes_max"].as_u64().is_some(), "{s}");
+    // The lag counts from where the standby stopped, spool let go or not.
+    let local = s["local"]["txid"].as_u64().unwrap();
+    assert_eq!(s["lag_transactions"], local - standby_at, "{s}");
+    assert!(
+        s["lag_ms"].as_u64().unwrap() >= started.elapsed().as_millis() as u64 / 2,
+        "{s}"
+    );
+    // The same in the metrics.
+    let metrics = p.pair.metrics(0);
+    let lag = format!(
+        "\ntandem_database_lag_transactions{{node=\"a\",database=\"hydro\"}} {}\n",
+        local - standby_at
+    );
+    assert!(metrics.contains(&lag), "{lag} not in {metrics}");
     assert_eq!(s["wal_bytes_max"], CAP, "{s}");
 
     // The standby comes back and catches up.

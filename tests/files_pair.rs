@@ -230,6 +230,18 @@ fn a_standby_killed_mid_transfer_catches_up_and_resumes() {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum();
+    // The primary says what the standby is owed while it is away: at
+    // least every entry made under `other` since.
+    let made = walk(&p.root(0).join("other")).len() as u64;
+    let away = wait_for(QUIET, "the primary counting what is owed", || {
+        let s = p.fs_status(0)?;
+        (s["mode"] == "waiting for standby" && s["pending_changes"].as_u64()? >= made).then_some(s)
+    });
+    assert!(
+        away["bytes_queued"].as_u64().unwrap() >= other,
+        "the files changed while it is away are queued: {away}"
+    );
+    assert!(away["lag_ms"].as_u64().unwrap() > 0, "{away}");
     p.pair.start(1);
     p.wait_identical(0, Duration::from_secs(60));
     assert_no_partials(&p, 1);

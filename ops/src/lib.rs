@@ -1,12 +1,14 @@
-//! The operator's surface: the control HTTP API (JSON) and the status that
-//! `tandem status` shows.
+//! The operator's surface: the control HTTP API (JSON), the status that
+//! `tandem status` shows, and the same as Prometheus metrics (`/metrics`).
 //!
 //! ops/ knows the node only through the narrow [`NodeHandle`] trait, so the
 //! API can be tested and grown (web panel, metrics) without reaching into
 //! the node's internals.
 
+mod metrics;
 mod render;
 
+pub use metrics::render_metrics;
 pub use render::render_status;
 
 use axum::extract::{Path, Query, State};
@@ -185,6 +187,7 @@ pub fn router(node: Arc<dyn NodeHandle>, token: Option<String>) -> Router {
     };
     Router::new()
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/switchover", post(switchover))
         .route("/switchover/{op}", get(switchover_progress))
         .route("/promote", post(promote))
@@ -237,6 +240,20 @@ async fn status(State(api): State<Api>, headers: HeaderMap) -> Response {
         return r;
     }
     Json(api.node.status()).into_response()
+}
+
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Some(r) = api.refusal(&headers) {
+        return r;
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&api.node.status()),
+    )
+        .into_response()
 }
 
 async fn switchover(State(api): State<Api>, headers: HeaderMap) -> Response {
@@ -393,6 +410,22 @@ mod tests {
         let ok = request(addr, "GET /status HTTP/1.1\r\nAuthorization: Bearer s3cret").await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains("\"epoch\":3"), "{ok}");
+        let denied = request(addr, "GET /metrics HTTP/1.1").await;
+        assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+        let metrics = request(
+            addr,
+            "GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret",
+        )
+        .await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(
+            metrics.contains("content-type: text/plain; version=0.0.4"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("\ntandem_epoch{pair=\"p\",node=\"a\"} 3\n"),
+            "{metrics}"
+        );
         let refused = request(
             addr,
             "POST /switchover HTTP/1.1\r\nAuthorization: Bearer s3cret",
@@ -402,6 +435,127 @@ mod tests {
         assert!(refused.contains("peer b unreachable"), "{refused}");
         let _ = stop.send(());
         server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn metrics_say_what_status_says_in_the_prometheus_format() {
+        let mut s = Fixed.status();
+        s.links.push(LinkStatus {
+            index: 0,
+            name: "udp://192.0.2.2:7400".into(),
+            up: true,
+            last_seen_ms_ago: Some(5),
+            rtt_ms: Some(2),
+            received: 1200,
+            lost: 3,
+            last_error: None,
+        });
+        s.databases.push(serde_json::json!({
+            "name": "hydro", "mode": "needs resync", "fenced": false,
+            "local": {"txid": 120, "sum": "ab"}, "peer": {"txid": 100, "sum": "cd"},
+            "lag_transactions": 20, "lag_bytes": 81920, "lag_ms": 1500,
+            "wal_bytes": 4096, "wal_bytes_max": 67108864,
+            "spool_bytes": 0, "spool_bytes_max": 268435456,
+            "last_checkpoint": {"at_unix_ms": 1796677200000u64},
+        }));
+        // A standby's file set: what is owed is not known here.
+        s.filesets.push(serde_json::json!({
+            "name": "reports \"daily\"", "mode": "following", "entries": 31,
+            "lag_ms": 250, "last_sync_unix_ms": 1796677200500u64, "quarantined": 2,
+        }));
+        expect_test::expect![[r##"
+            # HELP tandem_role The node's role (1 for the role it has).
+            # TYPE tandem_role gauge
+            tandem_role{pair="p",node="a",role="primary"} 1
+            # HELP tandem_epoch The node's epoch.
+            # TYPE tandem_epoch gauge
+            tandem_epoch{pair="p",node="a"} 3
+            # HELP tandem_peer_joined Primary: its standby has joined. Standby: it may fail over.
+            # TYPE tandem_peer_joined gauge
+            tandem_peer_joined{pair="p",node="a"} 1
+            # HELP tandem_failover_armed Automatic failover is armed.
+            # TYPE tandem_failover_armed gauge
+            tandem_failover_armed{pair="p",node="a"} 0
+            # HELP tandem_on_hold Waiting for an operator after two claims on one epoch.
+            # TYPE tandem_on_hold gauge
+            tandem_on_hold{pair="p",node="a"} 0
+            # HELP tandem_replication_connected The replication link to the peer is up.
+            # TYPE tandem_replication_connected gauge
+            tandem_replication_connected{pair="p",node="a"} 1
+            # HELP tandem_lease_left_seconds Lease left while primary.
+            # TYPE tandem_lease_left_seconds gauge
+            tandem_lease_left_seconds{pair="p",node="a"} 0.9
+            # HELP tandem_peer_last_heard_seconds Since the peer was last heard on any link.
+            # TYPE tandem_peer_last_heard_seconds gauge
+            tandem_peer_last_heard_seconds{pair="p",node="a"} 0.02
+            # HELP tandem_alarms Alarms active now.
+            # TYPE tandem_alarms gauge
+            tandem_alarms{pair="p",node="a"} 0
+            # HELP tandem_uptime_seconds Since the daemon started.
+            # TYPE tandem_uptime_seconds gauge
+            tandem_uptime_seconds{pair="p",node="a"} 0.001
+            # HELP tandem_link_up The heartbeat link is up.
+            # TYPE tandem_link_up gauge
+            tandem_link_up{node="a",link="udp://192.0.2.2:7400"} 1
+            # HELP tandem_link_rtt_seconds Heartbeat round trip on the link.
+            # TYPE tandem_link_rtt_seconds gauge
+            tandem_link_rtt_seconds{node="a",link="udp://192.0.2.2:7400"} 0.002
+            # HELP tandem_link_heartbeats_received_total Heartbeats received on the link.
+            # TYPE tandem_link_heartbeats_received_total counter
+            tandem_link_heartbeats_received_total{node="a",link="udp://192.0.2.2:7400"} 1200
+            # HELP tandem_link_heartbeats_lost_total Heartbeats lost on the link.
+            # TYPE tandem_link_heartbeats_lost_total counter
+            tandem_link_heartbeats_lost_total{node="a",link="udp://192.0.2.2:7400"} 3
+            # HELP tandem_database_mode The database's mode (1 for the mode it is in).
+            # TYPE tandem_database_mode gauge
+            tandem_database_mode{node="a",database="hydro",mode="needs resync"} 1
+            # HELP tandem_database_txid The last transaction here (side=local) and on the peer as last known.
+            # TYPE tandem_database_txid gauge
+            tandem_database_txid{node="a",database="hydro",side="local"} 120
+            tandem_database_txid{node="a",database="hydro",side="peer"} 100
+            # HELP tandem_database_lag_transactions Transactions the standby lacks.
+            # TYPE tandem_database_lag_transactions gauge
+            tandem_database_lag_transactions{node="a",database="hydro"} 20
+            # HELP tandem_database_lag_bytes Bytes of the transactions the standby lacks.
+            # TYPE tandem_database_lag_bytes gauge
+            tandem_database_lag_bytes{node="a",database="hydro"} 81920
+            # HELP tandem_database_lag_seconds Age of the oldest transaction the standby lacks.
+            # TYPE tandem_database_lag_seconds gauge
+            tandem_database_lag_seconds{node="a",database="hydro"} 1.5
+            # HELP tandem_database_wal_bytes Size of the -wal file.
+            # TYPE tandem_database_wal_bytes gauge
+            tandem_database_wal_bytes{node="a",database="hydro"} 4096
+            # HELP tandem_database_wal_bytes_max The WAL's cap (wal_bytes_max).
+            # TYPE tandem_database_wal_bytes_max gauge
+            tandem_database_wal_bytes_max{node="a",database="hydro"} 67108864
+            # HELP tandem_database_spool_bytes Bytes held for the standby.
+            # TYPE tandem_database_spool_bytes gauge
+            tandem_database_spool_bytes{node="a",database="hydro"} 0
+            # HELP tandem_database_spool_bytes_max What may be held for the standby before it is let go.
+            # TYPE tandem_database_spool_bytes_max gauge
+            tandem_database_spool_bytes_max{node="a",database="hydro"} 268435456
+            # HELP tandem_database_last_checkpoint_timestamp_seconds When the last checkpoint ran (Unix time).
+            # TYPE tandem_database_last_checkpoint_timestamp_seconds gauge
+            tandem_database_last_checkpoint_timestamp_seconds{node="a",database="hydro"} 1796677200
+            # HELP tandem_database_fenced Local writers are locked out.
+            # TYPE tandem_database_fenced gauge
+            tandem_database_fenced{node="a",database="hydro"} 0
+            # HELP tandem_fileset_mode The file set's mode (1 for the mode it is in).
+            # TYPE tandem_fileset_mode gauge
+            tandem_fileset_mode{node="a",fileset="reports \"daily\"",mode="following"} 1
+            # HELP tandem_fileset_entries Files, directories and symlinks in the set.
+            # TYPE tandem_fileset_entries gauge
+            tandem_fileset_entries{node="a",fileset="reports \"daily\""} 31
+            # HELP tandem_fileset_lag_seconds Since the copies were last identical (0 when they are).
+            # TYPE tandem_fileset_lag_seconds gauge
+            tandem_fileset_lag_seconds{node="a",fileset="reports \"daily\""} 0.25
+            # HELP tandem_fileset_last_sync_timestamp_seconds When the copies were last identical (Unix time).
+            # TYPE tandem_fileset_last_sync_timestamp_seconds gauge
+            tandem_fileset_last_sync_timestamp_seconds{node="a",fileset="reports \"daily\""} 1796677200.5
+            # HELP tandem_fileset_quarantined_total Paths moved to quarantine on this standby.
+            # TYPE tandem_fileset_quarantined_total counter
+            tandem_fileset_quarantined_total{node="a",fileset="reports \"daily\""} 2
+        "##]].assert_eq(&render_metrics(&s));
     }
 
     #[test]

@@ -174,12 +174,22 @@ pub fn render_status(s: &Status) -> String {
                 pos("local"),
                 pos("peer"),
             );
+            // A standby knows how many transactions it lacks, not their
+            // bytes or age: those are the primary's.
+            let mut lag = format!("{} tx", d["lag_transactions"].as_u64().unwrap_or(0));
+            if let Some(b) = d["lag_bytes"].as_u64() {
+                let _ = write!(lag, ", {b} B");
+            }
+            if let Some(ms) = d["lag_ms"].as_u64() {
+                let _ = write!(lag, ", {ms} ms");
+            }
+            let spool = d["spool_bytes"].as_u64().map_or(String::new(), |b| {
+                let max = d["spool_bytes_max"].as_u64().unwrap_or(0);
+                format!("; spool {b} of {max} B")
+            });
             let _ = writeln!(
                 out,
-                "      lag {} tx, {} B, {} ms; WAL {} B{}",
-                d["lag_transactions"].as_u64().unwrap_or(0),
-                d["lag_bytes"].as_u64().unwrap_or(0),
-                d["lag_ms"].as_u64().unwrap_or(0),
+                "      lag {lag}; WAL {} B{spool}{}",
                 d["wal_bytes"].as_u64().unwrap_or(0),
                 d["last_checkpoint"]["at_unix_ms"]
                     .as_u64()
@@ -218,11 +228,14 @@ pub fn render_status(s: &Status) -> String {
                 hash("root_hash"),
                 hash("peer_root_hash"),
             );
+            // What is owed is counted on the primary.
+            let pending = f["pending_changes"].as_u64().map_or(String::new(), |n| {
+                let queued = f["bytes_queued"].as_u64().unwrap_or(0);
+                format!("pending {n} changes, {queued} B queued, ")
+            });
             let _ = writeln!(
                 out,
-                "      pending {} changes, {} B queued, lag {} ms{}",
-                f["pending_changes"].as_u64().unwrap_or(0),
-                f["bytes_queued"].as_u64().unwrap_or(0),
+                "      {pending}lag {} ms{}",
                 f["lag_ms"].as_u64().unwrap_or(0),
                 f["last_sync_unix_ms"]
                     .as_u64()

@@ -346,6 +346,22 @@ switchover_timeout_ms = 5000
             .and_then(|(code, v)| (code == 200).then_some(v))
     }
 
+    /// Node i's `/metrics` page.
+    pub fn metrics(&self, i: usize) -> String {
+        let addr = self.control[i];
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        raw.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    }
+
     pub fn role(&self, i: usize) -> Option<String> {
         self.status(i)
             .and_then(|s| s["role"].as_str().map(str::to_string))
