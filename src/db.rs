@@ -1673,7 +1673,11 @@ impl Actor {
 
     fn become_standby(&mut self, side: Side) -> anyhow::Result<Side> {
         let path = self.e.path.clone();
+        let (wal_max, name) = (self.e.wal_bytes_max, self.e.name.clone());
         let standby = |replica: Option<Replica>| {
+            if let Some(r) = &replica {
+                limit_copy_wal(r, wal_max, &name);
+            }
             Side::Standby(Box::new(StandbySide {
                 replica,
                 seeder: None,
@@ -3247,6 +3251,7 @@ impl Actor {
                     "database {name}: seeded at txid {}",
                     replica.position().txid
                 );
+                limit_copy_wal(&replica, self.e.wal_bytes_max, &name);
                 s.replica = Some(replica);
                 s.state = CopyState::Streaming;
                 let _ = self.node.peer_link.send(PeerMessage::DbSeedAck {
@@ -3729,6 +3734,14 @@ impl Actor {
             v["fence_error"] = json!(why);
         }
         *e.status.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
+/// [`Replica::limit_wal`]; a copy whose limit could not be set works as
+/// before, its WAL file only larger.
+fn limit_copy_wal(replica: &Replica, bytes: u64, name: &str) {
+    if let Err(e) = replica.limit_wal(bytes) {
+        tracing::warn!("database {name}: limiting the copy's WAL file: {e}");
     }
 }
 

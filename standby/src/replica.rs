@@ -294,6 +294,22 @@ impl Replica {
         Replica::open_inner(path, apply, Some(hashes), false)
     }
 
+    /// Keep the copy's own WAL file at most about `bytes` once a checkpoint
+    /// has emptied it (`journal_size_limit`): a large apply (a resync, a
+    /// VACUUM) grows it, and without a limit SQLite reuses the file at that
+    /// size for good. The copy's WAL is checkpointed by SQLite's automatic
+    /// checkpoints after the applies; local readers can hold it meanwhile,
+    /// as they would hold any SQLite database's.
+    pub fn limit_wal(&self, bytes: u64) -> Result<(), ReplicaError> {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.apply.query_row(
+            &format!("PRAGMA journal_size_limit={bytes}"),
+            [],
+            |_| Ok(()),
+        )?;
+        Ok(())
+    }
+
     /// `by_content`: see [`Replica::open_by_content`].
     fn open_inner(
         path: &Path,

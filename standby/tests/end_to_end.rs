@@ -4,6 +4,7 @@
 //! from scratch on both files.
 
 use rusqlite::{Connection, OpenFlags};
+use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -150,4 +151,48 @@ fn a_python_writer_is_mirrored_row_for_row() {
     // Once everything is acknowledged, everything is checkpointed.
     let last = capture.checkpoint(replica.position().txid).unwrap();
     assert_eq!(last.backfilled_frames, last.wal_frames, "{last:?}");
+}
+
+/// A large transaction grows the copy's WAL file; once it is checkpointed
+/// the file is cut back to the limit instead of staying at that size.
+#[test]
+fn the_copys_wal_file_is_cut_back_after_a_large_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = dir.path().join("hydro.db");
+    let conn = Connection::open(&primary).unwrap();
+    conn.execute_batch("PRAGMA page_size=4096; CREATE TABLE big(b BLOB);")
+        .unwrap();
+    let (mut capture, _) =
+        Capture::open(&primary, &dir.path().join("hydro.capture"), Epoch(1)).unwrap();
+    let mut replica = Replica::create(&dir.path().join("replica.db"), 4096).unwrap();
+    replica
+        .seed(capture.position(), &capture.baseline_image().unwrap())
+        .unwrap();
+    const LIMIT: u64 = 1 << 20;
+    replica.limit_wal(LIMIT).unwrap();
+    // About 16 MiB in one transaction, then a small one.
+    conn.execute_batch("BEGIN").unwrap();
+    for _ in 0..64 {
+        conn.execute("INSERT INTO big VALUES (zeroblob(262144))", [])
+            .unwrap();
+    }
+    conn.execute_batch("COMMIT; INSERT INTO big VALUES (x'01');")
+        .unwrap();
+    let mut wal_max = 0;
+    let wal = dir.path().join("replica.db-wal");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replica.position().txid.0 < 2 {
+        for c in capture.poll_all().unwrap() {
+            replica.apply(Epoch(1), c.txid, &c.tx, c.sum).unwrap();
+            wal_max = wal_max.max(fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        assert!(Instant::now() < deadline, "not applied within 30 s");
+    }
+    assert!(
+        wal_max > 16 << 20,
+        "the large apply went through the WAL: {wal_max}"
+    );
+    let now = fs::metadata(&wal).unwrap().len();
+    assert!(now <= LIMIT, "the copy's WAL file stayed at {now} bytes");
+    assert_eq!(sum_from_scratch(replica.path()), capture.position().sum);
 }
