@@ -55,6 +55,15 @@ fn a_python_writer_is_mirrored_and_the_barrier_covers_it() {
         text.contains("hydro") && text.contains("STREAMING"),
         "{text}"
     );
+
+    // With the standby away, a barrier over a new commit times out: exit
+    // code 3 from the CLI, 504 over HTTP.
+    p.pair.stop(1);
+    run_writer(&p.db(0), 301, 1);
+    let out = p.pair.cli(0, &["barrier", "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(3), "barrier: {out:?}");
+    let (code, body) = p.barrier(0, 300);
+    assert_eq!(code, 504, "{body}");
 }
 
 /// The nice value of each thread of process `pid` named `name`.
