@@ -3750,7 +3750,6 @@ impl PrimarySide {
     /// what the queue holds up to it is inside the image, and streaming
     /// resumes after it.
     fn ship_after_snapshot(&mut self, at: DbPosition) {
-        self.let_go = None;
         self.queue.retain(|q| q.txid > at.txid);
         self.queue_bytes = self.queue.iter().map(|q| q.bytes).sum();
         self.skip_to = at.txid;

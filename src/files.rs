@@ -111,6 +111,12 @@ const FETCH_WAIT: Duration = Duration::from_secs(20);
 const ROUND_STALL: Duration = Duration::from_secs(30);
 /// After a round that did not end at the expected root, wait this long.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// What an away standby's owed changes were counted for: the root here,
+/// the root of its last manifest, and how many files are left to read.
+type OwedKey = ([u8; 32], [u8; 32], usize);
+
+/// How often, at most, what an away standby is owed is counted again.
+const OWED_COUNT_EVERY: Duration = Duration::from_secs(1);
 /// A round that would take content away from the standby (delete a file,
 /// or shrink one) waits until the watcher has been quiet this long: a file
 /// that vanished may be the first half of a rename whose second half is
@@ -390,9 +396,9 @@ struct PrimarySide {
     last_sync_unix_ms: Option<u64>,
     pending_changes: usize,
     bytes_queued: u64,
-    /// The roots (here, the standby's last manifest) `pending_changes` and
-    /// `bytes_queued` were counted for while the standby is away.
-    owed_for: Option<([u8; 32], [u8; 32])>,
+    /// What `pending_changes` and `bytes_queued` were counted for while the
+    /// standby is away, and when.
+    owed_for: Option<(OwedKey, Instant)>,
     rounds: u64,
     chunks_sent: u64,
     chunk_bytes_sent: u64,
@@ -405,11 +411,15 @@ impl PrimarySide {
     /// a root moved.
     fn count_owed(&mut self) {
         let Some(peer) = &self.peer else { return };
-        let roots = (self.local.root(), peer.root());
-        if self.owed_for == Some(roots) {
+        let key = (self.local.root(), peer.root(), self.deferred.len());
+        // A diff of the whole set: at most once a second, however busy.
+        if self
+            .owed_for
+            .is_some_and(|(k, at)| k == key || at.elapsed() < OWED_COUNT_EVERY)
+        {
             return;
         }
-        self.owed_for = Some(roots);
+        self.owed_for = Some((key, Instant::now()));
         let changes = diff(peer, &self.local);
         let have: HashSet<ChunkHash> = peer
             .iter()
@@ -446,6 +456,9 @@ struct StandbySide {
     next_state_id: u64,
     primary_root: Option<[u8; 32]>,
     last_sync_unix_ms: Option<u64>,
+    /// Since when this copy has been behind: the first change of a round
+    /// that found it in sync (None: in sync, or not known since a start).
+    behind_since: Option<Instant>,
     last_reconcile: Instant,
     quarantined: u64,
     last_quarantined: VecDeque<String>,
@@ -875,6 +888,7 @@ impl Actor {
             next_state_id: 1,
             primary_root: None,
             last_sync_unix_ms: None,
+            behind_since: None,
             last_reconcile: Instant::now(),
             quarantined: 0,
             last_quarantined: VecDeque::new(),
@@ -1452,6 +1466,7 @@ impl Actor {
         if s.round.as_ref().is_none_or(|(id, _)| *id != round) {
             s.round = Some((round, Vec::new()));
         }
+        s.behind_since.get_or_insert_with(Instant::now);
         // A delta is rebuilt against this copy's manifest; one made from
         // another version is refused like any change that cannot be
         // applied (reported; the manifest goes back and the next round
@@ -1724,6 +1739,7 @@ impl Actor {
         let ok = !has_errors && mine == root && count == entries;
         if ok {
             s.last_sync_unix_ms = Some(unix_ms());
+            s.behind_since = None;
             s.last_errors.clear();
             s.replica.set_keep_replaced(false);
             if std::mem::take(&mut s.partials_maybe) {
@@ -2060,13 +2076,11 @@ impl Actor {
                 v["entries"] = json!(m.len());
                 v["root_hash"] = json!(hex::encode(m.root()));
                 v["peer_root_hash"] = json!(s.primary_root.map(hex::encode));
-                // What is owed and queued is known on the primary. Behind
-                // since the copy was last what the primary holds.
+                // What is owed and queued is known on the primary; the lag
+                // since the first change this copy lacked, as far as it
+                // knows.
                 v["last_sync_unix_ms"] = json!(s.last_sync_unix_ms);
-                v["lag_ms"] = json!(match s.last_sync_unix_ms {
-                    Some(t) if !in_sync => unix_ms().saturating_sub(t),
-                    _ => 0,
-                });
+                v["lag_ms"] = json!(s.behind_since.map_or(0, |t| t.elapsed().as_millis() as u64));
                 v["bytes_fetched"] = json!(s.bytes_received);
                 v["chunks_fetched"] = json!(s.chunks_received);
                 v["bytes_reused"] = json!(stats.bytes_reused);

@@ -496,16 +496,16 @@ mod tests {
             tandem_uptime_seconds{pair="p",node="a"} 0.001
             # HELP tandem_link_up The heartbeat link is up.
             # TYPE tandem_link_up gauge
-            tandem_link_up{node="a",link="udp://192.0.2.2:7400"} 1
+            tandem_link_up{node="a",link="udp://192.0.2.2:7400",index="0"} 1
             # HELP tandem_link_rtt_seconds Heartbeat round trip on the link.
             # TYPE tandem_link_rtt_seconds gauge
-            tandem_link_rtt_seconds{node="a",link="udp://192.0.2.2:7400"} 0.002
+            tandem_link_rtt_seconds{node="a",link="udp://192.0.2.2:7400",index="0"} 0.002
             # HELP tandem_link_heartbeats_received_total Heartbeats received on the link.
             # TYPE tandem_link_heartbeats_received_total counter
-            tandem_link_heartbeats_received_total{node="a",link="udp://192.0.2.2:7400"} 1200
+            tandem_link_heartbeats_received_total{node="a",link="udp://192.0.2.2:7400",index="0"} 1200
             # HELP tandem_link_heartbeats_lost_total Heartbeats lost on the link.
             # TYPE tandem_link_heartbeats_lost_total counter
-            tandem_link_heartbeats_lost_total{node="a",link="udp://192.0.2.2:7400"} 3
+            tandem_link_heartbeats_lost_total{node="a",link="udp://192.0.2.2:7400",index="0"} 3
             # HELP tandem_database_mode The database's mode (1 for the mode it is in).
             # TYPE tandem_database_mode gauge
             tandem_database_mode{node="a",database="hydro",mode="needs resync"} 1
@@ -546,7 +546,7 @@ mod tests {
             # HELP tandem_fileset_entries Files, directories and symlinks in the set.
             # TYPE tandem_fileset_entries gauge
             tandem_fileset_entries{node="a",fileset="reports \"daily\""} 31
-            # HELP tandem_fileset_lag_seconds Since the copies were last identical (0 when they are).
+            # HELP tandem_fileset_lag_seconds Since the first change the standby lacks (0 in sync).
             # TYPE tandem_fileset_lag_seconds gauge
             tandem_fileset_lag_seconds{node="a",fileset="reports \"daily\""} 0.25
             # HELP tandem_fileset_last_sync_timestamp_seconds When the copies were last identical (Unix time).

@@ -160,7 +160,12 @@ pub fn render_metrics(s: &Status) -> String {
         s.uptime_ms as f64 / 1e3,
     );
     for l in &s.links {
-        let labels = [node[1], ("link", l.name.as_str())];
+        let index = l.index.to_string();
+        let labels = [
+            node[1],
+            ("link", l.name.as_str()),
+            ("index", index.as_str()),
+        ];
         m.gauge(
             "tandem_link_up",
             "The heartbeat link is up.",
@@ -311,7 +316,7 @@ pub fn render_metrics(s: &Status) -> String {
             ),
             (
                 "tandem_fileset_lag_seconds",
-                "Since the copies were last identical (0 when they are).",
+                "Since the first change the standby lacks (0 in sync).",
                 "lag_ms",
                 1e-3,
             ),

@@ -653,8 +653,10 @@ impl FileSetScanner {
             let mut file = match self.open_in_set(path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                // ELOOP: it became a symlink; the watcher will say so.
-                Err(e) if e.raw_os_error() == Some(ELOOP) => return Ok(None),
+                // ELOOP: it, or a directory above it, is a symlink now:
+                // changing under the scan. It keeps its entry (it is not
+                // gone); the events of the change have it looked at again.
+                Err(e) if e.raw_os_error() == Some(ELOOP) => return Err(SkipReason::Unstable),
                 Err(e) => return Err(SkipReason::Io(e.to_string())),
             };
             let before = file.metadata().map_err(|e| SkipReason::Io(e.to_string()))?;

@@ -200,7 +200,17 @@ impl Dir {
 
     /// Makes this directory's entries durable.
     pub fn sync(&self) -> io::Result<()> {
-        self.0.sync_all()
+        self.0.sync_all().map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::EBADF) {
+                // Opened O_PATH (see `dir`).
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "its directory may be searched but not read by tandem, so what was written there cannot be made durable",
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// The names in this directory (not `.` and `..`), each with whether it

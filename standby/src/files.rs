@@ -1502,12 +1502,13 @@ pub fn remove_partials(root: &Path) {
         if !reached {
             continue;
         }
-        remove_partials_in(&dir);
         for (name, kind) in dir.entries().unwrap_or_default() {
             if kind == Kind::Dir {
                 let mut sub = rel.clone();
                 sub.push(name);
                 stack.push(sub);
+            } else if name.as_bytes().starts_with(PARTIAL_PREFIX.as_bytes()) {
+                let _ = dir.remove_file(&name);
             }
         }
     }
