@@ -17,11 +17,13 @@
 //! mtime and type as in the previous manifest) is not read again.
 
 use bytes::Bytes;
+use nix::fcntl::OFlag;
 use nix::libc::{ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -310,25 +312,65 @@ impl FileSetScanner {
         self.root.join(path.as_str())
     }
 
-    /// Opens the file at `path` to read it, resolved below the root by the
-    /// kernel without following any symlink (`openat2`): a parent that a
-    /// local user swaps for a symlink while the set is read fails with
-    /// ELOOP, never leading to a file outside the set, whose bytes would be
-    /// sent to the peer.
-    fn open_in_set(&self, path: &SafePath) -> io::Result<File> {
-        use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-        let root = File::open(&self.root)?;
+    /// Opens `path` (relative to the root) with `flags`, resolved below the
+    /// root by the kernel without following any symlink (`openat2`): a
+    /// parent that a local user swaps for a symlink while the set is read
+    /// fails with ELOOP, never leading outside the set. None on a kernel
+    /// before 5.6, or in a sandbox that forbids the call: the caller goes
+    /// by path (the parents were checked, with a window until the use).
+    fn open_beneath(&self, path: &str, flags: OFlag) -> Option<io::Result<File>> {
+        use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+        let root = match File::open(&self.root) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
         let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        match openat2(&root, path.as_str(), how) {
-            Ok(fd) => Ok(File::from(fd)),
-            // A kernel before 5.6, or a sandbox that forbids the call: the
-            // parents were checked, with a window until the open.
-            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => {
-                open_nofollow(&self.full(path))
+        match openat2(&root, path, how) {
+            Ok(fd) => Some(Ok(File::from(fd))),
+            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => None,
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    /// Opens the file at `path` to read it, never through a symlink: no
+    /// file from outside the set is sent to the peer.
+    fn open_in_set(&self, path: &SafePath) -> io::Result<File> {
+        self.open_beneath(path.as_str(), OFlag::O_RDONLY | OFlag::O_NONBLOCK)
+            .unwrap_or_else(|| open_nofollow(&self.full(path)))
+    }
+
+    /// Lists the directory `dir` (None: the root) through a descriptor
+    /// opened below the root ([`Self::open_beneath`]); its `/proc/self/fd`
+    /// link names exactly the directory opened, and the entries' metadata
+    /// is then taken relative to it (`DirEntry::metadata`), so no names
+    /// from outside the set come into a scan.
+    fn list(&self, dir: Option<&SafePath>) -> io::Result<fs::ReadDir> {
+        let Some(d) = dir else {
+            return fs::read_dir(&self.root);
+        };
+        match self.open_beneath(d.as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+            Some(Ok(f)) => fs::read_dir(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                // No /proc: by path.
+                .or_else(|_| fs::read_dir(self.full(d))),
+            Some(Err(e)) => Err(e),
+            None => fs::read_dir(self.full(d)),
+        }
+    }
+
+    /// The target of the symlink at `path`, read in its directory opened
+    /// below the root.
+    fn read_link_in_set(&self, path: &SafePath) -> io::Result<std::ffi::OsString> {
+        let Some(parent) = path.parent() else {
+            return fs::read_link(self.full(path)).map(PathBuf::into_os_string);
+        };
+        match self.open_beneath(parent.as_str(), OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Some(Ok(dir)) => {
+                nix::fcntl::readlinkat(&dir, path.file_name()).map_err(io::Error::from)
             }
-            Err(e) => Err(e.into()),
+            Some(Err(e)) => Err(e),
+            None => fs::read_link(self.full(path)).map(PathBuf::into_os_string),
         }
     }
 
@@ -460,9 +502,21 @@ impl FileSetScanner {
 
     fn walk(&self, dir: Option<&SafePath>, previous: &Manifest, scan: &mut Scan) {
         let full = dir.map_or_else(|| self.root.clone(), |d| self.full(d));
-        let entries = match fs::read_dir(&full) {
+        let entries = match self.list(dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            // Changing under the scan (removed, or swapped for a symlink):
+            // what was below it stays as it was until the events of the
+            // change have it looked at again, rather than read as deleted.
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ELOOP) => {
+                if let Some(d) = dir {
+                    for (p, entry) in previous.at_or_below(d) {
+                        if p != d {
+                            scan.manifest.insert(p.clone(), entry.clone());
+                        }
+                    }
+                }
+                return;
+            }
             Err(e) => {
                 scan.skipped.push(Skipped {
                     path: full.display().to_string(),
@@ -475,7 +529,7 @@ impl FileSetScanner {
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
                 scan.skipped.push(Skipped {
-                    path: entry.path().display().to_string(),
+                    path: full.join(&name).display().to_string(),
                     reason: SkipReason::NotUtf8,
                 });
                 continue;
@@ -490,7 +544,8 @@ impl FileSetScanner {
             if path.is_partial() {
                 continue;
             }
-            if let Ok(meta) = fs::symlink_metadata(entry.path()) {
+            // Relative to the directory listed, not followed.
+            if let Ok(meta) = entry.metadata() {
                 self.visit(&path, &meta, previous, scan);
             }
         }
@@ -611,8 +666,8 @@ impl FileSetScanner {
             }
         } else if !self.filter.includes_file(path) {
         } else if ft.is_symlink() {
-            match fs::read_link(self.full(path)) {
-                Ok(target) => match target.into_os_string().into_string() {
+            match self.read_link_in_set(path) {
+                Ok(target) => match target.into_string() {
                     Ok(target) if !target.is_empty() => {
                         let entry = entry_of(EntryKind::Symlink { target }, meta);
                         scan.manifest.insert(path.clone(), entry);

@@ -434,7 +434,8 @@ fn a_file_named_first_is_read_whatever_its_size() {
 /// A local user swaps a directory of the set for a symlink to a directory
 /// outside it, and back, as fast as a thread can, while the set is scanned
 /// and chunks are read for the peer: a file outside is never read (its
-/// bytes would be sent to the standby), whatever the timing.
+/// bytes would be sent to the standby), nor a name outside listed,
+/// whatever the timing.
 #[test]
 fn a_parent_swapped_for_a_symlink_never_leads_a_read_outside_the_set() {
     let tmp = tempfile::tempdir().unwrap();
@@ -444,6 +445,9 @@ fn a_parent_swapped_for_a_symlink_never_leads_a_read_outside_the_set() {
     fs::write(root.join("d/mine"), b"the set's own file").unwrap();
     let secret = b"a file outside the set, same name".to_vec();
     fs::write(outside.join("mine"), &secret).unwrap();
+    // Names only outside: never listed into a scan.
+    fs::write(outside.join("only_there"), b"x").unwrap();
+    std::os::unix::fs::symlink("/a/target/outside", outside.join("a_link")).unwrap();
     let secret_chunks = chunk_bytes(&secret);
     let secret_hash = file_hash(&secret_chunks);
     let scanner = FileSetScanner::new(&root, FileSetFilter::all()).unwrap();
@@ -486,6 +490,9 @@ fn a_parent_swapped_for_a_symlink_never_leads_a_read_outside_the_set() {
             _ => swapped += 1,
         }
         for (path, e) in manifest.iter() {
+            if ["only_there", "a_link"].contains(&path.file_name()) {
+                leaked.push(format!("listed: {path}"));
+            }
             if let EntryKind::File { hash, .. } = &e.kind {
                 if *hash == secret_hash {
                     leaked.push(format!("scan: {path}"));
