@@ -66,4 +66,12 @@ fn switchover_both_ways_keeps_rows_and_continues_txids() {
         a["alarms"].as_array().unwrap().is_empty(),
         "no alarm after two switchovers: {a}"
     );
+    // Without a full resync: the only seed is the first one, of the empty
+    // standby, and no page-hash resync ran either way.
+    let (log_a, log_b) = (p.pair.log(0), p.pair.log(1));
+    assert_eq!(log_a.matches("seeding the standby").count(), 1, "{log_a}");
+    assert_eq!(log_b.matches("seeding the standby").count(), 0, "{log_b}");
+    for log in [&log_a, &log_b] {
+        assert!(!log.contains("resyncing the standby"), "{log}");
+    }
 }
