@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 use nix::fcntl::OFlag;
-use nix::libc::{ELOOP, O_NOFOLLOW};
+use nix::libc::{EINVAL, ELOOP, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, Metadata};
@@ -231,6 +231,9 @@ pub struct FileSetScanner {
     /// Where the files it reads whole are kept for their chunks to be sent
     /// (a primary's), if anywhere.
     chunk_cache: Option<Arc<Mutex<ChunkCache>>>,
+    /// Whether this kernel takes `openat2` here (tried once): after that,
+    /// an error from it is the path's own, never a reason to go by path.
+    beneath: bool,
 }
 
 fn mtime_ns(meta: &Metadata) -> i64 {
@@ -280,12 +283,18 @@ impl FileSetScanner {
         if !meta.is_dir() {
             return Err(ScanError::RootNotDir(root));
         }
-        Ok(Self {
+        let mut scanner = Self {
             root,
             filter,
             sketches: None,
             chunk_cache: None,
-        })
+            beneath: true,
+        };
+        // A kernel before 5.6, or a sandbox that forbids the call.
+        scanner.beneath = scanner
+            .open_beneath(".", OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .is_some_and(|r| r.is_ok());
+        Ok(scanner)
     }
 
     /// Keep a sketch of every chunk this scanner reads in `store` (see
@@ -315,11 +324,14 @@ impl FileSetScanner {
     /// Opens `path` (relative to the root) with `flags`, resolved below the
     /// root by the kernel without following any symlink (`openat2`): a
     /// parent that a local user swaps for a symlink while the set is read
-    /// fails with ELOOP, never leading outside the set. None on a kernel
-    /// before 5.6, or in a sandbox that forbids the call: the caller goes
-    /// by path (the parents were checked, with a window until the use).
+    /// fails with ELOOP, never leading outside the set. None where the
+    /// kernel does not take the call (`beneath`): the caller goes by path
+    /// (the parents were checked, with a window until the use).
     fn open_beneath(&self, path: &str, flags: OFlag) -> Option<io::Result<File>> {
         use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+        if !self.beneath {
+            return None;
+        }
         let root = match File::open(&self.root) {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
@@ -327,11 +339,11 @@ impl FileSetScanner {
         let how = OpenHow::new()
             .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        match openat2(&root, path, how) {
-            Ok(fd) => Some(Ok(File::from(fd))),
-            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => None,
-            Err(e) => Some(Err(e.into())),
-        }
+        Some(
+            openat2(&root, path, how)
+                .map(File::from)
+                .map_err(io::Error::from),
+        )
     }
 
     /// Opens the file at `path` to read it, never through a symlink: no
@@ -345,17 +357,42 @@ impl FileSetScanner {
     /// opened below the root ([`Self::open_beneath`]); its `/proc/self/fd`
     /// link names exactly the directory opened, and the entries' metadata
     /// is then taken relative to it (`DirEntry::metadata`), so no names
-    /// from outside the set come into a scan.
-    fn list(&self, dir: Option<&SafePath>) -> io::Result<fs::ReadDir> {
+    /// from outside the set come into a scan. The descriptor is returned
+    /// too, to be kept while the listing is read.
+    fn list(&self, dir: Option<&SafePath>) -> io::Result<(Option<File>, fs::ReadDir)> {
         let Some(d) = dir else {
-            return fs::read_dir(&self.root);
+            return Ok((None, fs::read_dir(&self.root)?));
         };
         match self.open_beneath(d.as_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
-            Some(Ok(f)) => fs::read_dir(format!("/proc/self/fd/{}", f.as_raw_fd()))
-                // No /proc: by path.
-                .or_else(|_| fs::read_dir(self.full(d))),
+            Some(Ok(f)) => match fs::read_dir(format!("/proc/self/fd/{}", f.as_raw_fd())) {
+                Ok(listing) => Ok((Some(f), listing)),
+                // No /proc here: by path.
+                Err(_) => Ok((None, fs::read_dir(self.full(d))?)),
+            },
             Some(Err(e)) => Err(e),
-            None => fs::read_dir(self.full(d)),
+            None => Ok((None, fs::read_dir(self.full(d))?)),
+        }
+    }
+
+    /// What `previous` had at and below `dir` (everything for the root)
+    /// and this scanner still includes, put back into the scan: `dir`
+    /// could not be looked at now (changing under the scan, or an error),
+    /// and the events of the change, or the next reconcile, look again.
+    /// Left out, it would read as deleted and be deleted on the standby.
+    fn keep_previous(&self, dir: Option<&SafePath>, previous: &Manifest, scan: &mut Scan) {
+        let kept: Vec<(&SafePath, &Entry)> = match dir {
+            Some(d) => previous.at_or_below(d),
+            None => previous.iter().collect(),
+        };
+        for (p, entry) in kept {
+            let included = if entry.is_dir() {
+                self.filter.includes_dir(p)
+            } else {
+                self.filter.includes_file(p)
+            };
+            if included && scan.manifest.get(p).is_none() {
+                scan.manifest.insert(p.clone(), entry.clone());
+            }
         }
     }
 
@@ -502,26 +539,18 @@ impl FileSetScanner {
 
     fn walk(&self, dir: Option<&SafePath>, previous: &Manifest, scan: &mut Scan) {
         let full = dir.map_or_else(|| self.root.clone(), |d| self.full(d));
-        let entries = match self.list(dir) {
+        let (_held, entries) = match self.list(dir) {
             Ok(e) => e,
-            // Changing under the scan (removed, or swapped for a symlink):
-            // what was below it stays as it was until the events of the
-            // change have it looked at again, rather than read as deleted.
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ELOOP) => {
-                if let Some(d) = dir {
-                    for (p, entry) in previous.at_or_below(d) {
-                        if p != d {
-                            scan.manifest.insert(p.clone(), entry.clone());
-                        }
-                    }
-                }
-                return;
-            }
+            // Changing under the scan (removed, or swapped for a symlink)
+            // or unreadable: kept as it was.
             Err(e) => {
-                scan.skipped.push(Skipped {
-                    path: full.display().to_string(),
-                    reason: SkipReason::Io(e.to_string()),
-                });
+                if e.kind() != io::ErrorKind::NotFound && e.raw_os_error() != Some(ELOOP) {
+                    scan.skipped.push(Skipped {
+                        path: full.display().to_string(),
+                        reason: SkipReason::Io(e.to_string()),
+                    });
+                }
+                self.keep_previous(dir, previous, scan);
                 return;
             }
         };
@@ -545,8 +574,11 @@ impl FileSetScanner {
                 continue;
             }
             // Relative to the directory listed, not followed.
-            if let Ok(meta) = entry.metadata() {
-                self.visit(&path, &meta, previous, scan);
+            match entry.metadata() {
+                Ok(meta) => self.visit(&path, &meta, previous, scan),
+                // Gone since the listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => self.keep_previous(Some(&path), previous, scan),
             }
         }
     }
@@ -678,6 +710,11 @@ impl FileSetScanner {
                     }),
                 },
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Swapped under the scan (a parent is a symlink now, or it
+                // is no longer a symlink): kept as it was.
+                Err(e) if matches!(e.raw_os_error(), Some(ELOOP | EINVAL)) => {
+                    self.keep_previous(Some(path), previous, scan)
+                }
                 Err(e) => scan.skipped.push(Skipped {
                     path: path.to_string(),
                     reason: SkipReason::Io(e.to_string()),
