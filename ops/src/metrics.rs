@@ -206,8 +206,8 @@ pub fn render_metrics(s: &Status) -> String {
             ],
             1.0,
         );
-        for (side, key) in [("local", "local"), ("peer", "peer")] {
-            if let Some(t) = d[key]["txid"].as_f64() {
+        for side in ["local", "peer"] {
+            if let Some(t) = d[side]["txid"].as_f64() {
                 m.gauge(
                     "tandem_database_txid",
                     "The last transaction here (side=local) and on the peer as last known.",
