@@ -822,9 +822,9 @@ struct Queued {
     captured: Instant,
 }
 
-/// What the spool held when it was let go, kept for status until a seed or
-/// resync brings the standby back: it is as far behind as before, and
-/// more so with every commit since.
+/// What the spool held when it was let go, kept for status until the
+/// standby acknowledges past it (a seed or resync brought it back): it is
+/// as far behind as before, and more so with every commit since.
 #[derive(Clone, Copy)]
 struct LetGo {
     /// The standby's position then (it lacks every txid after it).

@@ -407,8 +407,8 @@ struct PrimarySide {
 
 impl PrimarySide {
     /// What the standby is owed while it is away, by the last manifest it
-    /// sent: what it will be sent when it is back. Counted again only when
-    /// a root moved.
+    /// sent: what it will be sent when it is back. Counted again when a
+    /// root or the files left to read changed, at most once a second.
     fn count_owed(&mut self) {
         let Some(peer) = &self.peer else { return };
         let key = (self.local.root(), peer.root(), self.deferred.len());
