@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 use nix::fcntl::OFlag;
-use nix::libc::{EINVAL, ELOOP, O_NOFOLLOW};
+use nix::libc::{EINVAL, ELOOP, ENOTDIR, O_NOFOLLOW};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, Metadata};
@@ -827,12 +827,18 @@ impl FileSetScanner {
             }
             cache.misses += 1;
         }
-        if !self.parents_are_dirs(path) {
+        // `openat2` refuses a parent that is not a real directory itself;
+        // without it, the parents are checked first.
+        if !self.beneath && !self.parents_are_dirs(path) {
             return Err(ReadChunkError::NotAFile(path.clone()));
         }
-        let file = self
-            .open_in_set(path)
-            .map_err(|e| ReadChunkError::Io(path.clone(), e))?;
+        let file = match self.open_in_set(path) {
+            Ok(f) => f,
+            Err(e) if self.beneath && matches!(e.raw_os_error(), Some(ELOOP | ENOTDIR)) => {
+                return Err(ReadChunkError::NotAFile(path.clone()))
+            }
+            Err(e) => return Err(ReadChunkError::Io(path.clone(), e)),
+        };
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(ReadChunkError::NotAFile(path.clone()));
         }

@@ -316,6 +316,19 @@ impl At {
     }
 }
 
+/// Whether `path`'s temp file `tmp` is there. A symlink or directory by
+/// its name is not ours to follow: the change is refused.
+fn temp_exists(path: &SafePath, tmp: &At) -> Result<bool, ApplyError> {
+    match tmp.stat() {
+        Ok(m) if !m.is_file() => Err(ApplyError::Invalid(
+            path.clone(),
+            "temp file name is taken by a non-file",
+        )),
+        Ok(_) => Ok(true),
+        Err(_) => Ok(false),
+    }
+}
+
 /// Opens a temp file to resume it, or creates it (true: created now). One
 /// this process may not have made is not trusted: a file with another link
 /// (writing it would change a file elsewhere, whose name was linked here)
@@ -781,16 +794,7 @@ impl FileSetReplica {
     ) -> Result<File, ApplyError> {
         let tmp = self.resolve(path)?.partial();
         let io = |e| ApplyError::Io(path.clone(), e);
-        let creating = match tmp.stat() {
-            Ok(m) if !m.is_file() => {
-                return Err(ApplyError::Invalid(
-                    path.clone(),
-                    "temp file name is taken by a non-file",
-                ))
-            }
-            Ok(_) => false,
-            Err(_) => true,
-        };
+        let creating = !temp_exists(path, &tmp)?;
         // Creating the temp file changes its directory's mtime, which the
         // manifest decides: put it back.
         let parent_mtime = if creating {
@@ -1251,15 +1255,7 @@ impl FileSetReplica {
             }
             return Err(ApplyError::FileHash(path.clone()));
         }
-        // A symlink or directory where the temp file goes is not ours to follow.
-        if let Ok(m) = tmp.stat() {
-            if !m.is_file() {
-                return Err(ApplyError::Invalid(
-                    path.clone(),
-                    "temp file name is taken by a non-file",
-                ));
-            }
-        }
+        temp_exists(path, &tmp)?;
         let (file, _) = open_temp(&tmp, new.owner).map_err(io)?;
         let partial_len = file.metadata().map_err(io)?.len();
         let staged = self.staged.remove(path).unwrap_or_default();
